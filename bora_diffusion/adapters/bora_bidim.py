@@ -1,0 +1,61 @@
+"""Bi-dimensional Weight-Decomposed LoRA (arXiv 2412.06441): DoRA-like magnitudes on both axes.
+
+    V = W0 + s * B @ A
+    a = magnitude_out / sg(||V||_out)            (out,)   per-output step first, as DoRA does
+    H = a[:, None] * V
+    c = magnitude_in / sg(||H||_in)              (in,)    then per-input
+    W' = diag(a) @ V @ diag(c)
+
+The paper's text leaves the order of the two steps and the detaching open; we follow DoRA's convention, and this
+file is the one place that choice lives. Not additive (the delta depends on W0): merges through the dense
+difference, no exact LoRA export.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ..config import AdapterConfig
+from .base import Slot, norm_in, norm_out
+from .lora import LoRA
+
+
+class BiDimensional(LoRA):
+    method = "bora_bidim"
+    additive = False
+
+    def __init__(self, base: nn.Linear, config: AdapterConfig, generator: torch.Generator, slot: Slot | None = None) -> None:
+        super().__init__(base, config, generator, slot)
+        weight = base.weight.detach()
+        self.magnitude_out = nn.Parameter(norm_out(weight))  # (out,) = ||W0||_out
+        self.magnitude_in = nn.Parameter(norm_in(weight))  # (in,) = ||W0||_in; with B = 0, a = c = 1
+
+    def _axis_scales(self, base_weight: Tensor) -> tuple[Tensor, Tensor]:
+        """(a (out,), c (in,)); the norms are taken without a graph from V, once a step."""
+        with torch.no_grad():
+            v = base_weight.to(self.dtype) + super().delta_weight()  # (out, in)
+            v_norm_out = norm_out(v)
+            h_norm_in = norm_in((self.magnitude_out / v_norm_out)[:, None] * v)
+        a = self.magnitude_out / v_norm_out.to(self.dtype)
+        c = self.magnitude_in / h_norm_in.to(self.dtype)
+        return a, c
+
+    def delta_weight(self, base_weight: Tensor) -> Tensor:
+        a, c = self._axis_scales(base_weight)
+        w0 = base_weight.to(self.dtype)
+        return a[:, None] * (w0 + super().delta_weight()) * c[None, :] - w0
+
+    def add_delta(self, result: Tensor, x: Tensor, base_out: Tensor, base: nn.Linear) -> Tensor:
+        # W' x - W0 x = a * W0 ((c - 1) x) + (a - 1) * W0 x + a * s * B A (c x). Written as differences so that it
+        # is exactly zero at init (a = c = 1); one extra pass through W0 pays for the input-side scale.
+        a, c = self._axis_scales(base.weight)
+        frozen = (base_out if base.bias is None else base_out - base.bias).to(self.dtype)  # W0 x
+        x = x.to(self.dtype)
+        input_shift = F.linear((x * (c - 1)).to(base.weight.dtype), base.weight).to(self.dtype)  # W0 ((c - 1) x)
+        delta = a * input_shift + (a - 1) * frozen + a * self.low_rank(x * c)
+        return result + (self.scale * delta).to(result.dtype)
+
+    def lora_factors(self) -> None:
+        return None

@@ -1,0 +1,44 @@
+"""DoRA: weight-decomposed LoRA (Liu et al., arXiv 2402.09353), exactly as peft implements it.
+
+V = W0 + s * B @ A;  W' = magnitude[:, None] * V / sg(||V||_out), with the per-output norm detached. Not additive:
+its delta depends on W0, so it merges through the dense difference and has no exact LoRA export. Must match
+peft's `LoraConfig(use_dora=True)` on identical tensors (tests/test_oracles.py).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from ..config import AdapterConfig
+from .base import Slot, norm_out
+from .lora import LoRA
+
+
+class DoRA(LoRA):
+    method = "dora"
+    additive = False
+
+    def __init__(self, base: nn.Linear, config: AdapterConfig, generator: torch.Generator, slot: Slot | None = None) -> None:
+        super().__init__(base, config, generator, slot)
+        self.magnitude = nn.Parameter(norm_out(base.weight.detach()))  # (out,) = ||W0||_out, so W' = W0 at init
+
+    def _norm_scale(self, base_weight: Tensor) -> Tensor:
+        """c = magnitude / sg(||W0 + s B A||_out): shape (out,). The norm is taken without a graph, once a step."""
+        with torch.no_grad():
+            v_norm = norm_out(base_weight.to(self.dtype) + super().delta_weight())
+        return self.magnitude / v_norm.to(self.magnitude.dtype)
+
+    def delta_weight(self, base_weight: Tensor) -> Tensor:
+        v = base_weight.to(self.dtype) + super().delta_weight()  # (out, in)
+        return self._norm_scale(base_weight)[:, None] * v - base_weight.to(self.dtype)
+
+    def add_delta(self, result: Tensor, x: Tensor, base_out: Tensor, base: nn.Linear) -> Tensor:
+        # W' x - W0 x = (c - 1) * (W0 x) + c * s * B A x: the base output is reused, W' is never formed.
+        frozen = base_out if base.bias is None else base_out - base.bias  # W0 x, bias not rescaled
+        c = self._norm_scale(base.weight)  # (out,)
+        delta = (c - 1) * frozen.to(self.dtype) + c * self.low_rank(x.to(self.dtype))
+        return result + (self.scale * delta).to(result.dtype)
+
+    def lora_factors(self) -> None:
+        return None

@@ -1,0 +1,38 @@
+"""LoRA: W' = W0 + s * B @ A, both factors trained (Hu et al., arXiv 2106.09685).
+
+The baseline every other method is compared against; it must match peft's `LoraConfig(r, lora_alpha)` on
+identical A and B, outputs and gradients alike (tests/test_oracles.py).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ..config import AdapterConfig
+from .base import AdapterLayer, Slot, init_down
+
+
+class LoRA(AdapterLayer):
+    method = "lora"
+
+    def __init__(self, base: nn.Linear, config: AdapterConfig, generator: torch.Generator, slot: Slot | None = None) -> None:
+        super().__init__(base, config, slot)
+        device = base.weight.device
+        self.A = nn.Parameter(init_down((self.rank, self.in_features), config.init, generator, device))
+        self.B = nn.Parameter(torch.zeros(self.out_features, self.rank, device=device))
+
+    def low_rank(self, x: Tensor) -> Tensor:
+        """s * B @ A applied to x: (..., in) -> (..., r) -> (..., out), never forming B @ A."""
+        return F.linear(F.linear(x, self.A), self.B) * self.scaling
+
+    def delta_weight(self, base_weight: Tensor | None = None) -> Tensor:
+        return self.scaling * self.B @ self.A  # (out, r) @ (r, in) -> (out, in)
+
+    def add_delta(self, result: Tensor, x: Tensor, base_out: Tensor, base: nn.Linear) -> Tensor:
+        delta = self.low_rank(x.to(self.dtype))
+        return result + (self.scale * delta).to(result.dtype)
+
+    def lora_factors(self) -> tuple[Tensor, Tensor, float]:
+        return self.A, self.B, self.scaling

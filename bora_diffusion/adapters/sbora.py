@@ -1,0 +1,70 @@
+"""Standard-Basis LoRA (Po et al., arXiv 2407.05413): one factor is frozen to standard basis vectors.
+
+- `sbora_fa`: A = rows `index` of I_in, only B (out, r) trains. dW[:, index] = s * B: r input columns change.
+- `sbora_fb`: B = columns `index` of I_out, only A (r, in) trains. dW[index, :] = s * A: r output rows change.
+
+The one-hot factor is never built on the forward path: FA gathers `x[..., index]`, FB scatters into the output
+channels `index`, and merging is one `index_add_` on the weight. That is what makes the update regional, cheap,
+and exactly additive across concepts whose slots (`index`) are disjoint.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ..config import AdapterConfig
+from .base import AdapterLayer, Slot
+
+
+class SBoRAFA(AdapterLayer):
+    method = "sbora_fa"
+    slot_space = "in"
+
+    def __init__(self, base: nn.Linear, config: AdapterConfig, generator: torch.Generator, slot: Slot | None = None) -> None:
+        super().__init__(base, config, slot)
+        self.B = nn.Parameter(torch.zeros(self.out_features, self.rank, device=base.weight.device))
+
+    def delta_weight(self, base_weight: Tensor | None = None) -> Tensor:
+        delta = self.B.new_zeros(self.out_features, self.in_features)
+        return delta.index_copy(1, self.index, self.scaling * self.B)  # (out, in), nonzero in columns `index`
+
+    def add_delta(self, result: Tensor, x: Tensor, base_out: Tensor, base: nn.Linear) -> Tensor:
+        picked = x.index_select(-1, self.index).to(self.dtype)  # (..., in) -> (..., r): a gather, no one-hot matmul
+        delta = F.linear(picked, self.B)  # (..., r) -> (..., out)
+        return result + ((self.scale * self.scaling) * delta).to(result.dtype)
+
+    def merge_into(self, weight: Tensor, factor: float, base_weight: Tensor) -> None:
+        weight.index_add_(1, self.index, (factor * self.scaling * self.B).to(weight.dtype))
+
+    def lora_factors(self) -> tuple[Tensor, Tensor, float]:
+        down = self.B.new_zeros(self.rank, self.in_features)
+        down[torch.arange(self.rank), self.index] = 1.0  # (r, in): rows of the identity
+        return down, self.B, self.scaling
+
+
+class SBoRAFB(AdapterLayer):
+    method = "sbora_fb"
+    slot_space = "out"
+
+    def __init__(self, base: nn.Linear, config: AdapterConfig, generator: torch.Generator, slot: Slot | None = None) -> None:
+        super().__init__(base, config, slot)
+        self.A = nn.Parameter(torch.zeros(self.rank, self.in_features, device=base.weight.device))
+
+    def delta_weight(self, base_weight: Tensor | None = None) -> Tensor:
+        delta = self.A.new_zeros(self.out_features, self.in_features)
+        return delta.index_copy(0, self.index, self.scaling * self.A)  # (out, in), nonzero in rows `index`
+
+    def add_delta(self, result: Tensor, x: Tensor, base_out: Tensor, base: nn.Linear) -> Tensor:
+        delta = F.linear(x.to(self.dtype), self.A) * (self.scale * self.scaling)  # (..., in) -> (..., r)
+        # Scatter into output channels `index`; out of place so autograd keeps `result` intact.
+        return result.index_add(-1, self.index, delta.to(result.dtype))
+
+    def merge_into(self, weight: Tensor, factor: float, base_weight: Tensor) -> None:
+        weight.index_add_(0, self.index, (factor * self.scaling * self.A).to(weight.dtype))
+
+    def lora_factors(self) -> tuple[Tensor, Tensor, float]:
+        up = self.A.new_zeros(self.out_features, self.rank)
+        up[self.index, torch.arange(self.rank)] = 1.0  # (out, r): columns of the identity
+        return self.A, up, self.scaling
