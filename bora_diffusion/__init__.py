@@ -5,4 +5,12 @@ from .errors import AdapterFileError, BoraError, ConfigError, SlotError, TargetE
 
 __version__ = "0.1.0"
 
-__all__ = ["AdapterConfig", "AdapterFileError", "BoraError", "ConfigError", "SlotError", "TargetError", "__version__"]
+__all__ = [
+    "AdapterConfig",
+    "AdapterFileError",
+    "BoraError",
+    "ConfigError",
+    "SlotError",
+    "TargetError",
+    "__version__",
+]

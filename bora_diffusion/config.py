@@ -69,7 +69,9 @@ class AdapterConfig:
         known = {field.name for field in dataclasses.fields(cls)}
         unknown = sorted(set(data) - known)
         if unknown:
-            raise ConfigError(f"unknown adapter config field(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
+            raise ConfigError(
+                f"unknown adapter config field(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}"
+            )
         if "method" not in data:
             raise ConfigError("adapter config has no 'method' field")
         return cls(**data)

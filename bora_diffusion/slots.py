@@ -75,6 +75,17 @@ class SlotLedger:
             layers.setdefault(path, {"size": sizes[path], "owners": {}})["owners"][concept] = indices
         return {path: torch.tensor(indices, dtype=torch.int64) for path, indices in chosen.items()}
 
+    def record(self, concept: str, space: str, path: str, size: int, indices: list[int]) -> None:
+        """Enter slots a concept already holds (e.g. read from its adapter file); they must be free."""
+        self._check_space(space)
+        entry = self._layers[space].setdefault(path, {"size": size, "owners": {}})
+        clash = sorted(set(indices) & {i for c, idx in entry["owners"].items() if c != concept for i in idx})
+        if clash:
+            raise SlotError(
+                f"{concept!r} holds indices {clash} on {path} ({space} space) that another concept owns"
+            )
+        entry["owners"][concept] = [int(i) for i in indices]
+
     def release(self, concept: str) -> None:
         """Forget every slot `concept` owns (its indices become free for the next concept)."""
         for layers in self._layers.values():
@@ -102,19 +113,26 @@ class SlotLedger:
         if not isinstance(data, dict) or "seed" not in data or "spaces" not in data:
             raise SlotError(f"{source}: not a slot ledger (needs 'version', 'seed' and 'spaces')")
         if int(data.get("version", 0)) > LEDGER_VERSION:
-            raise SlotError(f"{source}: ledger version {data['version']} is newer than this bora-diffusion reads "
-                            f"({LEDGER_VERSION}); upgrade bora-diffusion")
+            raise SlotError(
+                f"{source}: ledger version {data['version']} is newer than this bora-diffusion reads "
+                f"({LEDGER_VERSION}); upgrade bora-diffusion"
+            )
         ledger = cls(seed=int(data["seed"]))
         for space, layers in data["spaces"].items():
             ledger._check_space(space, source)
             for path, entry in layers.items():
-                size, owners = int(entry["size"]), {c: [int(i) for i in idx] for c, idx in entry["owners"].items()}
+                size, owners = (
+                    int(entry["size"]),
+                    {c: [int(i) for i in idx] for c, idx in entry["owners"].items()},
+                )
                 seen: dict[int, str] = {}
                 for concept, indices in owners.items():
                     for index in indices:
                         if not 0 <= index < size or index in seen:
-                            raise SlotError(f"{source}: layer {path} index {index} of {concept!r} is out of range "
-                                            f"or also owned by {seen.get(index)!r}; the ledger is corrupt")
+                            raise SlotError(
+                                f"{source}: layer {path} index {index} of {concept!r} is out of range "
+                                f"or also owned by {seen.get(index)!r}; the ledger is corrupt"
+                            )
                         seen[index] = concept
                 ledger._layers[space][path] = {"size": size, "owners": owners}
         return ledger
@@ -129,7 +147,9 @@ class SlotLedger:
         except FileNotFoundError:
             raise SlotError(f"{path}: slot ledger not found; check the path or start a new ledger") from None
         except (json.JSONDecodeError, UnicodeDecodeError) as error:
-            raise SlotError(f"{path}: not valid JSON ({error}); restore the ledger or start a new one") from None
+            raise SlotError(
+                f"{path}: not valid JSON ({error}); restore the ledger or start a new one"
+            ) from None
         return cls.from_dict(data, source=str(path))
 
     def _check_space(self, space: str, source: str = "ledger") -> None:

@@ -24,7 +24,16 @@ _METHODS: dict[str, type[AdapterLayer]] = {
     cls.method: cls for cls in (LoRA, DoRA, SBoRAFA, SBoRAFB, Ortho, BlockDiversified, BiDimensional)
 }
 
-__all__ = ["AdaptedLinear", "AdapterLayer", "Slot", "available", "build", "get", "orthogonal_basis", "wrap_linear"]
+__all__ = [
+    "AdaptedLinear",
+    "AdapterLayer",
+    "Slot",
+    "available",
+    "build",
+    "get",
+    "orthogonal_basis",
+    "wrap_linear",
+]
 
 
 def available() -> list[str]:

@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..config import AdapterConfig
-from ..errors import SlotError
+from ..errors import ConfigError, SlotError
 
 NORM_FLOOR = 1e-8
 
@@ -91,6 +91,7 @@ class AdapterLayer(nn.Module):
         if int(index.min()) < 0 or int(index.max()) >= size:
             raise SlotError(f"slot index {index.tolist()} is out of range for {self.slot_space} size {size}")
         self.register_buffer("index", index.to(base.weight.device))
+        self.slot_seed = slot.seed
 
     @property
     def dtype(self) -> torch.dtype:
@@ -157,7 +158,9 @@ class AdaptedLinear(nn.Module):
 
     def add(self, name: str, adapter: AdapterLayer, *, active: bool = True) -> AdapterLayer:
         if name in self.adapters:
-            raise ValueError(f"adapter {name!r} already exists on this layer; delete it first or pick another name")
+            raise ConfigError(
+                f"adapter {name!r} already exists on this layer; delete it first or pick another name"
+            )
         if (adapter.in_features, adapter.out_features) != (self.in_features, self.out_features):
             raise ValueError(
                 f"adapter {name!r} is for a ({adapter.out_features}, {adapter.in_features}) weight, "
@@ -224,7 +227,9 @@ class AdaptedLinear(nn.Module):
 
     def _require(self, name: str) -> None:
         if name not in self.adapters:
-            raise KeyError(f"no adapter {name!r} on this layer; it has {', '.join(self.adapters) or 'none'}")
+            raise ConfigError(
+                f"no adapter {name!r} on this layer; it has {', '.join(self.adapters) or 'none'}"
+            )
 
     def extra_repr(self) -> str:
         return f"active={self.active}, merged={self.merged}"

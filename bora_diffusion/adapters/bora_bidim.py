@@ -26,7 +26,9 @@ class BiDimensional(LoRA):
     method = "bora_bidim"
     additive = False
 
-    def __init__(self, base: nn.Linear, config: AdapterConfig, generator: torch.Generator, slot: Slot | None = None) -> None:
+    def __init__(
+        self, base: nn.Linear, config: AdapterConfig, generator: torch.Generator, slot: Slot | None = None
+    ) -> None:
         super().__init__(base, config, generator, slot)
         weight = base.weight.detach()
         self.magnitude_out = nn.Parameter(norm_out(weight))  # (out,) = ||W0||_out
@@ -53,7 +55,9 @@ class BiDimensional(LoRA):
         a, c = self._axis_scales(base.weight)
         frozen = (base_out if base.bias is None else base_out - base.bias).to(self.dtype)  # W0 x
         x = x.to(self.dtype)
-        input_shift = F.linear((x * (c - 1)).to(base.weight.dtype), base.weight).to(self.dtype)  # W0 ((c - 1) x)
+        input_shift = F.linear((x * (c - 1)).to(base.weight.dtype), base.weight).to(
+            self.dtype
+        )  # W0 ((c - 1) x)
         delta = a * input_shift + (a - 1) * frozen + a * self.low_rank(x * c)
         return result + (self.scale * delta).to(result.dtype)
 

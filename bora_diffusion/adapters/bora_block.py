@@ -25,7 +25,9 @@ from .base import AdapterLayer, Slot, init_down
 class BlockDiversified(AdapterLayer):
     method = "bora_block"
 
-    def __init__(self, base: nn.Linear, config: AdapterConfig, generator: torch.Generator, slot: Slot | None = None) -> None:
+    def __init__(
+        self, base: nn.Linear, config: AdapterConfig, generator: torch.Generator, slot: Slot | None = None
+    ) -> None:
         super().__init__(base, config, slot)
         self.blocks = config.blocks
         if self.blocks > min(self.out_features, self.in_features):
@@ -52,7 +54,10 @@ class BlockDiversified(AdapterLayer):
         b_blocks = self.B.tensor_split(self.blocks, dim=0)  # b x (out_i, r)
         up = torch.block_diag(*b_blocks)  # (out, b r)
         down = torch.cat(
-            [torch.cat([scales[i, j, :, None] * a_j for j, a_j in enumerate(a_blocks)], dim=1) for i in range(self.blocks)],
+            [
+                torch.cat([scales[i, j, :, None] * a_j for j, a_j in enumerate(a_blocks)], dim=1)
+                for i in range(self.blocks)
+            ],
             dim=0,
         )  # (b r, in)
         return down, up, self.scaling
@@ -67,7 +72,11 @@ class BlockDiversified(AdapterLayer):
         x_blocks = x.tensor_split(self.blocks, dim=-1)  # b x (..., in_j)
         a_blocks = self.A.tensor_split(self.blocks, dim=1)  # b x (r, in_j)
         b_blocks = self.B.tensor_split(self.blocks, dim=0)  # b x (out_i, r)
-        u = torch.stack([F.linear(x_j, a_j) for x_j, a_j in zip(x_blocks, a_blocks, strict=True)], dim=-2)  # (..., b, r)
+        u = torch.stack(
+            [F.linear(x_j, a_j) for x_j, a_j in zip(x_blocks, a_blocks, strict=True)], dim=-2
+        )  # (..., b, r)
         z = torch.einsum("ijr,...jr->...ir", scales, u)  # (..., b, r): z_i = sum_j Sigma[i, j] * u_j
-        delta = torch.cat([F.linear(z[..., i, :], b_i) for i, b_i in enumerate(b_blocks)], dim=-1)  # (..., out)
+        delta = torch.cat(
+            [F.linear(z[..., i, :], b_i) for i, b_i in enumerate(b_blocks)], dim=-1
+        )  # (..., out)
         return result + ((self.scale * self.scaling) * delta).to(result.dtype)

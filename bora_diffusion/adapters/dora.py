@@ -19,9 +19,13 @@ class DoRA(LoRA):
     method = "dora"
     additive = False
 
-    def __init__(self, base: nn.Linear, config: AdapterConfig, generator: torch.Generator, slot: Slot | None = None) -> None:
+    def __init__(
+        self, base: nn.Linear, config: AdapterConfig, generator: torch.Generator, slot: Slot | None = None
+    ) -> None:
         super().__init__(base, config, generator, slot)
-        self.magnitude = nn.Parameter(norm_out(base.weight.detach()))  # (out,) = ||W0||_out, so W' = W0 at init
+        self.magnitude = nn.Parameter(
+            norm_out(base.weight.detach())
+        )  # (out,) = ||W0||_out, so W' = W0 at init
 
     def _norm_scale(self, base_weight: Tensor) -> Tensor:
         """c = magnitude / sg(||W0 + s B A||_out): shape (out,). The norm is taken without a graph, once a step."""

@@ -32,7 +32,9 @@ class Ortho(LoRA):
     method = "ortho"
     slot_space = "ortho"
 
-    def __init__(self, base: nn.Linear, config: AdapterConfig, generator: torch.Generator, slot: Slot | None = None) -> None:
+    def __init__(
+        self, base: nn.Linear, config: AdapterConfig, generator: torch.Generator, slot: Slot | None = None
+    ) -> None:
         AdapterLayer.__init__(self, base, config, slot)  # LoRA's init would draw a trainable A
         device = base.weight.device
         basis = orthogonal_basis(self.in_features, slot.seed)  # (in, in)

@@ -22,7 +22,9 @@ class SBoRAFA(AdapterLayer):
     method = "sbora_fa"
     slot_space = "in"
 
-    def __init__(self, base: nn.Linear, config: AdapterConfig, generator: torch.Generator, slot: Slot | None = None) -> None:
+    def __init__(
+        self, base: nn.Linear, config: AdapterConfig, generator: torch.Generator, slot: Slot | None = None
+    ) -> None:
         super().__init__(base, config, slot)
         self.B = nn.Parameter(torch.zeros(self.out_features, self.rank, device=base.weight.device))
 
@@ -31,7 +33,9 @@ class SBoRAFA(AdapterLayer):
         return delta.index_copy(1, self.index, self.scaling * self.B)  # (out, in), nonzero in columns `index`
 
     def add_delta(self, result: Tensor, x: Tensor, base_out: Tensor, base: nn.Linear) -> Tensor:
-        picked = x.index_select(-1, self.index).to(self.dtype)  # (..., in) -> (..., r): a gather, no one-hot matmul
+        picked = x.index_select(-1, self.index).to(
+            self.dtype
+        )  # (..., in) -> (..., r): a gather, no one-hot matmul
         delta = F.linear(picked, self.B)  # (..., r) -> (..., out)
         return result + ((self.scale * self.scaling) * delta).to(result.dtype)
 
@@ -48,7 +52,9 @@ class SBoRAFB(AdapterLayer):
     method = "sbora_fb"
     slot_space = "out"
 
-    def __init__(self, base: nn.Linear, config: AdapterConfig, generator: torch.Generator, slot: Slot | None = None) -> None:
+    def __init__(
+        self, base: nn.Linear, config: AdapterConfig, generator: torch.Generator, slot: Slot | None = None
+    ) -> None:
         super().__init__(base, config, slot)
         self.A = nn.Parameter(torch.zeros(self.rank, self.in_features, device=base.weight.device))
 

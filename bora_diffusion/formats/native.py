@@ -1,0 +1,205 @@
+"""The native adapter file: one `.safetensors` per concept that describes itself.
+
+Tensors are keyed `<module path>.<tensor>` (e.g. `...attn1.to_q.B`, `...attn1.to_q.index`); the safetensors
+metadata (string -> string, JSON where structured) holds:
+
+    format            "bora-diffusion-adapter"
+    format_version    "1"
+    library_version   the bora-diffusion version that wrote it
+    method            the adapter method id
+    config            AdapterConfig.to_dict()
+    concept           {"name", "token", "class_word"}
+    slots             {"space", "seed"} for slot methods (indices are the `.index` tensors), else null
+    base_model        {"name", "fingerprint", "layers": {path: [out, in]}}
+
+Reading validates all of it; loading checks every layer against the model before touching it. Never pickle.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import safetensors
+import safetensors.torch
+from torch import Tensor, nn
+
+from ..adapters import AdaptedLinear, get
+from ..atomic import atomic_path
+from ..config import AdapterConfig
+from ..errors import AdapterFileError, BoraError
+from ..inject import adapter_state_dict, inject, load_adapter_state_dict, wrappers
+from ..slots import SlotLedger
+
+FORMAT = "bora-diffusion-adapter"
+FORMAT_VERSION = 1
+
+
+@dataclass(frozen=True)
+class AdapterFile:
+    """A validated adapter file's content, not yet applied to any model."""
+
+    path: Path
+    config: AdapterConfig
+    name: str
+    token: str | None
+    class_word: str | None
+    base_name: str
+    fingerprint: str
+    layers: dict[str, tuple[int, int]]  # module path -> (out, in)
+    slot_space: str | None
+    slot_seed: int
+    library_version: str
+    tensors: dict[str, Tensor]
+
+    def slots(self) -> dict[str, Tensor]:
+        """Module path -> slot index (r,), for slot methods; empty otherwise."""
+        return {
+            path: self.tensors[f"{path}.index"] for path in self.layers if f"{path}.index" in self.tensors
+        }
+
+
+def fingerprint(layers: dict[str, tuple[int, int]]) -> str:
+    """A short hash of the target layers' paths and shapes: two base models agree on it iff the file fits both."""
+    text = ";".join(f"{path}:{out}x{in_}" for path, (out, in_) in sorted(layers.items()))
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def save_adapter(
+    path: str | os.PathLike,
+    model: nn.Module,
+    name: str,
+    config: AdapterConfig,
+    *,
+    base_name: str,
+    token: str | None = None,
+    class_word: str | None = None,
+) -> Path:
+    """Write concept `name` of `model` to `path` atomically; return the path."""
+    from .. import __version__
+
+    layers = {p: (w.out_features, w.in_features) for p, w in wrappers(model) if name in w.adapters}
+    tensors = {key: t.detach().contiguous().cpu() for key, t in adapter_state_dict(model, name).items()}
+    space = get(config.method).slot_space
+    seed = (
+        next((w.adapters[name].slot_seed for _, w in wrappers(model) if name in w.adapters), 0)
+        if space
+        else 0
+    )
+    metadata = {
+        "format": FORMAT,
+        "format_version": str(FORMAT_VERSION),
+        "library_version": __version__,
+        "method": config.method,
+        "config": json.dumps(config.to_dict()),
+        "concept": json.dumps({"name": name, "token": token, "class_word": class_word}),
+        "slots": json.dumps({"space": space, "seed": seed} if space else None),
+        "base_model": json.dumps({"name": base_name, "fingerprint": fingerprint(layers), "layers": layers}),
+    }
+    target = Path(path)
+    with atomic_path(target) as tmp:
+        safetensors.torch.save_file(tensors, str(tmp), metadata=metadata)
+    return target
+
+
+def read_adapter(path: str | os.PathLike) -> AdapterFile:
+    """Read and validate an adapter file without applying it. Every problem is an AdapterFileError naming the file."""
+    path = Path(path)
+    if not path.is_file():
+        raise AdapterFileError(f"{path}: adapter file not found; check the path")
+    try:
+        with safetensors.safe_open(str(path), framework="pt") as handle:
+            metadata = handle.metadata() or {}
+            tensors = {key: handle.get_tensor(key) for key in handle.keys()}  # noqa: SIM118 (safe_open is no dict)
+    except Exception as error:  # safetensors raises its own error types and OSError for bad headers
+        raise AdapterFileError(
+            f"{path}: not a readable safetensors file ({error}); the file is corrupt or "
+            "truncated: copy it again"
+        ) from None
+    if metadata.get("format") != FORMAT:
+        raise AdapterFileError(
+            f"{path}: not a bora-diffusion adapter (no '{FORMAT}' metadata); a diffusers or kohya "
+            "LoRA file must be imported with `bora-diffusion import` first"
+        )
+    try:
+        version = int(metadata["format_version"])
+        if version > FORMAT_VERSION:
+            raise AdapterFileError(
+                f"{path}: format version {version} is newer than this bora-diffusion reads "
+                f"({FORMAT_VERSION}); upgrade with `pip install -U bora-diffusion`"
+            )
+        method = metadata["method"]
+        get(method)
+        config = AdapterConfig.from_dict(json.loads(metadata["config"]))
+        concept = json.loads(metadata["concept"])
+        slots = json.loads(metadata["slots"])
+        base = json.loads(metadata["base_model"])
+        layers = {p: (int(shape[0]), int(shape[1])) for p, shape in base["layers"].items()}
+    except BoraError as error:
+        raise AdapterFileError(f"{path}: {error}") from None
+    except (KeyError, TypeError, ValueError, IndexError) as error:
+        raise AdapterFileError(
+            f"{path}: malformed metadata ({type(error).__name__}: {error}); the file is corrupt"
+        ) from None
+    if config.method != method:
+        raise AdapterFileError(
+            f"{path}: metadata says method {method!r} but its config says {config.method!r}; corrupt file"
+        )
+    if fingerprint(layers) != base.get("fingerprint"):
+        raise AdapterFileError(
+            f"{path}: base-model fingerprint does not match its layer list; the file is corrupt"
+        )
+    orphans = sorted({key.rpartition(".")[0] for key in tensors} - set(layers))
+    if orphans:
+        raise AdapterFileError(
+            f"{path}: tensors for layers not in its layer list, e.g. {orphans[0]}; corrupt file"
+        )
+    return AdapterFile(
+        path=path,
+        config=config,
+        name=concept.get("name") or path.stem,
+        token=concept.get("token"),
+        class_word=concept.get("class_word"),
+        base_name=base.get("name", "?"),
+        fingerprint=base["fingerprint"],
+        layers=layers,
+        slot_space=(slots or {}).get("space"),
+        slot_seed=int((slots or {}).get("seed", 0)),
+        library_version=metadata.get("library_version", "?"),
+        tensors=tensors,
+    )
+
+
+def load_adapter(path: str | os.PathLike, model: nn.Module, *, name: str | None = None) -> AdapterFile:
+    """Read `path`, check it fits `model` layer by layer, then add it as concept `name` (default: the file's)."""
+    adapter = read_adapter(path)
+    name = name or adapter.name
+    for layer, (out, in_) in adapter.layers.items():
+        try:
+            module = model.get_submodule(layer)
+        except AttributeError:
+            raise AdapterFileError(
+                f"{adapter.path}: layer {layer} does not exist in this model; the file was made "
+                f"for base model {adapter.base_name!r}"
+            ) from None
+        if not isinstance(module, nn.Linear | AdaptedLinear):
+            raise AdapterFileError(
+                f"{adapter.path}: layer {layer} is a {type(module).__name__} here, not a Linear; "
+                f"the file was made for base model {adapter.base_name!r}"
+            )
+        if (module.out_features, module.in_features) != (out, in_):
+            raise AdapterFileError(
+                f"{adapter.path}: layer {layer} is ({module.out_features}, {module.in_features}) in this model but "
+                f"({out}, {in_}) in the file; it was made for base model {adapter.base_name!r}, load that base"
+            )
+    slots = adapter.slots() if adapter.slot_space else None
+    if adapter.slot_space and set(slots) != set(adapter.layers):
+        missing = sorted(set(adapter.layers) - set(slots))
+        raise AdapterFileError(f"{adapter.path}: no slot index for layer {missing[0]}; corrupt file")
+    ledger = SlotLedger(seed=adapter.slot_seed)  # carries the seed the file's ortho basis was built from
+    inject(model, adapter.config, name=name, ledger=ledger, slots=slots, paths=list(adapter.layers))
+    load_adapter_state_dict(model, name, adapter.tensors, source=str(adapter.path))
+    return adapter

@@ -1,0 +1,82 @@
+"""Shared fixtures: a tiny MLP and the tiny UNet, both with their inputs, and helpers to perturb adapters.
+
+Offline by construction: the environment is set before diffusers, transformers or open_clip are imported.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+from torch import nn  # noqa: E402
+
+from bora_diffusion.adapters import available  # noqa: E402
+from bora_diffusion.inject import wrappers  # noqa: E402
+
+METHODS = available()
+MLP_TARGETS = (r"^\d+$",)  # every Linear of an nn.Sequential
+
+
+@pytest.fixture(scope="session")
+def _tiny_unet_master():
+    from bora_diffusion.embedded import build_tiny_pipeline
+
+    return build_tiny_pipeline(seed=0).unet.eval()
+
+
+class Case:
+    """A model with a fixed input; `run()` is its forward on that input, `fresh()` an identical new case."""
+
+    def __init__(self, model: nn.Module, inputs: dict, targets, fresh):
+        self.model, self.inputs, self.targets, self.fresh = model, inputs, targets, fresh
+
+    def run(self, model: nn.Module | None = None) -> torch.Tensor:
+        model = self.model if model is None else model
+        with torch.no_grad():
+            out = model(**self.inputs)
+        return out.sample if hasattr(out, "sample") else out
+
+
+def make_mlp() -> Case:
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(24, 40), nn.GELU(), nn.Linear(40, 16))
+    return Case(model, {"input": torch.randn(3, 7, 24)}, MLP_TARGETS, make_mlp)
+
+
+def make_unet(master) -> Case:
+    g = torch.Generator().manual_seed(0)
+    inputs = {
+        "sample": torch.randn(2, 4, 16, 16, generator=g),
+        "timestep": torch.tensor([10, 500]),
+        "encoder_hidden_states": torch.randn(2, 8, 32, generator=g),
+    }
+    return Case(copy.deepcopy(master), inputs, "attention", lambda: make_unet(master))
+
+
+@pytest.fixture(params=["mlp", "unet"])
+def case(request, _tiny_unet_master) -> Case:
+    return make_mlp() if request.param == "mlp" else make_unet(_tiny_unet_master)
+
+
+@pytest.fixture
+def tiny_unet(_tiny_unet_master) -> Case:
+    return make_unet(_tiny_unet_master)
+
+
+def perturb(model: nn.Module, name: str, seed: int = 1, std: float = 0.2) -> None:
+    """Move every parameter of concept `name` away from its init, so the adapter does something."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for _, wrapper in wrappers(model):
+            for param in wrapper.adapters[name].parameters():
+                param.add_(torch.randn(param.shape, generator=g) * std * (param.abs().mean() + 1.0))
+
+
+def block_kwargs(method: str) -> dict:
+    return {"blocks": 2} if method == "bora_block" else {}
