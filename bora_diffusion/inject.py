@@ -54,16 +54,20 @@ def find_targets(model: nn.Module, targets: str | tuple[str, ...] | list[str] = 
     linears = [path for path, module in _linears(model)]
     found = [path for path in linears if any(p.search(path) for p in patterns)]
     if not found:
-        # Summarize what is there by the last two path parts, e.g. "attn1.to_q", "ff.net.2", "proj_in".
-        kinds = Counter(
-            ".".join(p.split(".")[-3:] if p.endswith(".0") else p.split(".")[-2:]) for p in linears
-        )
+        kinds = Counter(_layer_kind(p) for p in linears)
         listing = ", ".join(f"{kind} (x{count})" for kind, count in sorted(kinds.items()))
         raise TargetError(
             f"targets {list(target_patterns(targets))} match no Linear in this model; "
             f"it has: {listing or 'no Linear layers'}"
         )
     return found
+
+
+def _layer_kind(path: str) -> str:
+    """A path without its container prefix: "down_blocks.0.attentions.0.transformer_blocks.0.ff.net.2" -> "ff.net.2"."""
+    parts = path.split(".")
+    containers = [i for i in range(1, len(parts)) if parts[i].isdigit() and parts[i - 1].endswith("s")]
+    return ".".join(parts[containers[-1] + 1 :] if containers else parts)
 
 
 def wrappers(model: nn.Module) -> Iterator[tuple[str, AdaptedLinear]]:

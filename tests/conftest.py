@@ -12,12 +12,12 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 
-import pytest  # noqa: E402
-import torch  # noqa: E402
-from torch import nn  # noqa: E402
+import pytest
+import torch
+from torch import nn
 
-from bora_diffusion.adapters import available  # noqa: E402
-from bora_diffusion.inject import wrappers  # noqa: E402
+from bora_diffusion.adapters import available
+from bora_diffusion.inject import wrappers
 
 METHODS = available()
 MLP_TARGETS = (r"^\d+$",)  # every Linear of an nn.Sequential

@@ -143,7 +143,9 @@ def test_exported_lora_factors_reproduce_delta(case, method):
             continue
         down, up, scaling = factors
         with torch.no_grad():
-            torch.testing.assert_close(scaling * up @ down, adapter.delta_weight(wrapper.base.weight), atol=1e-6, rtol=1e-5)
+            torch.testing.assert_close(
+                scaling * up @ down, adapter.delta_weight(wrapper.base.weight), atol=1e-6, rtol=1e-5
+            )
         assert down.shape[1] == wrapper.in_features and up.shape[0] == wrapper.out_features, path
 
 

@@ -39,5 +39,7 @@ class Ortho(LoRA):
         device = base.weight.device
         basis = orthogonal_basis(self.in_features, slot.seed)  # (in, in)
         # A buffer, not a parameter: frozen, and saved with the adapter so a file is self-contained.
-        self.register_buffer("A", basis[:, self.index.cpu()].T.contiguous().to(device))  # (r, in)
+        self.register_buffer(
+            "A", basis[:, torch.as_tensor(slot.index, dtype=torch.int64)].T.contiguous().to(device)
+        )  # (r, in)
         self.B = nn.Parameter(torch.zeros(self.out_features, self.rank, device=device))
