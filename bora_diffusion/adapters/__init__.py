@@ -67,9 +67,11 @@ def wrap_linear(
     """Wrap one nn.Linear (or add a concept to an existing wrapper) outside any UNet.
 
     `index` gives the slot for the methods that take one (`sbora_fa`, `sbora_fb`, `ortho`); when omitted, a slot
-    ledger seeded by `seed` allocates one, as it would for the first concept on this layer.
+    ledger seeded by `seed` allocates one that no other concept on this wrapper holds.
     """
-    from ..slots import SlotLedger  # late import: slots is a user of this package, not the other way round
+    from ..inject import (
+        ledger_from_model,
+    )  # late import: inject builds on this package, not the other way round
 
     config = AdapterConfig(method=method, rank=rank, alpha=alpha, blocks=blocks, seed=seed)
     wrapper = linear if isinstance(linear, AdaptedLinear) else AdaptedLinear(linear)
@@ -77,9 +79,9 @@ def wrap_linear(
     slot = None
     if cls.slot_space is not None:
         if index is None:
-            ledger = SlotLedger(seed=seed)
             size = wrapper.out_features if cls.slot_space == "out" else wrapper.in_features
-            index = ledger.allocate(name, cls.slot_space, {"linear": size}, rank)["linear"]
+            ledger = ledger_from_model(wrapper, seed)  # the wrapper itself has module path ""
+            index = ledger.allocate(name, cls.slot_space, {"": size}, rank)[""]
         slot = Slot(torch.as_tensor(index, dtype=torch.int64), seed)
     elif index is not None:
         raise ConfigError(f"method {method!r} takes no slot index; drop index=")

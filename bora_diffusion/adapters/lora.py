@@ -17,7 +17,9 @@ from .base import AdapterLayer, Slot, init_down
 class LoRA(AdapterLayer):
     method = "lora"
 
-    def __init__(self, base: nn.Linear, config: AdapterConfig, generator: torch.Generator, slot: Slot | None = None) -> None:
+    def __init__(
+        self, base: nn.Linear, config: AdapterConfig, generator: torch.Generator, slot: Slot | None = None
+    ) -> None:
         super().__init__(base, config, slot)
         device = base.weight.device
         self.A = nn.Parameter(init_down((self.rank, self.in_features), config.init, generator, device))
