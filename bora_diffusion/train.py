@@ -1,0 +1,376 @@
+"""Concept training: a noise-prediction loss on a handful of images, through adapters only.
+
+One `Trainer` trains one concept on a base pipeline; `train_concepts` trains several, each on its own slots of a
+shared ledger, each alone (the others inactive), so they can later be fused without interference. All randomness
+(batch choice, noise, timesteps) comes from one seeded generator whose state goes into every checkpoint, so a run
+stopped and resumed ends with the same adapter, bit for bit on CPU, as a run that never stopped.
+
+Under `accelerate launch` the same code runs data-parallel on several GPUs (accelerate wraps the UNet; each
+process draws its own batches from a generator seeded by (seed, process index)).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Protocol
+
+import torch
+import torch.nn.functional as F
+
+from .atomic import write_text
+from .callbacks import Callback, TrainState
+from .config import AdapterConfig, TrainConfig
+from .data import EncodedSet, encode_images, encode_set
+from .errors import BoraError, ConfigError
+from .formats import save_adapter
+from .inject import adapter_state_dict, inject, load_adapter_state_dict, mark_trainable, set_active
+from .seeding import derive_seed
+from .slots import SlotLedger
+
+CHECKPOINTS = "checkpoints"
+KEEP_CHECKPOINTS = 2
+
+
+class TrainingDiverged(BoraError):
+    """The loss became NaN or infinite."""
+
+
+class ConceptLike(Protocol):
+    """What training needs of a concept (bora_diffusion.concept.Concept provides it)."""
+
+    name: str
+    token: str
+    class_word: str
+    images: Sequence[Path]
+
+    def instance_prompt(self, image: Path) -> str: ...
+
+
+class Trainer:
+    """Train concept `concept` with `adapter` settings on `pipe`'s UNet; write `<out_dir>/<name>.safetensors`."""
+
+    def __init__(
+        self,
+        pipe,
+        concept: ConceptLike,
+        adapter: AdapterConfig,
+        config: TrainConfig,
+        *,
+        out_dir: str | Path,
+        base_name: str,
+        ledger: SlotLedger | None = None,
+        callbacks: Sequence[Callback] = (),
+        class_dir: str | Path | None = None,
+    ) -> None:
+        self.pipe, self.concept, self.adapter, self.config = pipe, concept, adapter, config
+        self.out_dir = Path(out_dir)
+        self.base_name = base_name
+        self.ledger = ledger
+        self.callbacks = list(callbacks)
+        self.class_dir = Path(class_dir) if class_dir else self.out_dir / "class_images" / concept.class_word
+        self.name = concept.name
+
+    # ----------------------------------------------------------------------------------------------- the run
+    def train(self, *, resume: bool = False) -> Path:
+        """Run to `config.steps`; with `resume`, continue from the newest checkpoint in `out_dir` if there is one."""
+        from accelerate import Accelerator
+
+        config, unet = self.config, self.pipe.unet
+        accelerator = Accelerator(
+            mixed_precision=config.mixed_precision,
+            gradient_accumulation_steps=config.gradient_accumulation,
+            cpu=unet.device.type == "cpu",
+        )
+        if config.mixed_precision == "fp16" and accelerator.device.type == "cpu":
+            raise ConfigError("mixed_precision 'fp16' needs a GPU; use 'no' or 'bf16' on the CPU")
+        self._set_attention()
+        instance = self._instance_set()
+        prior = self._prior_set() if config.prior_weight > 0 else None
+
+        inject(unet, self.adapter, name=self.name, ledger=self.ledger)
+        set_active(unet, [self.name])
+        params = mark_trainable(unet, [self.name])
+        optimizer = self._optimizer(params)
+        schedule = self._lr_schedule(optimizer)
+        generator = torch.Generator().manual_seed(
+            derive_seed("train", config.seed, accelerator.process_index)
+        )
+        step = self._resume(optimizer, schedule, generator) if resume else 0
+        if config.gradient_checkpointing:
+            unet.enable_gradient_checkpointing()
+        model, optimizer = accelerator.prepare(unet, optimizer)
+        model.train()
+
+        state = TrainState(self.name, step, config.steps)
+        start = time.perf_counter()
+        self._emit("on_train_start", state)
+        while step < config.steps:
+            losses = []
+            for _ in range(config.gradient_accumulation):
+                with accelerator.accumulate(model):
+                    loss = self._loss(model, instance, prior, generator, accelerator.device)
+                    if not torch.isfinite(loss):
+                        raise TrainingDiverged(self._diverged_message(step + 1, float(loss.detach())))
+                    accelerator.backward(loss)
+                    if accelerator.sync_gradients and config.max_grad_norm is not None:
+                        accelerator.clip_grad_norm_(params, config.max_grad_norm)
+                    optimizer.step()
+                    optimizer.zero_grad(set_to_none=True)
+                    losses.append(float(loss.detach()))
+            schedule.step()
+            step += 1
+            state.step, state.loss, state.lr = step, sum(losses) / len(losses), schedule.get_last_lr()[0]
+            state.seconds = time.perf_counter() - start
+            self._emit("on_step_end", state)
+            if config.checkpoint_every and step % config.checkpoint_every == 0 and step < config.steps:
+                self._emit("on_checkpoint", state, self._checkpoint(step, optimizer, schedule, generator))
+            if config.sample_every and step % config.sample_every == 0:
+                self._sample(state)
+        model.eval()
+        if config.gradient_checkpointing:
+            unet.disable_gradient_checkpointing()
+        path = self._save_adapter()
+        self._checkpoint(step, optimizer, schedule, generator)
+        self._emit("on_train_end", state, path)
+        return path
+
+    def _loss(self, model, instance: EncodedSet, prior: EncodedSet | None, generator, device) -> torch.Tensor:
+        """The denoising loss on one micro-batch (plus the prior-preservation term)."""
+        latents, text = self._latents(instance, generator)
+        if prior is not None:
+            prior_latents, prior_text = self._latents(prior, generator)
+            latents, text = torch.cat([latents, prior_latents]), torch.cat([text, prior_text])
+        scheduler = self.pipe.scheduler
+        noise = torch.randn(latents.shape, generator=generator)
+        timesteps = torch.randint(scheduler.config.num_train_timesteps, (len(latents),), generator=generator)
+        noisy = scheduler.add_noise(latents, noise, timesteps)
+        if scheduler.config.prediction_type == "v_prediction":
+            target = scheduler.get_velocity(latents, noise, timesteps)
+        else:
+            target = noise
+        dtype = self.pipe.unet.dtype
+        prediction = model(
+            noisy.to(device, dtype), timesteps.to(device), text.to(device, dtype)
+        ).sample.float()
+        target = target.to(device)
+        if prior is None:
+            return F.mse_loss(prediction, target)
+        n = self.config.batch_size
+        return F.mse_loss(prediction[:n], target[:n]) + self.config.prior_weight * F.mse_loss(
+            prediction[n:], target[n:]
+        )
+
+    def _latents(self, data: EncodedSet, generator) -> tuple[torch.Tensor, torch.Tensor]:
+        images, text = data.batch(self.config.batch_size, generator)
+        if not data.encoded:
+            images = encode_images(self.pipe.vae, images)
+        return images.cpu(), text.cpu()
+
+    # ------------------------------------------------------------------------------------------ data and setup
+    def _instance_set(self) -> EncodedSet:
+        prompts = [self.concept.instance_prompt(image) for image in self.concept.images]
+        return encode_set(
+            self.pipe,
+            self.concept.images,
+            prompts,
+            self.config.resolution,
+            cache_latents=self.config.cache_latents,
+        )
+
+    def _prior_set(self) -> EncodedSet:
+        prompt = f"a photo of a {self.concept.class_word}"
+        images = ensure_class_images(self.pipe, prompt, self.class_dir, self.config.class_images, self.config)
+        return encode_set(
+            self.pipe,
+            images,
+            [prompt] * len(images),
+            self.config.resolution,
+            cache_latents=self.config.cache_latents,
+        )
+
+    def _optimizer(self, params) -> torch.optim.Optimizer:
+        if self.config.adam_8bit:
+            try:
+                import bitsandbytes as bnb
+            except ImportError:
+                raise ConfigError(
+                    "adam_8bit needs bitsandbytes: pip install bitsandbytes (GPU only)"
+                ) from None
+            cls = bnb.optim.AdamW8bit
+        else:
+            cls = torch.optim.AdamW
+        return cls(params, lr=self.config.learning_rate, weight_decay=self.config.weight_decay)
+
+    def _lr_schedule(self, optimizer):
+        from diffusers.optimization import get_scheduler
+
+        return get_scheduler(
+            self.config.lr_schedule,
+            optimizer,
+            num_warmup_steps=self.config.warmup_steps,
+            num_training_steps=self.config.steps,
+        )
+
+    def _set_attention(self) -> None:
+        if self.config.attention == "xformers":
+            try:
+                import xformers  # noqa: F401
+            except ImportError:
+                raise ConfigError(
+                    "attention 'xformers' needs the xformers package (GPU only); use 'sdpa'"
+                ) from None
+            self.pipe.unet.enable_xformers_memory_efficient_attention()
+
+    # --------------------------------------------------------------------------------- checkpoints and output
+    def _checkpoint(self, step: int, optimizer, schedule, generator) -> Path:
+        """Everything a resume needs, written atomically as `checkpoints/step-NNNNNN/` (the last two kept)."""
+        root = self.out_dir / CHECKPOINTS / self.name
+        root.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=".tmp-", dir=root))
+        state = {
+            "step": step,
+            "optimizer": optimizer.state_dict(),
+            "lr_schedule": schedule.state_dict(),
+            "generator": generator.get_state(),
+            "adapter": {k: v.cpu().clone() for k, v in adapter_state_dict(self.pipe.unet, self.name).items()},
+            "config": json.dumps(self.config.to_dict()),
+        }
+        torch.save(state, staging / "state.pt")
+        target = root / f"step-{step:06d}"
+        if target.exists():
+            shutil.rmtree(target)
+        staging.rename(target)
+        for old in sorted(root.glob("step-*"))[:-KEEP_CHECKPOINTS]:
+            shutil.rmtree(old)
+        return target
+
+    def _resume(self, optimizer, schedule, generator) -> int:
+        found = sorted((self.out_dir / CHECKPOINTS / self.name).glob("step-*"))
+        if not found:
+            return 0
+        state = torch.load(
+            found[-1] / "state.pt", weights_only=True
+        )  # tensors and plain data only, no pickle code
+        saved = TrainConfig.from_dict(json.loads(state["config"]))
+        if _resume_key(saved) != _resume_key(self.config):
+            raise ConfigError(
+                f"{found[-1]}: the checkpoint was made with other training settings; "
+                "resume with the same settings or start a new output folder"
+            )
+        load_adapter_state_dict(self.pipe.unet, self.name, state["adapter"], source=str(found[-1]))
+        optimizer.load_state_dict(state["optimizer"])
+        schedule.load_state_dict(state["lr_schedule"])
+        generator.set_state(state["generator"])
+        return int(state["step"])
+
+    def _save_adapter(self) -> Path:
+        return save_adapter(
+            self.out_dir / f"{self.name}.safetensors",
+            self.pipe.unet,
+            self.name,
+            self.adapter,
+            base_name=self.base_name,
+            token=self.concept.token,
+            class_word=self.concept.class_word,
+        )
+
+    def _sample(self, state: TrainState) -> None:
+        prompts = list(self.config.sample_prompts) or [self.concept.instance_prompt(self.concept.images[0])]
+        generator = torch.Generator().manual_seed(self.config.seed)
+        was_training = self.pipe.unet.training
+        self.pipe.unet.eval()
+        size = self.config.resolution
+        images = self.pipe(
+            prompts, generator=generator, num_inference_steps=20, height=size, width=size
+        ).images
+        self.pipe.unet.train(was_training)
+        folder = self.out_dir / "samples" / self.name
+        folder.mkdir(parents=True, exist_ok=True)
+        for i, image in enumerate(images):
+            image.save(folder / f"step-{state.step:06d}-{i}.png")
+        self._emit("on_sample", state, images, prompts)
+
+    def _diverged_message(self, step: int, loss: float) -> str:
+        found = sorted((self.out_dir / CHECKPOINTS / self.name).glob("step-*"))
+        kept = f"the last good checkpoint is {found[-1]}" if found else "no checkpoint was written yet"
+        return (
+            f"training {self.name!r} stopped: the loss became {loss} at step {step}; {kept}. "
+            "Lower the learning rate (or enable gradient clipping) and resume"
+        )
+
+    def _emit(self, hook: str, *args) -> None:
+        for callback in self.callbacks:
+            getattr(callback, hook)(*args)
+
+
+def _resume_key(config: TrainConfig) -> dict:
+    """The settings a resumed run must share with the checkpoint (sampling and checkpoint cadence may change)."""
+    data = config.to_dict()
+    for free in ("checkpoint_every", "sample_every", "sample_prompts"):
+        data.pop(free)
+    return data
+
+
+def ensure_class_images(pipe, prompt: str, folder: Path, count: int, config: TrainConfig) -> list[Path]:
+    """`count` images of the class for prior preservation: those in `folder`, completed by generating with the base
+    model (before any adapter is injected, seeded per image so the set is reproducible)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    existing = sorted(p for p in folder.iterdir() if p.suffix.lower() in (".png", ".jpg", ".jpeg", ".webp"))
+    for i in range(len(existing), count):
+        generator = torch.Generator().manual_seed(derive_seed("class-image", config.seed, prompt, i))
+        image = pipe(
+            prompt,
+            generator=generator,
+            num_inference_steps=20,
+            height=config.resolution,
+            width=config.resolution,
+        ).images[0]
+        path = folder / f"class-{i:04d}.png"
+        with tempfile.NamedTemporaryFile(dir=folder, suffix=".png", delete=False) as tmp:
+            image.save(tmp, format="PNG")
+        Path(tmp.name).replace(path)
+        existing.append(path)
+    return existing[:count]
+
+
+def train_concepts(
+    pipe,
+    jobs: Sequence[tuple[ConceptLike, AdapterConfig]],
+    config: TrainConfig,
+    *,
+    out_dir: str | Path,
+    base_name: str,
+    ledger: SlotLedger | None = None,
+    callbacks: Sequence[Callback] = (),
+    resume: bool = False,
+) -> list[Path]:
+    """Train several concepts one after another on disjoint slots of one ledger (saved as `slots.json`).
+
+    Each concept trains alone; the next starts from the same base UNet with the earlier concepts inactive.
+    """
+    out_dir = Path(out_dir)
+    ledger_path = out_dir / "slots.json"
+    if ledger is None:
+        ledger = SlotLedger.load(ledger_path) if ledger_path.exists() else SlotLedger(seed=config.seed)
+    paths = []
+    for concept, adapter in jobs:
+        trainer = Trainer(
+            pipe,
+            concept,
+            adapter,
+            config,
+            out_dir=out_dir,
+            base_name=base_name,
+            ledger=ledger,
+            callbacks=callbacks,
+        )
+        paths.append(trainer.train(resume=resume))
+        set_active(pipe.unet, [])
+        ledger.save(ledger_path)
+    write_text(out_dir / "train_config.json", json.dumps(config.to_dict(), indent=1))
+    return paths
