@@ -173,9 +173,12 @@ def read_adapter(path: str | os.PathLike) -> AdapterFile:
     )
 
 
-def load_adapter(path: str | os.PathLike, model: nn.Module, *, name: str | None = None) -> AdapterFile:
-    """Read `path`, check it fits `model` layer by layer, then add it as concept `name` (default: the file's)."""
-    adapter = read_adapter(path)
+def load_adapter(
+    source: str | os.PathLike | AdapterFile, model: nn.Module, *, name: str | None = None
+) -> AdapterFile:
+    """Add a file (a path, or an AdapterFile already read) to `model` as concept `name` (default: the file's),
+    after checking it fits `model` layer by layer."""
+    adapter = source if isinstance(source, AdapterFile) else read_adapter(source)
     name = name or adapter.name
     for layer, (out, in_) in adapter.layers.items():
         try:

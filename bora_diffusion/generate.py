@@ -1,0 +1,102 @@
+"""Generation: prompts x seeds through the (adapted) pipeline, images with a manifest next to them, and a grid.
+
+Each image gets its own generator seeded by its seed, so an image depends only on (prompt, seed, settings, model)
+and never on the batch it was drawn in.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+from PIL import Image
+
+from .atomic import atomic_path, write_text
+from .errors import ConfigError
+
+
+@dataclass(frozen=True)
+class SamplingSettings:
+    steps: int = 25
+    guidance: float = 7.5
+    negative_prompt: str = ""
+    height: int | None = None  # None: the model's native size
+    width: int | None = None
+    batch_size: int = 4
+
+    def __post_init__(self) -> None:
+        if self.steps < 1 or self.batch_size < 1:
+            raise ConfigError(f"steps and batch_size must be >= 1, got {self.steps} and {self.batch_size}")
+        for side in (self.height, self.width):
+            if side is not None and (side < 8 or side % 8):
+                raise ConfigError(f"height and width must be multiples of 8, got {side}")
+
+
+@dataclass(frozen=True)
+class Generated:
+    images: list[Path]
+    grid: Path
+    manifest: Path
+
+
+def generate(
+    pipe,
+    prompts: list[str],
+    seeds: list[int],
+    out_dir: str | Path,
+    *,
+    settings: SamplingSettings = SamplingSettings(),
+    record: dict | None = None,
+) -> Generated:
+    """Generate every prompt with every seed into `out_dir`; `record` (base model, concepts, scales) goes into the
+    manifest as given."""
+    if not prompts or not seeds:
+        raise ConfigError("give at least one prompt and one seed")
+    out_dir = Path(out_dir)
+    jobs = [(p, prompt, seed) for p, prompt in enumerate(prompts) for seed in seeds]
+    images: list[Image.Image] = []
+    for start in range(0, len(jobs), settings.batch_size):
+        chunk = jobs[start : start + settings.batch_size]
+        result = pipe(
+            [prompt for _, prompt, _ in chunk],
+            negative_prompt=[settings.negative_prompt] * len(chunk) if settings.negative_prompt else None,
+            generator=[torch.Generator().manual_seed(seed) for _, _, seed in chunk],
+            num_inference_steps=settings.steps,
+            guidance_scale=settings.guidance,
+            height=settings.height,
+            width=settings.width,
+        )
+        images.extend(result.images)
+    paths, entries = [], []
+    for (p, prompt, seed), image in zip(jobs, images, strict=True):
+        path = out_dir / f"p{p:02d}-s{seed}.png"
+        _save_png(image, path)
+        paths.append(path)
+        entries.append({"file": path.name, "prompt": prompt, "seed": seed})
+    grid = out_dir / "grid.png"
+    _save_png(image_grid(images, rows=len(prompts)), grid)
+    manifest = out_dir / "manifest.json"
+    write_text(
+        manifest,
+        json.dumps(
+            {**(record or {}), "settings": asdict(settings), "images": entries, "grid": grid.name}, indent=1
+        ),
+    )
+    return Generated(paths, grid, manifest)
+
+
+def image_grid(images: list[Image.Image], rows: int) -> Image.Image:
+    """Images in `rows` rows, filled row by row (prompts down, seeds across)."""
+    cols = -(-len(images) // rows)
+    width, height = images[0].size
+    grid = Image.new("RGB", (cols * width, rows * height), "white")
+    for i, image in enumerate(images):
+        grid.paste(image, ((i % cols) * width, (i // cols) * height))
+    return grid
+
+
+def _save_png(image: Image.Image, path: Path) -> None:
+    with atomic_path(path) as tmp:
+        image.save(tmp, format="PNG")

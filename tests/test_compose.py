@@ -1,0 +1,127 @@
+"""Composition of concept files (live and fused, interference report, slot clashes) and generation."""
+
+from __future__ import annotations
+
+import copy
+import json
+
+import numpy as np
+import pytest
+from conftest import perturb
+from PIL import Image
+
+from bora_diffusion import AdapterConfig, SlotError
+from bora_diffusion.formats import save_adapter
+from bora_diffusion.generate import SamplingSettings, generate
+from bora_diffusion.inject import eject, inject
+from bora_diffusion.merge import compose
+from bora_diffusion.slots import SlotLedger
+
+FAST = SamplingSettings(steps=3, guidance=5.0, batch_size=2)
+
+
+@pytest.fixture(scope="module")
+def _pipe_master():
+    from bora_diffusion.embedded import build_tiny_pipeline
+
+    return build_tiny_pipeline(0)
+
+
+@pytest.fixture
+def pipe(_pipe_master):
+    return copy.deepcopy(_pipe_master)
+
+
+def concept_file(pipe, tmp_path, name, method, ledger, seed):
+    """A concept file with nonzero adapters, made on a copy of the pipeline's UNet."""
+    unet = copy.deepcopy(pipe.unet)
+    config = AdapterConfig(method=method, rank=4)
+    inject(unet, config, name=name, ledger=ledger)
+    perturb(unet, name, seed=seed, std=0.5)
+    return save_adapter(
+        tmp_path / f"{name}.safetensors", unet, name, config, base_name="tiny", token=f"<{name}>"
+    )
+
+
+def images_of(result):
+    return [np.asarray(Image.open(p), dtype=np.int16) for p in result.images]
+
+
+@pytest.mark.parametrize("method", ["sbora_fa", "ortho"])
+def test_live_and_fused_compositions_generate_the_same_images(pipe, tmp_path, method):
+    ledger = SlotLedger(seed=1)
+    files = [
+        (concept_file(pipe, tmp_path, n, method, ledger, s), w)
+        for n, s, w in (("kettle", 1, 1.0), ("robot", 2, 0.7))
+    ]
+    report = compose(pipe.unet, files)
+    assert not report.fused and list(report.concepts) == ["kettle", "robot"]
+    assert all(p.overlap == 0 for p in report.pairs) and max(p.cross_in for p in report.pairs) < 1e-6
+    assert "slot overlap 0 indices" in report.summary()
+    live = generate(pipe, ["a <kettle> beside a <robot>"], [0, 1], tmp_path / "live", settings=FAST)
+    eject(pipe.unet)
+    compose(pipe.unet, files, fuse=True)
+    fused = generate(pipe, ["a <kettle> beside a <robot>"], [0, 1], tmp_path / "fused", settings=FAST)
+    for a, b in zip(images_of(live), images_of(fused), strict=True):
+        assert np.abs(a - b).max() <= 1  # 8-bit PNGs: at most one level of rounding apart
+    eject(pipe.unet)
+    base = generate(pipe, ["a <kettle> beside a <robot>"], [0, 1], tmp_path / "base", settings=FAST)
+    assert any(np.abs(a - b).max() > 8 for a, b in zip(images_of(live), images_of(base), strict=True))
+
+
+def test_overlapping_slots_are_refused_unless_forced(pipe, tmp_path):
+    # Two concepts allocated from separate ledgers with one seed: same slots on every layer.
+    files = [
+        (concept_file(pipe, tmp_path, n, "sbora_fa", SlotLedger(seed=0), s), 1.0)
+        for n, s in (("a", 1), ("b", 2))
+    ]
+    with pytest.raises(
+        SlotError, match=r"32 layer\(s\) have overlapping slots \(down_blocks.*a and b share 4"
+    ):
+        compose(copy.deepcopy(pipe.unet), files)
+    report = compose(pipe.unet, files, fuse=True, force=True)
+    assert sum(p.overlap for p in report.pairs) == 32 * 4
+
+
+def test_dense_methods_compose_with_an_interference_report(pipe, tmp_path):
+    files = [
+        (concept_file(pipe, tmp_path, "l", "lora", None, 1), 1.0),
+        (concept_file(pipe, tmp_path, "d", "dora", None, 2), 0.5),
+    ]
+    report = compose(pipe.unet, files, fuse=True)
+    assert report.fused and len(report.pairs) == 32
+    assert all(p.cross_in > 0 and p.cross_out > 0 for p in report.pairs)
+    path = tmp_path / "report.json"
+    report.save(path)
+    saved = json.loads(path.read_text())
+    assert saved["summary"] == report.summary() and saved["concepts"]["d"]["scale"] == 0.5
+
+
+def test_generation_is_deterministic_and_writes_a_manifest_and_grid(pipe, tmp_path):
+    record = {"base_model": "tiny", "concepts": {}}
+    first = generate(
+        pipe, ["a red star", "a blue ring"], [3, 4, 5], tmp_path / "a", settings=FAST, record=record
+    )
+    again = generate(
+        pipe,
+        ["a blue ring"],
+        [4],
+        tmp_path / "b",
+        settings=SamplingSettings(steps=3, guidance=5.0, batch_size=1),
+    )
+    assert np.array_equal(
+        images_of(first)[4], images_of(again)[0]
+    )  # same (prompt, seed): same image, any batch
+    manifest = json.loads(first.manifest.read_text())
+    assert manifest["base_model"] == "tiny" and manifest["settings"]["steps"] == 3
+    assert [(e["prompt"], e["seed"]) for e in manifest["images"]][:2] == [
+        ("a red star", 3),
+        ("a red star", 4),
+    ]
+    assert Image.open(first.grid).size == (3 * 64, 2 * 64)
+    names = sorted(p.name for p in (tmp_path / "a").iterdir())
+    assert names == [
+        "grid.png",
+        "manifest.json",
+        *sorted(f"p{p:02d}-s{s}.png" for p in (0, 1) for s in (3, 4, 5)),
+    ]
