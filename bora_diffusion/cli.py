@@ -57,7 +57,52 @@ def build_parser() -> argparse.ArgumentParser:
     inspect = commands.add_parser("inspect", help="show what an adapter file holds")
     inspect.add_argument("file", help="a .safetensors adapter file written by bora-diffusion")
     inspect.set_defaults(run=run_inspect)
+
+    slots = commands.add_parser("slots", help="show a slot ledger: which concept owns which indices")
+    slots.add_argument("ledger", help="a slots.json ledger (training writes one next to its adapter files)")
+    slots.set_defaults(run=run_slots)
+
+    compose = commands.add_parser(
+        "compose",
+        help="check how concept files interfere, optionally fuse them and save the fused pipeline",
+        description="Load concept files onto the base, report slot overlaps and interference per layer "
+        "(JSON with --report, one line on screen), and with --save write the fused pipeline in diffusers layout.",
+    )
+    _add_concept_args(compose)
+    compose.add_argument("--report", help="write the per-layer interference report to this JSON file")
+    compose.add_argument("--save", help="fuse the concepts and save the whole pipeline to this folder")
+    compose.set_defaults(run=run_compose)
+
+    generate = commands.add_parser(
+        "generate",
+        help="generate images with concepts: every prompt with every seed, a manifest and a grid",
+        description="Prompts may use the concepts' tokens, e.g. 'a photo of <zq-kettle> kettle on a table'.",
+    )
+    _add_concept_args(generate)
+    generate.add_argument("--prompt", action="append", required=True, help="a prompt (repeatable)")
+    generate.add_argument("--seed", type=int, action="append", help="a seed (repeatable; default 0 1 2 3)")
+    generate.add_argument("--negative", default="", help="negative prompt")
+    generate.add_argument("--steps", type=int, default=25, help="denoising steps (default 25)")
+    generate.add_argument(
+        "--guidance", type=float, default=7.5, help="classifier-free guidance scale (default 7.5)"
+    )
+    generate.add_argument("--fuse", action="store_true", help="fuse the concepts into the weights (faster)")
+    generate.add_argument(
+        "--out", required=True, help="output folder for the images, manifest.json and grid.png"
+    )
+    generate.set_defaults(run=run_generate)
     return parser
+
+
+def _add_concept_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "concepts",
+        nargs="*",
+        metavar="FILE[:SCALE]",
+        help="concept adapter files, each with an optional scale",
+    )
+    parser.add_argument("--base", default=None, help=BASE_HELP)
+    parser.add_argument("--force", action="store_true", help="compose even if concepts share slots")
 
 
 def run_methods(args: argparse.Namespace) -> int:
@@ -125,3 +170,86 @@ def run_inspect(args: argparse.Namespace) -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
+
+
+def _parse_concepts(items: list[str]) -> list[tuple[str, float]]:
+    """'dog.safetensors:0.8' -> ('dog.safetensors', 0.8); a path without ':SCALE' gets 1.0."""
+    parsed = []
+    for item in items:
+        path, sep, scale = item.rpartition(":")
+        if sep and path and _is_number(scale):
+            parsed.append((path, float(scale)))
+        else:
+            parsed.append((item, 1.0))
+    return parsed
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
+def _composed(args: argparse.Namespace, *, fuse: bool):
+    from .merge import compose
+    from .pipeline import load_base
+
+    pipe = load_base(args.base)
+    report = compose(pipe.unet, _parse_concepts(args.concepts), fuse=fuse, force=args.force)
+    return pipe, report
+
+
+def run_compose(args: argparse.Namespace) -> int:
+    from .errors import ConfigError
+
+    if not args.concepts:
+        raise ConfigError("compose needs at least one concept file")
+    pipe, report = _composed(args, fuse=bool(args.save))
+    print(report.summary())
+    if args.report:
+        report.save(args.report)
+        print(f"report: {args.report}")
+    if args.save:
+        from .inject import bake
+
+        bake(pipe.unet)  # plain Linears holding the fused weights: any diffusers tool can load the folder
+        from .embedded import silenced_progress_bars
+
+        with silenced_progress_bars():
+            pipe.save_pretrained(args.save)
+        print(f"fused pipeline: {args.save}")
+    return 0
+
+
+def run_generate(args: argparse.Namespace) -> int:
+    from .generate import SamplingSettings, generate
+    from .pipeline import base_name
+
+    pipe, report = _composed(args, fuse=args.fuse)
+    settings = SamplingSettings(steps=args.steps, guidance=args.guidance, negative_prompt=args.negative)
+    record = {"base_model": base_name(args.base), "fused": args.fuse, "concepts": report.concepts}
+    result = generate(
+        pipe, args.prompt, args.seed or [0, 1, 2, 3], args.out, settings=settings, record=record
+    )
+    if report.concepts:
+        print(report.summary())
+    print(f"{len(result.images)} images, grid {result.grid}, manifest {result.manifest}")
+    return 0
+
+
+def run_slots(args: argparse.Namespace) -> int:
+    from .slots import SPACES, SlotLedger
+
+    ledger = SlotLedger.load(args.ledger)
+    print(f"ledger: {args.ledger}   seed: {ledger.seed}   concepts: {len(ledger.concepts())}")
+    for concept in ledger.concepts():
+        for space in SPACES:
+            slots = ledger.slots(concept, space)
+            if slots:
+                layer, indices = next(iter(slots.items()))
+                print(
+                    f"{concept:<20} {space:<6} {len(slots):>4} layers, rank {len(indices)}; e.g. {layer}: {indices}"
+                )
+    return 0

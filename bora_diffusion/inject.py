@@ -182,6 +182,12 @@ def eject(model: nn.Module) -> None:
         _replace(model, path, wrapper.base)
 
 
+def bake(model: nn.Module) -> None:
+    """Fuse the active concepts for good: the model is left with plain Linears holding the fused weights."""
+    for path, wrapper in list(wrappers(model)):
+        _replace(model, path, wrapper.bake())
+
+
 def mark_trainable(model: nn.Module, names: list[str]) -> list[nn.Parameter]:
     """Freeze the whole model but the parameters of these concepts' adapters, and return those."""
     _check_names(model, names)

@@ -124,8 +124,7 @@ def interference(unet: nn.Module, names: list[str]) -> list[PairInterference]:
         present = [n for n in names if n in wrapper.adapters]
         if len(present) < 2:
             continue
-        w0 = wrapper._original_weight if wrapper._original_weight is not None else wrapper.base.weight
-        deltas = {n: wrapper.adapters[n].delta_weight(w0).float() for n in present}  # (out, in) each
+        deltas = {n: wrapper.adapters[n].delta_weight(wrapper.original_weight).float() for n in present}  # (out, in) each
         for first, second in itertools.combinations(present, 2):
             a, b = wrapper.adapters[first], wrapper.adapters[second]
             overlap = 0

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from bora_diffusion.cli import main
+from bora_diffusion.pipeline import load_base
+from bora_diffusion.slots import SlotLedger
 
 
 @pytest.fixture(autouse=True)
@@ -36,3 +40,52 @@ def test_user_mistakes_are_one_line_errors_with_status_2(tmp_path, capsys):
     assert "no/such/folder" in capsys.readouterr().err
     assert main(["methods", "--targets", "nonsense"]) == 2
     assert "unknown target preset 'nonsense'" in capsys.readouterr().err
+
+
+def test_compose_generate_and_slots_from_the_command_line(tmp_path, capsys):
+    files = tmp_path / "files"
+    assert main(["methods", "--method", "sbora_fa", "--method", "lora", "--out", str(files)]) == 0
+    fa, lora = files / "sbora_fa.safetensors", files / "lora.safetensors"
+    report = tmp_path / "report.json"
+    assert (
+        main(["compose", str(fa), f"{lora}:0.5", "--report", str(report), "--save", str(tmp_path / "fused")])
+        == 0
+    )
+    out = capsys.readouterr().out
+    assert "2 concepts fused (check x1, check-2 x0.5) on 32 layers" in out
+    assert json.loads(report.read_text())["concepts"]["check-2"]["scale"] == 0.5
+    assert (tmp_path / "fused" / "model_index.json").exists()
+    # The saved folder is a plain diffusers pipeline: it loads as a base without any adapter code.
+    fused = load_base(str(tmp_path / "fused"))
+    assert not any(name.endswith(".base") for name, _ in fused.unet.named_modules())
+
+    code = main(
+        [
+            "generate",
+            str(fa),
+            "--prompt",
+            "a star",
+            "--seed",
+            "1",
+            "--seed",
+            "2",
+            "--steps",
+            "2",
+            "--out",
+            str(tmp_path / "gen"),
+        ]
+    )
+    assert code == 0 and "2 images" in capsys.readouterr().out
+    manifest = json.loads((tmp_path / "gen" / "manifest.json").read_text())
+    assert (
+        manifest["concepts"]["check"]["file"] == str(fa) and manifest["base_model"] == "embedded:tiny-sd-v1"
+    )
+
+    ledger = SlotLedger(seed=2)
+    ledger.allocate("dog", "in", {"layer.a": 64}, 4)
+    ledger.save(tmp_path / "slots.json")
+    assert main(["slots", str(tmp_path / "slots.json")]) == 0
+    assert "dog                  in        1 layers, rank 4" in capsys.readouterr().out
+
+    assert main(["compose"]) == 2
+    assert "needs at least one concept file" in capsys.readouterr().err

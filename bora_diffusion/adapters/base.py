@@ -156,6 +156,11 @@ class AdaptedLinear(nn.Module):
     def out_features(self) -> int:
         return self.base.out_features
 
+    @property
+    def original_weight(self) -> Tensor:
+        """W0: the base weight as it was before any merge."""
+        return self.base.weight if self._original_weight is None else self._original_weight
+
     def add(self, name: str, adapter: AdapterLayer, *, active: bool = True) -> AdapterLayer:
         if name in self.adapters:
             raise ConfigError(
@@ -224,6 +229,12 @@ class AdaptedLinear(nn.Module):
         self.base.weight.data.copy_(self._original_weight)
         self._original_weight = None
         self.merged = []
+
+    def bake(self) -> nn.Linear:
+        """Fuse the active adapters for good and return the base Linear, which now holds the fused weight."""
+        self.merge()
+        self._original_weight = None
+        return self.base
 
     def _require(self, name: str) -> None:
         if name not in self.adapters:
