@@ -1,0 +1,332 @@
+"""The embedded default base model: a tiny Stable Diffusion pipeline that needs no download.
+
+bora-diffusion must work (tests, CI, the app's first start) on machines that cannot reach a model hub. This module
+builds a small SD-1.x-shaped pipeline entirely from configs: a UNet with self- and cross-attention at two widths,
+a small VAE, a 2-layer CLIP text encoder and the real 49,408-token OpenAI CLIP tokenizer, rebuilt from the BPE
+merges file that open_clip ships. `ensure_embedded_default()` saves it once under the bora-diffusion home folder
+so every later load is a plain `from_pretrained(folder)`, exactly like a downloaded base.
+
+The weights are random today. `_write_default_weights` is the single place that decides where they come from, so
+shipping trained weights inside the package later changes that one function and `EMBEDDED_RECIPE_VERSION`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import gzip
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from functools import lru_cache
+from pathlib import Path
+
+import diffusers.utils.logging
+import torch
+import transformers.utils.logging
+from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+from open_clip.tokenizer import bytes_to_unicode, default_bpe
+from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+
+__all__ = [
+    "CLIP_VOCAB_SIZE",
+    "EMBEDDED_NAME",
+    "EMBEDDED_RECIPE_VERSION",
+    "build_tiny_pipeline",
+    "clip_tokenizer",
+    "embedded_dir",
+    "embedded_identity",
+    "ensure_embedded_default",
+    "home_dir",
+    "is_complete",
+    "silenced_progress_bars",
+]
+
+# The identity string adapter files record for a concept trained on the embedded default.
+EMBEDDED_NAME = "embedded:tiny-sd-v1"
+# Bump whenever build_tiny_pipeline (or the source of its weights) changes: a saved folder of another version is
+# rebuilt instead of silently loading stale weights under the same name.
+EMBEDDED_RECIPE_VERSION = 1
+# 256 byte tokens + 256 byte tokens with "</w>" + 48,894 merges + 2 special tokens (OpenAI CLIP).
+CLIP_VOCAB_SIZE = 49408
+CLIP_CONTEXT_LENGTH = 77
+
+_BOS = "<|startoftext|>"
+_EOS = "<|endoftext|>"
+# Written last into a saved folder; its presence (with matching version and file sizes) means "complete".
+_MARKER = "bora_embedded.json"
+_HOME_ENV = "BORA_DIFFUSION_HOME"
+
+
+@lru_cache(maxsize=1)
+def _clip_vocab_and_merges() -> tuple[dict[str, int], tuple[tuple[str, str], ...]]:
+    """The OpenAI CLIP BPE vocabulary and merges, rebuilt the way open_clip's `SimpleTokenizer` does."""
+    with gzip.open(default_bpe(), "rt", encoding="utf-8") as bpe_file:
+        lines = bpe_file.read().split("\n")
+    # Line 0 is a version header; CLIP uses the first 49152 - 256 - 2 merges (same slice as open_clip / OpenAI).
+    merge_lines = lines[1 : 49152 - 256 - 2 + 1]
+    merges = tuple((a, b) for a, b in (line.split() for line in merge_lines))
+    byte_chars = list(bytes_to_unicode().values())
+    tokens = [*byte_chars, *(c + "</w>" for c in byte_chars), *(a + b for a, b in merges), _BOS, _EOS]
+    vocab = {token: index for index, token in enumerate(tokens)}
+    if len(vocab) != CLIP_VOCAB_SIZE:
+        raise RuntimeError(f"rebuilt CLIP vocabulary has {len(vocab)} tokens, expected {CLIP_VOCAB_SIZE}")
+    return vocab, merges
+
+
+def clip_tokenizer() -> CLIPTokenizer:
+    """The OpenAI CLIP tokenizer (49,408 tokens, 77 positions, pad = `<|endoftext|>`), built without downloads.
+
+    Ids equal open_clip's `SimpleTokenizer` (and OpenAI CLIP) for any text that ftfy's cleaning leaves unchanged;
+    like every Hugging Face CLIP tokenizer it does not run ftfy, so e.g. curly quotes are not straightened.
+    Returns a new tokenizer each call (about 50 ms; the parsed merges are cached) because tokenizers are mutable:
+    callers add concept tokens to them.
+    """
+    vocab, merges = _clip_vocab_and_merges()
+    # transformers 5's CLIPTokenizer takes the vocabulary in memory; merges must be (left, right) tuples, a list of
+    # "left right" strings is rejected by the tokenizers backend.
+    return CLIPTokenizer(
+        vocab=dict(vocab),
+        merges=list(merges),
+        unk_token=_EOS,
+        bos_token=_BOS,
+        eos_token=_EOS,
+        pad_token=_EOS,
+        model_max_length=CLIP_CONTEXT_LENGTH,
+    )
+
+
+def _tiny_unet() -> UNet2DConditionModel:
+    # SD-1.x layout in miniature: self- and cross-attention at width 32 (down 0, up 1) and width 64 (mid block), no
+    # attention in the deepest down/up block, like SD's last level. The VAE downsamples by 4, so a 64 px image is a
+    # 16x16 latent: 4x fewer attention tokens than a factor-2 VAE, which keeps a 5-step 64 px image near 0.1 s.
+    return UNet2DConditionModel(
+        sample_size=16,
+        in_channels=4,
+        out_channels=4,
+        block_out_channels=(32, 64),
+        layers_per_block=1,
+        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
+        mid_block_type="UNetMidBlock2DCrossAttn",
+        cross_attention_dim=32,
+        # diffusers' historic naming: `attention_head_dim` is the number of heads here (UNet2DConditionModel refuses
+        # num_attention_heads). 2 heads -> head width 16 at 32 channels, 32 at 64.
+        attention_head_dim=2,
+        norm_num_groups=32,
+    )
+
+
+def _tiny_vae() -> AutoencoderKL:
+    # Three levels -> downsampling factor 2 ** (3 - 1) = 4 (SD's VAE has four levels, factor 8).
+    return AutoencoderKL(
+        in_channels=3,
+        out_channels=3,
+        down_block_types=("DownEncoderBlock2D",) * 3,
+        up_block_types=("UpDecoderBlock2D",) * 3,
+        block_out_channels=(32, 64, 64),
+        layers_per_block=1,
+        latent_channels=4,
+        norm_num_groups=32,
+        sample_size=64,
+    )
+
+
+def _tiny_text_encoder() -> CLIPTextModel:
+    config = CLIPTextConfig(
+        vocab_size=CLIP_VOCAB_SIZE,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        max_position_embeddings=CLIP_CONTEXT_LENGTH,
+        hidden_act="quick_gelu",
+        # Real CLIP ids: the pooled output is taken at the first eos_token_id, which must be the real one.
+        bos_token_id=49406,
+        eos_token_id=49407,
+        pad_token_id=49407,
+    )
+    return CLIPTextModel(config)
+
+
+def _sd15_scheduler() -> DDIMScheduler:
+    # Stable Diffusion 1.5's schedule, so samplers and training noise behave like on a real base.
+    return DDIMScheduler(
+        num_train_timesteps=1000,
+        beta_start=0.00085,
+        beta_end=0.012,
+        beta_schedule="scaled_linear",
+        prediction_type="epsilon",
+        clip_sample=False,
+        set_alpha_to_one=False,
+        steps_offset=1,
+    )
+
+
+def build_tiny_pipeline(seed: int = 0) -> StableDiffusionPipeline:
+    """Build the tiny SD pipeline with weights drawn from `seed` (same seed -> bit-identical state dicts).
+
+    Takes well under a second and a few MB; the caller's global RNG state is left untouched.
+    """
+    # fork_rng restores the global CPU RNG afterwards, so building never perturbs the caller's randomness.
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        unet = _tiny_unet()
+        vae = _tiny_vae()
+        text_encoder = _tiny_text_encoder()
+    pipe = StableDiffusionPipeline(
+        vae=vae,
+        text_encoder=text_encoder,
+        tokenizer=clip_tokenizer(),
+        unet=unet,
+        scheduler=_sd15_scheduler(),
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    )
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def home_dir() -> Path:
+    """bora-diffusion's data folder: `$BORA_DIFFUSION_HOME`, else `~/.cache/bora-diffusion`."""
+    env = os.environ.get(_HOME_ENV)
+    return Path(env).expanduser() if env else Path.home() / ".cache" / "bora-diffusion"
+
+
+def embedded_dir() -> Path:
+    """Where the embedded default is saved: `<home>/embedded/tiny-sd-v1`."""
+    return home_dir() / "embedded" / EMBEDDED_NAME.split(":", 1)[1]
+
+
+def _read_marker(folder: Path) -> dict[str, object]:
+    """The parsed marker of `folder`, or {} when it is missing or unreadable."""
+    try:
+        marker = json.loads((folder / _MARKER).read_text())
+    except (OSError, ValueError):
+        return {}
+    return marker if isinstance(marker, dict) else {}
+
+
+def embedded_identity(folder: Path) -> str | None:
+    """The embedded name recorded in `folder`'s marker (e.g. `EMBEDDED_NAME`), or None if it has no marker.
+
+    Lets a saved embedded default passed by its path keep the same identity as `"embedded"`.
+    """
+    name = _read_marker(folder).get("name")
+    return name if isinstance(name, str) else None
+
+
+@contextlib.contextmanager
+def silenced_progress_bars() -> Iterator[None]:
+    """Turn off diffusers' and transformers' load/save progress bars for the duration, then restore them.
+
+    `from_pretrained` and `save_pretrained` draw bars ("Loading pipeline components", "Loading weights", "Writing
+    model shards") that have no per-call switch; the library never prints, so it silences them around its own
+    calls and leaves the caller's setting as it found it.
+    """
+    libraries = (diffusers.utils.logging, transformers.utils.logging)
+    previous = [library.is_progress_bar_enabled() for library in libraries]
+    for library in libraries:
+        library.disable_progress_bar()
+    try:
+        yield
+    finally:
+        for library, enabled in zip(libraries, previous, strict=True):
+            if enabled:
+                library.enable_progress_bar()
+
+
+def _file_sizes(folder: Path) -> dict[str, int]:
+    return {
+        path.relative_to(folder).as_posix(): path.stat().st_size
+        for path in sorted(folder.rglob("*"))
+        if path.is_file() and path.name != _MARKER
+    }
+
+
+def _fsync_files(folder: Path) -> None:
+    # Flush the weights to disk before the marker exists, so that after a power loss the marker never vouches for
+    # files whose data did not reach the disk.
+    for path in folder.rglob("*"):
+        if path.is_file():
+            with path.open("rb") as file:
+                os.fsync(file.fileno())
+
+
+def is_complete(folder: Path) -> bool:
+    """True if `folder` holds a fully written embedded default of the current recipe version.
+
+    The marker is written last and lists every file with its size, so a folder cut short at any point (missing
+    marker, missing or truncated file, older recipe) is not complete.
+    """
+    marker = _read_marker(folder)
+    if marker.get("name") != EMBEDDED_NAME or marker.get("recipe_version") != EMBEDDED_RECIPE_VERSION:
+        return False
+    files = marker.get("files")
+    if not isinstance(files, dict) or "model_index.json" not in files:
+        return False
+    for relative, size in files.items():
+        path = folder / relative
+        if not path.is_file() or path.stat().st_size != size:
+            return False
+    return True
+
+
+def _write_default_weights(folder: Path) -> None:
+    """Write the embedded default pipeline into the empty `folder`.
+
+    The one seam for where the weights come from: today they are random from seed 0; trained weights shipped in
+    the package will be copied here instead (and EMBEDDED_RECIPE_VERSION bumped).
+    """
+    with silenced_progress_bars():
+        build_tiny_pipeline(0).save_pretrained(folder, safe_serialization=True)
+
+
+def ensure_embedded_default() -> Path:
+    """Return the folder of the saved embedded default, building and saving it first if needed.
+
+    The pipeline is written into a hidden temporary sibling folder and renamed into place only once complete, so
+    an interrupted build never leaves a folder that a later call takes as complete. Safe against another process
+    doing the same at the same time: whoever renames second uses the winner's folder.
+    """
+    target = embedded_dir()
+    if is_complete(target):
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
+    try:
+        _write_default_weights(staging)
+        _fsync_files(staging)
+        marker = {
+            "name": EMBEDDED_NAME,
+            "recipe_version": EMBEDDED_RECIPE_VERSION,
+            "files": _file_sizes(staging),
+        }
+        (staging / _MARKER).write_text(json.dumps(marker, indent=2, sort_keys=True))
+        _replace_folder(staging, target)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    if not is_complete(target):
+        raise RuntimeError(f"embedded default at {target} is incomplete right after being written")
+    return target
+
+
+def _replace_folder(staging: Path, target: Path) -> None:
+    """Move the complete `staging` folder to `target`, setting aside an incomplete or outdated `target` first."""
+    if target.exists():
+        if is_complete(target):
+            # Another process finished first; keep its folder.
+            return
+        # os.rename cannot replace a non-empty folder: move the stale one out of the way, then delete it.
+        trash = Path(tempfile.mkdtemp(prefix=f".{target.name}.old-", dir=target.parent))
+        with contextlib.suppress(FileNotFoundError):
+            os.rename(target, trash / target.name)
+        shutil.rmtree(trash, ignore_errors=True)
+    try:
+        os.rename(staging, target)
+    except OSError:
+        # A concurrent build renamed its folder into place between our check and our rename.
+        if not is_complete(target):
+            raise
