@@ -1,7 +1,11 @@
-"""bora-diffusion: concept tuning for Stable Diffusion with adapters that merge without concept bleeding."""
+"""bora-diffusion: concept tuning for Stable Diffusion with adapters that merge without concept bleeding.
 
-from .config import AdapterConfig
-from .errors import AdapterFileError, BoraError, ConfigError, SlotError, TargetError
+The public API lives in the submodules: `adapters` (methods, wrap_linear), `inject`, `slots`, `formats`,
+`concept`, `train`, `merge`, `generate`, `pipeline`. Importing this package stays light (no diffusers).
+"""
+
+from .config import AdapterConfig, TrainConfig
+from .errors import AdapterFileError, BoraError, ConceptError, ConfigError, SlotError, TargetError
 
 __version__ = "0.1.0"
 
@@ -9,8 +13,10 @@ __all__ = [
     "AdapterConfig",
     "AdapterFileError",
     "BoraError",
+    "ConceptError",
     "ConfigError",
     "SlotError",
     "TargetError",
+    "TrainConfig",
     "__version__",
 ]

@@ -7,8 +7,10 @@ its traceback.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import sys
+from pathlib import Path
 
 # Offline by default: never hang on a model hub this machine cannot reach. A user with network access can
 # export HF_HUB_OFFLINE=0.
@@ -18,6 +20,7 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 from . import __version__
 from .errors import BoraError
 
+METHODS = "lora, dora, sbora_fa, sbora_fb, ortho, bora_block, bora_bidim"
 BASE_HELP = "base model: 'embedded' (default, tiny, offline), a local diffusers folder, or a hub id"
 
 
@@ -53,6 +56,60 @@ def build_parser() -> argparse.ArgumentParser:
     methods.add_argument("--method", action="append", help="only this method (repeatable); default: all")
     methods.add_argument("--out", default=None, help="folder to keep the adapter files in (default: discard)")
     methods.set_defaults(run=run_methods)
+
+    train = commands.add_parser(
+        "train",
+        help="train concepts from their folders (each on its own slots) into adapter files",
+        description="Train each concept folder (concept.toml + images, see concepts/) into <out>/<name>.safetensors. "
+        "Several concepts train one after another on disjoint slots of <out>/slots.json, so they fuse without "
+        "interference. Flags override the [train] values of concept.toml, which override the defaults.",
+    )
+    train.add_argument("concepts", nargs="+", metavar="FOLDER", help="concept folders, e.g. concepts/kettle")
+    train.add_argument(
+        "--out", required=True, help="output folder: adapters, checkpoints, samples, slots.json"
+    )
+    train.add_argument("--base", default=None, help=BASE_HELP)
+    train.add_argument(
+        "--method", help=f"adapter method (default: the concept's, else sbora_fa); one of {METHODS}"
+    )
+    train.add_argument("--rank", type=int, help="adapter rank r (default 4)")
+    train.add_argument(
+        "--alpha", type=float, help="alpha; the update is scaled by alpha / rank (default: rank)"
+    )
+    train.add_argument("--blocks", type=int, help="blocks b of bora_block (default 4)")
+    train.add_argument("--targets", help="attention (default), cross_kv or self_attention")
+    train.add_argument("--steps", type=int, help="optimizer steps (default 200)")
+    train.add_argument("--lr", type=float, dest="learning_rate", help="learning rate (default 1e-3)")
+    train.add_argument("--schedule", dest="lr_schedule", help="constant (default), cosine, linear, ...")
+    train.add_argument("--warmup", type=int, dest="warmup_steps", help="warmup steps (default 0)")
+    train.add_argument("--batch-size", type=int, help="images per step (default 1)")
+    train.add_argument("--accumulate", type=int, dest="gradient_accumulation", help="micro-batches per step")
+    train.add_argument(
+        "--resolution", type=int, help="training resolution in px (default 64, the embedded base's)"
+    )
+    train.add_argument("--prior-weight", type=float, help="prior preservation weight (0 = off)")
+    train.add_argument("--class-images", type=int, help="class images for prior preservation (default 16)")
+    train.add_argument(
+        "--checkpoint-every", type=int, help="checkpoint every N steps (a final one is always kept)"
+    )
+    train.add_argument("--sample-every", type=int, help="generate the concept's sample prompts every N steps")
+    train.add_argument("--mixed-precision", choices=["no", "fp16", "bf16"], help="GPU mixed precision")
+    train.add_argument(
+        "--gradient-checkpointing", action="store_true", default=None, help="trade compute for memory"
+    )
+    train.add_argument(
+        "--xformers", action="store_const", const="xformers", dest="attention", help="xformers attention"
+    )
+    train.add_argument(
+        "--adam-8bit", action="store_true", default=None, help="8-bit AdamW (needs bitsandbytes)"
+    )
+    train.add_argument(
+        "--seed", type=int, help="seed of initialization, batches, noise and slots (default 0)"
+    )
+    train.add_argument("--resume", action="store_true", help="continue from the newest checkpoints in --out")
+    train.add_argument("--tensorboard", action="store_true", help="log loss, lr and samples to <out>/logs")
+    train.add_argument("--quiet", action="store_true", help="no progress bar")
+    train.set_defaults(run=run_train)
 
     inspect = commands.add_parser("inspect", help="show what an adapter file holds")
     inspect.add_argument("file", help="a .safetensors adapter file written by bora-diffusion")
@@ -252,4 +309,45 @@ def run_slots(args: argparse.Namespace) -> int:
                 print(
                     f"{concept:<20} {space:<6} {len(slots):>4} layers, rank {len(indices)}; e.g. {layer}: {indices}"
                 )
+    return 0
+
+
+ADAPTER_FLAGS = ("method", "rank", "alpha", "blocks", "targets")
+TRAIN_FLAGS = (
+    "steps", "learning_rate", "lr_schedule", "warmup_steps", "batch_size", "gradient_accumulation", "resolution",
+    "prior_weight", "class_images", "checkpoint_every", "sample_every", "mixed_precision", "gradient_checkpointing",
+    "attention", "adam_8bit", "seed",
+)  # fmt: skip
+
+
+def run_train(args: argparse.Namespace) -> int:
+    from .callbacks import ProgressBar, TensorBoardLog
+    from .concept import DEFAULT_MIN_SIZE, load_concepts
+    from .pipeline import base_name, load_base
+    from .train import train_concepts
+
+    pipe = load_base(args.base)
+    concepts = load_concepts(
+        args.concepts, min_size=args.resolution or DEFAULT_MIN_SIZE, tokenizer=pipe.tokenizer
+    )
+    adapter_flags = {key: getattr(args, key) for key in ADAPTER_FLAGS}
+    train_flags = {key: getattr(args, key) for key in TRAIN_FLAGS}
+    jobs = []
+    for concept in concepts:
+        adapter = concept.train.adapter_config(default_method="sbora_fa", **adapter_flags)
+        config = concept.train.train_config(**train_flags)
+        if not config.sample_prompts and config.sample_every:
+            config = dataclasses.replace(
+                config, sample_prompts=tuple(concept.fill(p) for p in concept.prompts.sample_prompts)
+            )
+        jobs.append((concept, adapter, config))
+    callbacks = [] if args.quiet else [ProgressBar()]
+    if args.tensorboard:
+        callbacks.append(TensorBoardLog(Path(args.out) / "logs"))
+    paths = train_concepts(
+        pipe, jobs, out_dir=args.out, base_name=base_name(args.base), callbacks=callbacks, resume=args.resume
+    )
+    for (concept, adapter, config), path in zip(jobs, paths, strict=True):
+        print(f"{concept.name}: {adapter.method} rank {adapter.rank}, {config.steps} steps -> {path}")
+    print(f"slots: {Path(args.out) / 'slots.json'}")
     return 0

@@ -13,14 +13,14 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
+from PIL import Image, ImageOps
 from torch import Tensor
 
 
 def load_image(path: str | Path, resolution: int) -> Tensor:
     """One image as (3, resolution, resolution) float32 in [-1, 1]."""
     with Image.open(path) as opened:
-        image = opened.convert("RGB")
+        image = ImageOps.exif_transpose(opened).convert("RGB")  # phone photos store their rotation in EXIF
     scale = resolution / min(image.size)
     width, height = (max(resolution, round(side * scale)) for side in image.size)
     image = image.resize((width, height), Image.Resampling.BICUBIC)

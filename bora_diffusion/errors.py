@@ -20,5 +20,13 @@ class SlotError(BoraError, ValueError):
     """Slot allocation failed: capacity exhausted, overlapping slots, or a malformed ledger."""
 
 
+class ConceptError(BoraError, ValueError):
+    """A concept folder (or several) has problems; `problems` lists each, the message names them all."""
+
+    def __init__(self, message: str, problems: tuple[str, ...] | list[str] = ()) -> None:
+        super().__init__(message)
+        self.problems = tuple(problems)
+
+
 class AdapterFileError(BoraError, ValueError):
     """An adapter file is corrupt, from a newer format, or made for another base model."""

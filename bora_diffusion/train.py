@@ -22,7 +22,6 @@ from typing import Protocol
 import torch
 import torch.nn.functional as F
 
-from .atomic import write_text
 from .callbacks import Callback, TrainState
 from .config import AdapterConfig, TrainConfig
 from .data import EncodedSet, encode_images, encode_set
@@ -47,6 +46,7 @@ class ConceptLike(Protocol):
     token: str
     class_word: str
     images: Sequence[Path]
+    class_prompt: str  # the prior-preservation prompt, e.g. "a photo of a kettle"
 
     def instance_prompt(self, image: Path) -> str: ...
 
@@ -183,7 +183,7 @@ class Trainer:
         )
 
     def _prior_set(self) -> EncodedSet:
-        prompt = f"a photo of a {self.concept.class_word}"
+        prompt = self.concept.class_prompt
         images = ensure_class_images(self.pipe, prompt, self.class_dir, self.config.class_images, self.config)
         return encode_set(
             self.pipe,
@@ -277,6 +277,7 @@ class Trainer:
             base_name=self.base_name,
             token=self.concept.token,
             class_word=self.concept.class_word,
+            training=self.config.to_dict(),
         )
 
     def _sample(self, state: TrainState) -> None:
@@ -340,8 +341,7 @@ def ensure_class_images(pipe, prompt: str, folder: Path, count: int, config: Tra
 
 def train_concepts(
     pipe,
-    jobs: Sequence[tuple[ConceptLike, AdapterConfig]],
-    config: TrainConfig,
+    jobs: Sequence[tuple[ConceptLike, AdapterConfig, TrainConfig]],
     *,
     out_dir: str | Path,
     base_name: str,
@@ -349,16 +349,18 @@ def train_concepts(
     callbacks: Sequence[Callback] = (),
     resume: bool = False,
 ) -> list[Path]:
-    """Train several concepts one after another on disjoint slots of one ledger (saved as `slots.json`).
+    """Train several concepts one after another on disjoint slots of one ledger, saved as `<out_dir>/slots.json`
+    (reused when it exists, so a later run adds concepts beside the earlier ones).
 
-    Each concept trains alone; the next starts from the same base UNet with the earlier concepts inactive.
+    Each concept trains alone: the next one starts from the same base UNet with the earlier ones inactive.
     """
     out_dir = Path(out_dir)
     ledger_path = out_dir / "slots.json"
     if ledger is None:
-        ledger = SlotLedger.load(ledger_path) if ledger_path.exists() else SlotLedger(seed=config.seed)
+        seed = jobs[0][2].seed if jobs else 0
+        ledger = SlotLedger.load(ledger_path) if ledger_path.exists() else SlotLedger(seed=seed)
     paths = []
-    for concept, adapter in jobs:
+    for concept, adapter, config in jobs:
         trainer = Trainer(
             pipe,
             concept,
@@ -372,5 +374,4 @@ def train_concepts(
         paths.append(trainer.train(resume=resume))
         set_active(pipe.unet, [])
         ledger.save(ledger_path)
-    write_text(out_dir / "train_config.json", json.dumps(config.to_dict(), indent=1))
     return paths

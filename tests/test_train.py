@@ -4,7 +4,7 @@ on disjoint slots."""
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -27,7 +27,7 @@ class StandIn:
     images: list[Path]
     token: str = "<zq-thing>"
     class_word: str = "toy"
-    seen_prompts: list[str] = field(default_factory=list)
+    class_prompt: str = "a photo of a toy"
 
     def instance_prompt(self, image: Path) -> str:
         return f"a photo of {self.token} {self.class_word}"
@@ -117,6 +117,7 @@ def test_training_lowers_the_loss_and_records_the_concept(pipe, tmp_path):
     assert np.mean(losses[-10:]) < np.mean(losses[:10])
     info = read_adapter(path)
     assert (info.token, info.class_word, info.base_name) == ("<zq-thing>", "toy", "tiny")
+    assert info.training == config.to_dict()
 
 
 def test_a_nan_loss_stops_with_a_clear_message_and_keeps_the_checkpoint(pipe, tmp_path):
@@ -138,8 +139,7 @@ def test_several_concepts_train_on_disjoint_slots(pipe, tmp_path):
     config = TrainConfig(steps=2, seed=0)
     paths = train_concepts(
         pipe,
-        [(c, AdapterConfig(method="sbora_fb", rank=4)) for c in concepts],
-        config,
+        [(c, AdapterConfig(method="sbora_fb", rank=4), config) for c in concepts],
         out_dir=tmp_path / "out",
         base_name="tiny",
     )

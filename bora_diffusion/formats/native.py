@@ -10,6 +10,7 @@ metadata (string -> string, JSON where structured) holds:
     config            AdapterConfig.to_dict()
     concept           {"name", "token", "class_word"}
     slots             {"space", "seed"} for slot methods (indices are the `.index` tensors), else null
+    training          the training settings the concept was trained with, or null
     base_model        {"name", "fingerprint", "layers": {path: [out, in]}}
 
 Reading validates all of it; loading checks every layer against the model before touching it. Never pickle.
@@ -53,6 +54,7 @@ class AdapterFile:
     slot_space: str | None
     slot_seed: int
     library_version: str
+    training: dict | None
     tensors: dict[str, Tensor]
 
     def slots(self) -> dict[str, Tensor]:
@@ -77,8 +79,10 @@ def save_adapter(
     base_name: str,
     token: str | None = None,
     class_word: str | None = None,
+    training: dict | None = None,
 ) -> Path:
-    """Write concept `name` of `model` to `path` atomically; return the path."""
+    """Write concept `name` of `model` to `path` atomically; return the path. `training` (the training settings)
+    is recorded as given, for provenance."""
     from .. import __version__
 
     layers = {p: (w.out_features, w.in_features) for p, w in wrappers(model) if name in w.adapters}
@@ -98,6 +102,7 @@ def save_adapter(
         "concept": json.dumps({"name": name, "token": token, "class_word": class_word}),
         "slots": json.dumps({"space": space, "seed": seed} if space else None),
         "base_model": json.dumps({"name": base_name, "fingerprint": fingerprint(layers), "layers": layers}),
+        "training": json.dumps(training),
     }
     target = Path(path)
     with atomic_path(target) as tmp:
@@ -169,6 +174,7 @@ def read_adapter(path: str | os.PathLike) -> AdapterFile:
         slot_space=(slots or {}).get("space"),
         slot_seed=int((slots or {}).get("seed", 0)),
         library_version=metadata.get("library_version", "?"),
+        training=json.loads(metadata.get("training") or "null"),
         tensors=tensors,
     )
 
