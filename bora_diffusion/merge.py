@@ -124,7 +124,8 @@ def interference(unet: nn.Module, names: list[str]) -> list[PairInterference]:
         present = [n for n in names if n in wrapper.adapters]
         if len(present) < 2:
             continue
-        deltas = {n: wrapper.adapters[n].delta_weight(wrapper.original_weight).float() for n in present}  # (out, in) each
+        w0 = wrapper.original_weight
+        deltas = {n: wrapper.adapters[n].delta_weight(w0).float() for n in present}  # (out, in) each
         for first, second in itertools.combinations(present, 2):
             a, b = wrapper.adapters[first], wrapper.adapters[second]
             overlap = 0
@@ -132,6 +133,8 @@ def interference(unet: nn.Module, names: list[str]) -> list[PairInterference]:
                 overlap = len(set(a.index.tolist()) & set(b.index.tolist()))
             d1, d2 = deltas[first], deltas[second]
             norms = (d1.norm() * d2.norm()).clamp_min(1e-12)
+            shared_inputs = (d1 @ d2.T).norm() / norms  # (out, in) @ (in, out) -> (out, out)
+            shared_outputs = (d1.T @ d2).norm() / norms  # (in, out) @ (out, in) -> (in, in)
             pairs.append(
                 PairInterference(
                     layer=path,
@@ -139,8 +142,8 @@ def interference(unet: nn.Module, names: list[str]) -> list[PairInterference]:
                     second=second,
                     overlap=overlap,
                     cosine=float((d1 * d2).sum() / norms),
-                    cross_in=float((d1 @ d2.T).norm() / norms),  # (out, in) @ (in, out) -> (out, out): shared inputs
-                    cross_out=float((d1.T @ d2).norm() / norms),  # (in, out) @ (out, in) -> (in, in): shared outputs
+                    cross_in=float(shared_inputs),
+                    cross_out=float(shared_outputs),
                 )
             )
     return pairs
