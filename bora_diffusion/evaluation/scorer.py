@@ -1,0 +1,208 @@
+"""The CLIP scorer: text alignment (CLIP-T) and image alignment (CLIP-I) under stated conventions.
+
+CLIP-T scores each generated image against the prompt it was generated with (token rule and prefix applied, see
+`conventions.py`): cos(E_img(x_i), E_txt(t_i)). CLIP-I scores the generated images against the concept's reference
+images: the G x R cosine matrix cos(E_img(x_i), E_img(r_j)), pooled by the pairing rule; DreamBooth (Ruiz et al.,
+CVPR 2023, arXiv 2208.12242) defines it as the average over all pairs. The model runs in fp32 and embeddings are
+L2-normalized fp32 vectors; cosines and means are taken in float64. (The Custom Diffusion and Mix-of-Show scripts
+cast images to fp16 on CUDA, which moves their numbers slightly; reports record the precision.)
+
+Images are checked (mode, readability) before the model runs, then embedded in batches on the GPU when there is
+one. Progress flows through an optional callback `progress(stage, done, total)`; the scorer never prints.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+from collections.abc import Callable, Mapping, Sequence
+
+import torch
+import torch.nn.functional as F
+
+from .. import __version__
+from ..errors import ConfigError
+from .backbone import LoadedClip, load_clip
+from .conventions import Conventions, image_scores, preset, scoring_texts, text_scores
+from .images import ImageSource, check_images, image_name, load_rgb, reference_images
+from .report import AlignmentReport
+
+__all__ = ["ClipScorer", "Progress"]
+
+# progress(stage, done, total): stage is "images", "references" or "texts"; called after every batch.
+Progress = Callable[[str, int, int], None]
+
+
+class ClipScorer:
+    """Scores generated images with one CLIP backbone under one set of conventions.
+
+    Example::
+
+        scorer = ClipScorer("mix-of-show")                  # ViT-B-32 / openai, from the local cache
+        scorer.text_alignment(images, prompts, tokens={"qwiv": "kettle"}).mean
+        scorer.image_alignment(images, "concepts/kettle").summary()
+
+    `conventions` is a `Conventions` or a preset name. `device` defaults to CUDA when available. `cache_dir`
+    is where pretrained tags are looked up (default: the Hugging Face hub cache, `~/.cache/clip` for URL tags).
+    """
+
+    def __init__(
+        self,
+        conventions: Conventions | str = "default",
+        *,
+        device: str | torch.device | None = None,
+        batch_size: int = 32,
+        cache_dir: str | os.PathLike[str] | None = None,
+        progress: Progress | None = None,
+    ) -> None:
+        if isinstance(conventions, str):
+            conventions = preset(conventions)
+        if not isinstance(batch_size, int) or batch_size < 1:
+            raise ConfigError(f"batch_size must be a positive integer, got {batch_size!r}")
+        self.conventions = conventions
+        self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        self.batch_size = batch_size
+        self.cache_dir = cache_dir
+        self.progress = progress
+        loaded = load_clip(conventions.backbone, conventions.weights, device=self.device, cache_dir=cache_dir)
+        self._loaded: LoadedClip = loaded
+        self.model = loaded.model
+        self.preprocess = loaded.preprocess
+        self.tokenizer = loaded.tokenizer
+
+    def with_conventions(self, conventions: Conventions | str) -> ClipScorer:
+        """A scorer under other conventions that shares this one's model (same backbone and weights), so
+        several conventions cost one model load."""
+        if isinstance(conventions, str):
+            conventions = preset(conventions)
+        mine = self.conventions
+        if (conventions.backbone, conventions.weights) != (mine.backbone, mine.weights):
+            raise ConfigError(
+                f"with_conventions keeps the model ({mine.backbone}/{mine.weights}); conventions for "
+                f"{conventions.backbone}/{conventions.weights} need a new ClipScorer"
+            )
+        other = copy.copy(self)  # shallow: the model, preprocessing and tokenizer are shared, not copied
+        other.conventions = conventions
+        return other
+
+    # --------------------------------------------------------------------------------------------- embeddings
+    def _report_progress(self, stage: str, done: int, total: int) -> None:
+        if self.progress is not None:
+            self.progress(stage, done, total)
+
+    @torch.no_grad()
+    def embed_images(self, images: Sequence[ImageSource], *, stage: str = "images") -> torch.Tensor:
+        """Unit-norm image embeddings [N, D] (fp32, CPU). Every image is checked before the first batch runs."""
+        names = [image_name(image, i) for i, image in enumerate(images)]
+        check_images(images, names)
+        parts = []
+        for start in range(0, len(images), self.batch_size):
+            chunk = range(start, min(start + self.batch_size, len(images)))
+            pixels = torch.stack(
+                [self.preprocess(load_rgb(images[i], names[i])) for i in chunk]
+            )  # [B, 3, H, W]
+            features = self.model.encode_image(pixels.to(self.device)).float()  # [B, D]
+            parts.append(F.normalize(features, dim=-1).cpu())
+            self._report_progress(stage, chunk.stop, len(images))
+        return torch.cat(parts)  # [N, D]
+
+    @torch.no_grad()
+    def embed_texts(self, texts: Sequence[str]) -> torch.Tensor:
+        """Unit-norm text embeddings [N, D] (fp32, CPU) of `texts` exactly as given (no token rule, no prefix)."""
+        parts = []
+        for start in range(0, len(texts), self.batch_size):
+            chunk = list(texts[start : start + self.batch_size])
+            tokens = self.tokenizer(chunk)  # [B, context_length] token ids, truncated to the context
+            features = self.model.encode_text(tokens.to(self.device)).float()  # [B, D]
+            parts.append(F.normalize(features, dim=-1).cpu())
+            self._report_progress("texts", start + len(chunk), len(texts))
+        return torch.cat(parts)  # [N, D]
+
+    # ----------------------------------------------------------------------------------------------- metrics
+    def text_alignment(
+        self,
+        images: Sequence[ImageSource],
+        prompts: Sequence[str],
+        *,
+        tokens: Mapping[str, str] | None = None,
+    ) -> AlignmentReport:
+        """CLIP-T: each image against the prompt it was generated with.
+
+        `tokens` maps each concept token in the prompts to its class word, e.g. `{concept.token:
+        concept.class_word}`; the token rule of the conventions decides what becomes of it.
+        """
+        images, prompts = list(images), list(prompts)
+        if not images:
+            raise ConfigError("text_alignment needs at least one image")
+        if len(images) != len(prompts):
+            raise ConfigError(f"{len(images)} images but {len(prompts)} prompts: give one prompt per image")
+        tokens = dict(tokens or {})
+        texts = scoring_texts(prompts, tokens, self.conventions)  # checks the tokens before any model runs
+        image_features = self.embed_images(images)  # [G, D]
+        text_features = self.embed_texts(texts)  # [G, D]
+        cos = (image_features.double() * text_features.double()).sum(dim=-1)  # [G]: row-wise dot of unit rows
+        scores = text_scores(cos, self.conventions)  # [G]
+        return AlignmentReport(
+            metric="clip-t",
+            mean=scores.mean().item(),
+            scores=tuple(scores.tolist()),
+            images=tuple(image_name(image, i) for i, image in enumerate(images)),
+            conventions=self.conventions,
+            weights=self._weights_record(),
+            environment=self._environment(),
+            prompts=tuple(prompts),
+            texts=tuple(texts),
+            tokens=tokens,
+        )
+
+    def image_alignment(
+        self,
+        images: Sequence[ImageSource],
+        references: str | os.PathLike[str] | Sequence[ImageSource],
+    ) -> AlignmentReport:
+        """CLIP-I: the generated images against the reference images (a folder, e.g. the concept's, or a list),
+        every pair scored, pooled by the pairing rule."""
+        images = list(images)
+        if not images:
+            raise ConfigError("image_alignment needs at least one generated image")
+        if isinstance(references, str | os.PathLike):
+            references = reference_images(references)
+        references = list(references)
+        if not references:
+            raise ConfigError("image_alignment needs at least one reference image")
+        ref_names = [image_name(ref, j) for j, ref in enumerate(references)]
+        check_images(references, ref_names)  # a bad reference fails before the generated images are embedded
+        generated = self.embed_images(images)  # [G, D]
+        reference = self.embed_images(references, stage="references")  # [R, D]
+        cos = generated.double() @ reference.double().T  # [G, R]
+        pairs, per_image, mean = image_scores(cos, self.conventions)  # [G, R], [G], scalar
+        return AlignmentReport(
+            metric="clip-i",
+            mean=mean,
+            scores=tuple(per_image.tolist()),
+            images=tuple(image_name(image, i) for i, image in enumerate(images)),
+            conventions=self.conventions,
+            weights=self._weights_record(),
+            environment=self._environment(),
+            references=tuple(ref_names),
+            pair_scores=tuple(tuple(row) for row in pairs.tolist()),
+        )
+
+    # ---------------------------------------------------------------------------------------------- records
+    def _weights_record(self) -> dict[str, object]:
+        return self._loaded.weights.to_dict()
+
+    def _environment(self) -> dict[str, object]:
+        import open_clip
+
+        return {
+            "device": str(self.device),
+            "precision": "fp32",
+            "open_clip": open_clip.__version__,
+            "torch": torch.__version__,
+            "bora_diffusion": __version__,
+        }
+
+    def __repr__(self) -> str:
+        c = self.conventions
+        return f"ClipScorer({c.backbone}/{c.weights}, {c.preset_name or 'custom'}, device={self.device})"
