@@ -5,8 +5,9 @@ shared ledger, each alone (the others inactive), so they can later be fused with
 (batch choice, noise, timesteps) comes from one seeded generator whose state goes into every checkpoint, so a run
 stopped and resumed ends with the same adapter, bit for bit on CPU, as a run that never stopped.
 
-Under `accelerate launch` the same code runs data-parallel on several GPUs (accelerate wraps the UNet; each
-process draws its own batches from a generator seeded by (seed, process index)).
+Under `accelerate launch` the same code runs data-parallel on several GPUs: accelerate wraps the UNet, each process
+draws its own batches from a generator seeded by (seed, process index), and only the main process writes files.
+Bit-exact resume is a single-process guarantee (the checkpoint holds the main process's generator).
 """
 
 from __future__ import annotations
@@ -127,6 +128,8 @@ class Trainer:
             state.step, state.loss, state.lr = step, sum(losses) / len(losses), schedule.get_last_lr()[0]
             state.seconds = time.perf_counter() - start
             self._emit("on_step_end", state)
+            if not accelerator.is_main_process:  # under `accelerate launch`, one process writes files
+                continue
             if config.checkpoint_every and step % config.checkpoint_every == 0 and step < config.steps:
                 self._emit("on_checkpoint", state, self._checkpoint(step, optimizer, schedule, generator))
             if config.sample_every and step % config.sample_every == 0:
@@ -134,8 +137,12 @@ class Trainer:
         model.eval()
         if config.gradient_checkpointing:
             unet.disable_gradient_checkpointing()
-        path = self._save_adapter()
-        self._checkpoint(step, optimizer, schedule, generator)
+        accelerator.wait_for_everyone()
+        path = self.out_dir / f"{self.name}.safetensors"
+        if accelerator.is_main_process:
+            self._save_adapter(path)
+            self._checkpoint(step, optimizer, schedule, generator)
+        accelerator.wait_for_everyone()
         self._emit("on_train_end", state, path)
         return path
 
@@ -268,9 +275,9 @@ class Trainer:
         generator.set_state(state["generator"])
         return int(state["step"])
 
-    def _save_adapter(self) -> Path:
+    def _save_adapter(self, path: Path) -> Path:
         return save_adapter(
-            self.out_dir / f"{self.name}.safetensors",
+            path,
             self.pipe.unet,
             self.name,
             self.adapter,
