@@ -1,5 +1,17 @@
 """Adapter files: the native self-describing format (`native`), and later exports and imports of other layouts."""
 
+from .convert import ImportReport, NotExportableError, detect_layout, exact_lora_factors, import_lora
+from .diffusers_lora import export_diffusers
+from .kohya import export_kohya
 from .native import AdapterFile, load_adapter, read_adapter, save_adapter
 
 __all__ = ["AdapterFile", "load_adapter", "read_adapter", "save_adapter"]
+__all__ += [
+    "ImportReport",
+    "NotExportableError",
+    "detect_layout",
+    "exact_lora_factors",
+    "export_diffusers",
+    "export_kohya",
+    "import_lora",
+]
