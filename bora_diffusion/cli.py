@@ -111,6 +111,36 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--quiet", action="store_true", help="no progress bar")
     train.set_defaults(run=run_train)
 
+    export = commands.add_parser(
+        "export",
+        help="export a concept to the diffusers or kohya LoRA layout (A1111, ComfyUI, load_lora_weights)",
+        description="Writes exact LoRA factors for lora, sbora_fa, sbora_fb, ortho and bora_block. dora and "
+        "bora_bidim have no exact LoRA form (their update rescales the base weight): fuse them with "
+        "`bora-diffusion compose FILE --save FOLDER` instead.",
+    )
+    export.add_argument("file", help="a bora-diffusion adapter file")
+    export.add_argument("out", help="the .safetensors file to write")
+    export.add_argument(
+        "--layout", choices=["diffusers", "kohya"], default="diffusers", help="default diffusers"
+    )
+    export.add_argument(
+        "--fp16", action="store_true", help="write half-precision factors (default fp32, exact)"
+    )
+    export.set_defaults(run=run_export)
+
+    import_ = commands.add_parser(
+        "import",
+        help="import a diffusers or kohya LoRA file as a bora-diffusion lora concept",
+        description="The layout is detected from the keys; text-encoder and conv parts are skipped and listed.",
+    )
+    import_.add_argument("file", help="a LoRA .safetensors file (diffusers or kohya layout)")
+    import_.add_argument("out", help="the bora-diffusion adapter file to write")
+    import_.add_argument("--base", default=None, help=BASE_HELP + " (the base the LoRA was made for)")
+    import_.add_argument("--name", help="concept name (default: the file's stem)")
+    import_.add_argument("--token", help="the concept's token, if the LoRA was trained with one")
+    import_.add_argument("--class-word", help="the concept's class word")
+    import_.set_defaults(run=run_import)
+
     inspect = commands.add_parser("inspect", help="show what an adapter file holds")
     inspect.add_argument("file", help="a .safetensors adapter file written by bora-diffusion")
     inspect.set_defaults(run=run_inspect)
@@ -350,4 +380,34 @@ def run_train(args: argparse.Namespace) -> int:
     for (concept, adapter, config), path in zip(jobs, paths, strict=True):
         print(f"{concept.name}: {adapter.method} rank {adapter.rank}, {config.steps} steps -> {path}")
     print(f"slots: {Path(args.out) / 'slots.json'}")
+    return 0
+
+
+def run_export(args: argparse.Namespace) -> int:
+    import torch
+
+    from .formats import export_diffusers, export_kohya
+
+    export = export_kohya if args.layout == "kohya" else export_diffusers
+    path = export(args.file, args.out, dtype=torch.float16 if args.fp16 else torch.float32)
+    print(f"{args.layout} LoRA: {path}")
+    return 0
+
+
+def run_import(args: argparse.Namespace) -> int:
+    from .formats import import_lora
+    from .pipeline import base_name, load_base
+
+    pipe = load_base(args.base)
+    report = import_lora(
+        args.file,
+        pipe.unet,
+        args.out,
+        base_name=base_name(args.base),
+        name=args.name,
+        token=args.token,
+        class_word=args.class_word,
+    )
+    print(report.summary())
+    print(f"concept: {args.out}")
     return 0

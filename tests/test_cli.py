@@ -7,6 +7,7 @@ import json
 import pytest
 
 from bora_diffusion.cli import main
+from bora_diffusion.formats import read_adapter
 from bora_diffusion.pipeline import load_base
 from bora_diffusion.slots import SlotLedger
 
@@ -89,3 +90,19 @@ def test_compose_generate_and_slots_from_the_command_line(tmp_path, capsys):
 
     assert main(["compose"]) == 2
     assert "needs at least one concept file" in capsys.readouterr().err
+
+
+def test_export_then_import_round_trips_through_the_command_line(tmp_path, capsys):
+    assert main(["methods", "--method", "ortho", "--method", "dora", "--out", str(tmp_path)]) == 0
+    capsys.readouterr()
+    for layout in ("diffusers", "kohya"):
+        exported = tmp_path / f"{layout}.safetensors"
+        assert main(["export", str(tmp_path / "ortho.safetensors"), str(exported), "--layout", layout]) == 0
+        assert f"{layout} LoRA: {exported}" in capsys.readouterr().out
+        native = tmp_path / f"back-{layout}.safetensors"
+        assert main(["import", str(exported), str(native), "--name", "back", "--token", "qwiv"]) == 0
+        assert f"imported 32 UNet layer(s) at rank 4 from {layout} file" in capsys.readouterr().out
+        info = read_adapter(native)
+        assert (info.config.method, info.name, info.token) == ("lora", "back", "qwiv")
+    assert main(["export", str(tmp_path / "dora.safetensors"), str(tmp_path / "x.safetensors")]) == 2
+    assert "fuse" in capsys.readouterr().err and not (tmp_path / "x.safetensors").exists()
