@@ -11,6 +11,14 @@ from .errors import ConfigError
 INITS = ("kaiming", "gaussian")
 
 
+def _reject_unknown(cls: type, data: dict[str, Any], what: str) -> None:
+    """A typo in a config file names the field and lists the known ones, instead of a TypeError."""
+    known = {field.name for field in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise ConfigError(f"unknown {what} field(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
+
+
 @dataclass(frozen=True)
 class AdapterConfig:
     """How to build one concept's adapters.
@@ -66,12 +74,7 @@ class AdapterConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> AdapterConfig:
-        known = {field.name for field in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ConfigError(
-                f"unknown adapter config field(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}"
-            )
+        _reject_unknown(cls, data, "adapter config")
         if "method" not in data:
             raise ConfigError("adapter config has no 'method' field")
         return cls(**data)
@@ -142,10 +145,5 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
-        known = {field.name for field in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ConfigError(
-                f"unknown training field(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}"
-            )
+        _reject_unknown(cls, data, "training")
         return cls(**data)

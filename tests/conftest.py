@@ -24,10 +24,21 @@ MLP_TARGETS = (r"^\d+$",)  # every Linear of an nn.Sequential
 
 
 @pytest.fixture(scope="session")
-def _tiny_unet_master():
+def _tiny_pipe_master():
     from bora_diffusion.embedded import build_tiny_pipeline
 
-    return build_tiny_pipeline(seed=0).unet.eval()
+    return build_tiny_pipeline(seed=0)
+
+
+@pytest.fixture(scope="session")
+def _tiny_unet_master(_tiny_pipe_master):
+    return _tiny_pipe_master.unet.eval()
+
+
+@pytest.fixture
+def tiny_pipe(_tiny_pipe_master):
+    """A fresh copy of the tiny pipeline for each test (the master is built once per session)."""
+    return copy.deepcopy(_tiny_pipe_master)
 
 
 class Case:

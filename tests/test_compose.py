@@ -20,21 +20,9 @@ from bora_diffusion.slots import SlotLedger
 FAST = SamplingSettings(steps=3, guidance=5.0, batch_size=2)
 
 
-@pytest.fixture(scope="module")
-def _pipe_master():
-    from bora_diffusion.embedded import build_tiny_pipeline
-
-    return build_tiny_pipeline(0)
-
-
-@pytest.fixture
-def pipe(_pipe_master):
-    return copy.deepcopy(_pipe_master)
-
-
-def concept_file(pipe, tmp_path, name, method, ledger, seed):
+def concept_file(tiny_pipe, tmp_path, name, method, ledger, seed):
     """A concept file with nonzero adapters, made on a copy of the pipeline's UNet."""
-    unet = copy.deepcopy(pipe.unet)
+    unet = copy.deepcopy(tiny_pipe.unet)
     config = AdapterConfig(method=method, rank=4)
     inject(unet, config, name=name, ledger=ledger)
     perturb(unet, name, seed=seed, std=0.5)
@@ -48,47 +36,47 @@ def images_of(result):
 
 
 @pytest.mark.parametrize("method", ["sbora_fa", "ortho"])
-def test_live_and_fused_compositions_generate_the_same_images(pipe, tmp_path, method):
+def test_live_and_fused_compositions_generate_the_same_images(tiny_pipe, tmp_path, method):
     ledger = SlotLedger(seed=1)
     files = [
-        (concept_file(pipe, tmp_path, n, method, ledger, s), w)
+        (concept_file(tiny_pipe, tmp_path, n, method, ledger, s), w)
         for n, s, w in (("kettle", 1, 1.0), ("robot", 2, 0.7))
     ]
-    report = compose(pipe.unet, files)
+    report = compose(tiny_pipe.unet, files)
     assert not report.fused and list(report.concepts) == ["kettle", "robot"]
     assert all(p.overlap == 0 for p in report.pairs) and max(p.cross_in for p in report.pairs) < 1e-6
     assert "slot overlap 0 indices" in report.summary()
-    live = generate(pipe, ["a <kettle> beside a <robot>"], [0, 1], tmp_path / "live", settings=FAST)
-    eject(pipe.unet)
-    compose(pipe.unet, files, fuse=True)
-    fused = generate(pipe, ["a <kettle> beside a <robot>"], [0, 1], tmp_path / "fused", settings=FAST)
+    live = generate(tiny_pipe, ["a <kettle> beside a <robot>"], [0, 1], tmp_path / "live", settings=FAST)
+    eject(tiny_pipe.unet)
+    compose(tiny_pipe.unet, files, fuse=True)
+    fused = generate(tiny_pipe, ["a <kettle> beside a <robot>"], [0, 1], tmp_path / "fused", settings=FAST)
     for a, b in zip(images_of(live), images_of(fused), strict=True):
         assert np.abs(a - b).max() <= 1  # 8-bit PNGs: at most one level of rounding apart
-    eject(pipe.unet)
-    base = generate(pipe, ["a <kettle> beside a <robot>"], [0, 1], tmp_path / "base", settings=FAST)
+    eject(tiny_pipe.unet)
+    base = generate(tiny_pipe, ["a <kettle> beside a <robot>"], [0, 1], tmp_path / "base", settings=FAST)
     assert any(np.abs(a - b).max() > 8 for a, b in zip(images_of(live), images_of(base), strict=True))
 
 
-def test_overlapping_slots_are_refused_unless_forced(pipe, tmp_path):
+def test_overlapping_slots_are_refused_unless_forced(tiny_pipe, tmp_path):
     # Two concepts allocated from separate ledgers with one seed: same slots on every layer.
     files = [
-        (concept_file(pipe, tmp_path, n, "sbora_fa", SlotLedger(seed=0), s), 1.0)
+        (concept_file(tiny_pipe, tmp_path, n, "sbora_fa", SlotLedger(seed=0), s), 1.0)
         for n, s in (("a", 1), ("b", 2))
     ]
     with pytest.raises(
         SlotError, match=r"32 layer\(s\) have overlapping slots \(down_blocks.*a and b share 4"
     ):
-        compose(copy.deepcopy(pipe.unet), files)
-    report = compose(pipe.unet, files, fuse=True, force=True)
+        compose(copy.deepcopy(tiny_pipe.unet), files)
+    report = compose(tiny_pipe.unet, files, fuse=True, force=True)
     assert sum(p.overlap for p in report.pairs) == 32 * 4
 
 
-def test_dense_methods_compose_with_an_interference_report(pipe, tmp_path):
+def test_dense_methods_compose_with_an_interference_report(tiny_pipe, tmp_path):
     files = [
-        (concept_file(pipe, tmp_path, "l", "lora", None, 1), 1.0),
-        (concept_file(pipe, tmp_path, "d", "dora", None, 2), 0.5),
+        (concept_file(tiny_pipe, tmp_path, "l", "lora", None, 1), 1.0),
+        (concept_file(tiny_pipe, tmp_path, "d", "dora", None, 2), 0.5),
     ]
-    report = compose(pipe.unet, files, fuse=True)
+    report = compose(tiny_pipe.unet, files, fuse=True)
     assert report.fused and len(report.pairs) == 32
     assert all(p.cross_in > 0 and p.cross_out > 0 for p in report.pairs)
     path = tmp_path / "report.json"
@@ -97,13 +85,13 @@ def test_dense_methods_compose_with_an_interference_report(pipe, tmp_path):
     assert saved["summary"] == report.summary() and saved["concepts"]["d"]["scale"] == 0.5
 
 
-def test_generation_is_deterministic_and_writes_a_manifest_and_grid(pipe, tmp_path):
+def test_generation_is_deterministic_and_writes_a_manifest_and_grid(tiny_pipe, tmp_path):
     record = {"base_model": "tiny", "concepts": {}}
     first = generate(
-        pipe, ["a red star", "a blue ring"], [3, 4, 5], tmp_path / "a", settings=FAST, record=record
+        tiny_pipe, ["a red star", "a blue ring"], [3, 4, 5], tmp_path / "a", settings=FAST, record=record
     )
     again = generate(
-        pipe,
+        tiny_pipe,
         ["a blue ring"],
         [4],
         tmp_path / "b",

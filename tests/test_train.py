@@ -33,18 +33,6 @@ class StandIn:
         return f"a photo of {self.token} {self.class_word}"
 
 
-@pytest.fixture(scope="module")
-def _pipe_master():
-    from bora_diffusion.embedded import build_tiny_pipeline
-
-    return build_tiny_pipeline(0)
-
-
-@pytest.fixture
-def pipe(_pipe_master):
-    return copy.deepcopy(_pipe_master)
-
-
 def make_concept(folder: Path, name: str, seed: int) -> StandIn:
     folder.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)
@@ -69,15 +57,17 @@ class StopAt(Callback):
 
 
 @pytest.mark.parametrize("method", ["sbora_fa", "bora_block"])
-def test_a_resumed_run_ends_bit_identical_to_an_uninterrupted_one(pipe, _pipe_master, tmp_path, method):
+def test_a_resumed_run_ends_bit_identical_to_an_uninterrupted_one(
+    tiny_pipe, _tiny_pipe_master, tmp_path, method
+):
     concept = make_concept(tmp_path / "imgs", "thing", 0)
     adapter = AdapterConfig(method=method, rank=2)
     config = TrainConfig(gradient_accumulation=2, lr_schedule="cosine", warmup_steps=2, **FAST)
-    straight = Trainer(pipe, concept, adapter, config, out_dir=tmp_path / "a", base_name="tiny").train()
+    straight = Trainer(tiny_pipe, concept, adapter, config, out_dir=tmp_path / "a", base_name="tiny").train()
 
     with pytest.raises(KeyboardInterrupt):
         Trainer(
-            copy.deepcopy(_pipe_master),
+            copy.deepcopy(_tiny_pipe_master),
             concept,
             adapter,
             config,
@@ -87,7 +77,7 @@ def test_a_resumed_run_ends_bit_identical_to_an_uninterrupted_one(pipe, _pipe_ma
         ).train()
     assert [p.name for p in (tmp_path / "b/checkpoints/thing").iterdir()] == ["step-000003"]
     resumed = Trainer(
-        copy.deepcopy(_pipe_master), concept, adapter, config, out_dir=tmp_path / "b", base_name="tiny"
+        copy.deepcopy(_tiny_pipe_master), concept, adapter, config, out_dir=tmp_path / "b", base_name="tiny"
     ).train(resume=True)
 
     a, b = read_adapter(straight).tensors, read_adapter(resumed).tensors
@@ -96,7 +86,7 @@ def test_a_resumed_run_ends_bit_identical_to_an_uninterrupted_one(pipe, _pipe_ma
     assert any(a[k].abs().sum() > 0 for k in a if not k.endswith(".index"))  # it did train
 
 
-def test_training_lowers_the_loss_and_records_the_concept(pipe, tmp_path):
+def test_training_lowers_the_loss_and_records_the_concept(tiny_pipe, tmp_path):
     concept = make_concept(tmp_path / "imgs", "thing", 1)
     losses = []
 
@@ -106,7 +96,7 @@ def test_training_lowers_the_loss_and_records_the_concept(pipe, tmp_path):
 
     config = TrainConfig(steps=40, learning_rate=3e-2, seed=0)
     path = Trainer(
-        pipe,
+        tiny_pipe,
         concept,
         AdapterConfig(method="lora", rank=4),
         config,
@@ -120,25 +110,25 @@ def test_training_lowers_the_loss_and_records_the_concept(pipe, tmp_path):
     assert info.training == config.to_dict()
 
 
-def test_a_nan_loss_stops_with_a_clear_message_and_keeps_the_checkpoint(pipe, tmp_path):
+def test_a_nan_loss_stops_with_a_clear_message_and_keeps_the_checkpoint(tiny_pipe, tmp_path):
     concept = make_concept(tmp_path / "imgs", "thing", 2)
     config = TrainConfig(steps=20, learning_rate=1e30, max_grad_norm=None, checkpoint_every=1, seed=0)
     with pytest.raises(
         TrainingDiverged, match=r"loss became (nan|inf) at step \d+; the last good checkpoint is"
     ):
         Trainer(
-            pipe, concept, AdapterConfig(method="lora"), config, out_dir=tmp_path / "out", base_name="t"
+            tiny_pipe, concept, AdapterConfig(method="lora"), config, out_dir=tmp_path / "out", base_name="t"
         ).train()
     assert not (tmp_path / "out/thing.safetensors").exists()
     assert list((tmp_path / "out/checkpoints/thing").glob("step-*"))
     assert not list((tmp_path / "out/checkpoints/thing").glob(".tmp-*"))
 
 
-def test_several_concepts_train_on_disjoint_slots(pipe, tmp_path):
+def test_several_concepts_train_on_disjoint_slots(tiny_pipe, tmp_path):
     concepts = [make_concept(tmp_path / n, n, i) for i, n in enumerate(["kettle", "robot"])]
     config = TrainConfig(steps=2, seed=0)
     paths = train_concepts(
-        pipe,
+        tiny_pipe,
         [(c, AdapterConfig(method="sbora_fb", rank=4), config) for c in concepts],
         out_dir=tmp_path / "out",
         base_name="tiny",
@@ -150,12 +140,12 @@ def test_several_concepts_train_on_disjoint_slots(pipe, tmp_path):
     assert (tmp_path / "out/slots.json").exists()
 
 
-def test_resume_refuses_other_settings(pipe, _pipe_master, tmp_path):
+def test_resume_refuses_other_settings(tiny_pipe, _tiny_pipe_master, tmp_path):
     concept = make_concept(tmp_path / "imgs", "thing", 0)
     adapter = AdapterConfig(method="lora", rank=2)
-    Trainer(pipe, concept, adapter, TrainConfig(**FAST), out_dir=tmp_path / "out", base_name="t").train()
+    Trainer(tiny_pipe, concept, adapter, TrainConfig(**FAST), out_dir=tmp_path / "out", base_name="t").train()
     other = TrainConfig(**{**FAST, "learning_rate": 5e-3})
     with pytest.raises(Exception, match="other training settings"):
         Trainer(
-            copy.deepcopy(_pipe_master), concept, adapter, other, out_dir=tmp_path / "out", base_name="t"
+            copy.deepcopy(_tiny_pipe_master), concept, adapter, other, out_dir=tmp_path / "out", base_name="t"
         ).train(resume=True)

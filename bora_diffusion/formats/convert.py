@@ -32,7 +32,7 @@ from ..atomic import atomic_path
 from ..config import AdapterConfig
 from ..errors import AdapterFileError, ConfigError
 from ..inject import find_targets, inject, load_adapter_state_dict
-from .native import FORMAT, AdapterFile, read_adapter, save_adapter
+from .native import FORMAT, AdapterFile, read_adapter, read_safetensors, save_adapter
 
 Layout = Literal["diffusers", "kohya"]
 LoraFactors = tuple[Tensor, Tensor, float]  # (down (R, in), up (out, R), s): W' - W0 = s * up @ down
@@ -197,17 +197,11 @@ def write_safetensors(path: str | os.PathLike, tensors: dict[str, Tensor], metad
 def read_foreign(path: str | os.PathLike) -> tuple[Path, dict[str, Tensor], dict[str, str]]:
     """A foreign LoRA file's tensors and metadata. Only safetensors: a pickled .bin/.ckpt could run code."""
     path = Path(path)
-    if not path.is_file():
-        raise AdapterFileError(f"{path}: LoRA file not found; check the path")
-    try:
-        with safetensors.safe_open(str(path), framework="pt") as handle:
-            metadata = handle.metadata() or {}
-            tensors = {key: handle.get_tensor(key) for key in handle.keys()}  # noqa: SIM118 (safe_open is no dict)
-    except Exception as error:  # safetensors raises its own error types and OSError for bad headers
-        raise AdapterFileError(
-            f"{path}: not a readable safetensors file ({error}); only .safetensors LoRA files are imported "
-            "(convert a .bin/.ckpt with a trusted tool first)"
-        ) from None
+    tensors, metadata = read_safetensors(
+        path,
+        "LoRA file",
+        "only .safetensors LoRA files are imported (convert a .bin/.ckpt with a trusted tool first)",
+    )
     return path, tensors, metadata
 
 

@@ -110,20 +110,26 @@ def save_adapter(
     return target
 
 
-def read_adapter(path: str | os.PathLike) -> AdapterFile:
-    """Read and validate an adapter file without applying it. Every problem is an AdapterFileError naming the file."""
-    path = Path(path)
+def read_safetensors(path: Path, kind: str, fix: str) -> tuple[dict[str, Tensor], dict[str, str]]:
+    """A .safetensors file's tensors and metadata; a missing or unreadable file is an AdapterFileError that names
+    `kind` and ends with `fix`."""
     if not path.is_file():
-        raise AdapterFileError(f"{path}: adapter file not found; check the path")
+        raise AdapterFileError(f"{path}: {kind} not found; check the path")
     try:
         with safetensors.safe_open(str(path), framework="pt") as handle:
             metadata = handle.metadata() or {}
             tensors = {key: handle.get_tensor(key) for key in handle.keys()}  # noqa: SIM118 (safe_open is no dict)
     except Exception as error:  # safetensors raises its own error types and OSError for bad headers
-        raise AdapterFileError(
-            f"{path}: not a readable safetensors file ({error}); the file is corrupt or "
-            "truncated: copy it again"
-        ) from None
+        raise AdapterFileError(f"{path}: not a readable safetensors file ({error}); {fix}") from None
+    return tensors, metadata
+
+
+def read_adapter(path: str | os.PathLike) -> AdapterFile:
+    """Read and validate an adapter file without applying it. Every problem is an AdapterFileError naming the file."""
+    path = Path(path)
+    tensors, metadata = read_safetensors(
+        path, "adapter file", "the file is corrupt or truncated: copy it again"
+    )
     if metadata.get("format") != FORMAT:
         raise AdapterFileError(
             f"{path}: not a bora-diffusion adapter (no '{FORMAT}' metadata); a diffusers or kohya "
