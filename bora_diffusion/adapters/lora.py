@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..config import AdapterConfig
-from .base import AdapterLayer, Slot, init_down
+from .base import AdapterLayer, Slot, add_up_projection, init_down
 
 
 class LoRA(AdapterLayer):
@@ -33,8 +33,9 @@ class LoRA(AdapterLayer):
         return self.scaling * self.B @ self.A  # (out, r) @ (r, in) -> (out, in)
 
     def add_delta(self, result: Tensor, x: Tensor, base_out: Tensor, base: nn.Linear) -> Tensor:
-        delta = self.low_rank(x.to(self.dtype))
-        return result + (self.scale * delta).to(result.dtype)
+        # Scale the thin (..., r) side, not the (..., out) output, then add B's projection in one GEMM.
+        hidden = F.linear(x.to(self.dtype), self.A) * (self.scale * self.scaling)  # (..., in) -> (..., r)
+        return add_up_projection(result, hidden, self.B)
 
     def lora_factors(self) -> tuple[Tensor, Tensor, float]:
         return self.A, self.B, self.scaling

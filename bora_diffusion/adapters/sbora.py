@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..config import AdapterConfig
-from .base import AdapterLayer, Slot
+from .base import AdapterLayer, Slot, add_up_projection
 
 
 class SBoRAFA(AdapterLayer):
@@ -33,11 +33,9 @@ class SBoRAFA(AdapterLayer):
         return delta.index_copy(1, self.index, self.scaling * self.B)  # (out, in), nonzero in columns `index`
 
     def add_delta(self, result: Tensor, x: Tensor, base_out: Tensor, base: nn.Linear) -> Tensor:
-        picked = x.index_select(-1, self.index).to(
-            self.dtype
-        )  # (..., in) -> (..., r): a gather, no one-hot matmul
-        delta = F.linear(picked, self.B)  # (..., r) -> (..., out)
-        return result + ((self.scale * self.scaling) * delta).to(result.dtype)
+        # A gather, never a one-hot matmul: (..., in) -> (..., r); then B's projection added in one GEMM.
+        picked = x.index_select(-1, self.index).to(self.dtype) * (self.scale * self.scaling)
+        return add_up_projection(result, picked, self.B)
 
     def merge_into(self, weight: Tensor, factor: float, base_weight: Tensor) -> None:
         weight.index_add_(1, self.index, (factor * self.scaling * self.B).to(weight.dtype))
