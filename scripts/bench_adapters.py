@@ -2,9 +2,9 @@
 
 Part (a), the adapters' own cost: forward + backward through one layer of each SD 1.5 attention-projection shape
 (out, in) at `--tokens` tokens (batch 1), the input needing no grad, the base weight frozen, only the adapter
-trainable. The overhead of a method is its time minus the time of the same frozen Linear without adapter (paired
-per round); the per-shape overheads, weighted by how many projections of each shape SD 1.5 has, add up to the
-adapter overhead of the attention projections of one SD 1.5 UNet pass.
+trainable. A method's overhead is its time minus the time of the same frozen Linear without adapter, timed right
+before it (one pair per sample); the per-shape overheads, weighted by how many projections of each shape SD 1.5
+has, add up to the adapter overhead of the attention projections of one SD 1.5 UNet pass.
 
 Part (b), a whole training step (forward, backward, AdamW step) of a UNet with adapters on all attention
 projections (`to_q`, `to_k`, `to_v`, `to_out.0`): the embedded tiny UNet by default, `--sd15` for a UNet of SD 1.5's
@@ -12,9 +12,10 @@ shape with random weights. Seconds per step come from one process that holds eve
 weights shared); peak memory, trainable parameters and adapter-file size come from a fresh process per
 configuration (CPU: growth of the resident-set high-water mark over the loaded UNet; CUDA: max_memory_allocated).
 
-Timings are medians over repeats that alternate the methods round-robin (the starting method rotates every
-round), so that drift of the machine falls on every method alike. Markdown tables go to stdout; `--json PATH`
-writes the raw numbers.
+Timings are medians over repeats that alternate the methods round-robin, each round in a new seeded random order,
+so that drift of the machine falls on every method alike. Each part also reports how many CPUs other processes
+kept busy meanwhile (from /proc/stat): on a shared machine, only runs near 0 are worth comparing. Markdown tables
+go to stdout; `--json PATH` writes the raw numbers (every sample, the environment and the git commit).
 
 Usage (from the repository root):
 
@@ -31,14 +32,16 @@ import json
 import multiprocessing
 import os
 import platform
+import random
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 import torch.nn.functional as F
@@ -65,6 +68,8 @@ SD15_PROJECTIONS: tuple[tuple[tuple[int, int], int], ...] = (
 SD15_VAE_FACTOR = 8
 TEXT_TOKENS = 77
 MEMORY_STEPS = 2  # training steps a memory probe takes (the first allocates the optimizer state)
+
+Sample = TypeVar("Sample")
 
 
 def sd15_unet_config() -> dict[str, Any]:
@@ -135,16 +140,20 @@ def upcast_trainable(params: Sequence[nn.Parameter]) -> None:
         param.data = param.data.float()
 
 
-def round_robin(tasks: dict[str, Callable[[], float]], warmup: int, repeats: int) -> dict[str, list[float]]:
-    """Call every task `warmup` times, then `repeats` rounds of one call each, the first task rotating per round."""
+def round_robin(
+    tasks: dict[str, Callable[[], Sample]], warmup: int, repeats: int, seed: int = 0
+) -> dict[str, list[Sample]]:
+    """Call every task `warmup` times, then `repeats` rounds of one call each. Each round takes the tasks in a new
+    seeded random order, so that no task always follows the same neighbour (a heavy task leaves the next one
+    freed memory to fault back in, or a cold cache)."""
     names = list(tasks)
     for _ in range(warmup):
         for name in names:
             tasks[name]()
-    samples: dict[str, list[float]] = {name: [] for name in names}
-    for round_ in range(repeats):
-        shift = round_ % len(names)
-        for name in names[shift:] + names[:shift]:
+    order = random.Random(seed)
+    samples: dict[str, list[Sample]] = {name: [] for name in names}
+    for _ in range(repeats):
+        for name in order.sample(names, len(names)):
             samples[name].append(tasks[name]())
     return samples
 
@@ -233,10 +242,16 @@ def layer_timer(layer: nn.Module, x: Tensor, grad: Tensor, inner: int) -> Callab
     return run
 
 
+def paired(first: Callable[[], float], second: Callable[[], float]) -> Callable[[], tuple[float, float]]:
+    """A task running `first` right before `second`, returning both times."""
+    return lambda: (first(), second())
+
+
 def bench_shape(
     shape: tuple[int, int], names: Sequence[str], setup: Setup, tokens: int, rounds: tuple[int, int, int]
-) -> dict[str, dict[str, float]]:
-    """Per variant on one (out, in) shape: median ms, median paired overhead ms over FROZEN, trainable params."""
+) -> dict[str, dict[str, Any]]:
+    """Per variant on one (out, in) shape: median ms, trainable parameters, and the median overhead over the frozen
+    Linear, each sample paired with a frozen pass timed right before it so that drift cancels pairwise."""
     warmup, repeats, inner = rounds
     out_features, in_features = shape
     device, dtype = torch.device(setup.device), setup.torch_dtype
@@ -249,17 +264,22 @@ def bench_shape(
         layer.train()
         upcast_trainable(trainable(layer))
         perturb_zero_factors(trainable(layer), generator)
-    samples = round_robin({n: layer_timer(m, x, grad, inner) for n, m in layers.items()}, warmup, repeats)
-    floor = samples[FROZEN]
-    return {
-        name: {
-            "ms": 1e3 * statistics.median(times),
-            "overhead_ms": 1e3 * statistics.median(t - f for t, f in zip(times, floor, strict=True)),
-            "trainable": sum(p.numel() for p in trainable(layers[name])),
-            "samples_ms": [1e3 * t for t in times],
-        }
-        for name, times in samples.items()
+    frozen = layer_timer(layers[FROZEN], x, grad, inner)
+    tasks = {name: paired(frozen, layer_timer(layers[name], x, grad, inner)) for name in names}
+    samples = round_robin(tasks, warmup, repeats, setup.seed)
+    floor = [1e3 * ref for pairs in samples.values() for ref, _ in pairs]
+    result = {
+        FROZEN: {"ms": statistics.median(floor), "overhead_ms": 0.0, "trainable": 0, "samples_ms": floor}
     }
+    for name, pairs in samples.items():
+        result[name] = {
+            "ms": 1e3 * statistics.median(t for _, t in pairs),
+            "overhead_ms": 1e3 * statistics.median(t - ref for ref, t in pairs),
+            "trainable": sum(p.numel() for p in trainable(layers[name])),
+            "samples_ms": [1e3 * t for _, t in pairs],
+            "frozen_before_ms": [1e3 * ref for ref, _ in pairs],
+        }
+    return result
 
 
 def part_a(
@@ -387,7 +407,7 @@ def time_steps(
         unet = shared_copy(base)
         params, _ = add_adapters(unet, name, setup.rank)
         tasks[name] = step_timer(unet, params, batch)
-    return round_robin(tasks, warmup, steps)
+    return round_robin(tasks, warmup, steps, setup.seed)
 
 
 def rss_bytes(field: str) -> int:
@@ -552,6 +572,23 @@ def table_b(result: dict[str, dict[str, float]], rank: int) -> str:
     return markdown_table(header, rows)
 
 
+def git_commit() -> str | None:
+    """The repository's commit, with "+dirty" when the package has uncommitted changes; None outside git."""
+    root = Path(__file__).resolve().parent.parent
+    try:
+        head = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True, text=True
+        )
+        status = subprocess.run(
+            ["git", "status", "--porcelain", "bora_diffusion"], cwd=root, capture_output=True, text=True
+        )
+    except OSError:
+        return None
+    if head.returncode != 0:
+        return None
+    return head.stdout.strip() + ("+dirty" if status.stdout.strip() else "")
+
+
 def environment(setup: Setup) -> dict[str, Any]:
     import diffusers
     import peft
@@ -564,6 +601,7 @@ def environment(setup: Setup) -> dict[str, Any]:
         "threads": torch.get_num_threads(),
         "machine": platform.processor() or platform.machine(),
         "cpus": os.cpu_count(),
+        "commit": git_commit(),
     }
     if setup.device.startswith("cuda"):
         info["gpu"] = torch.cuda.get_device_name(torch.device(setup.device))
