@@ -7,6 +7,11 @@
     image = scorer.image_alignment(images, "concepts/kettle")
     print(text.summary()); text.save("runs/kettle/clip_t.json")
 
+Evaluation runs (generate with trained concepts alone and composed, score, report retention) are in `runs.py`:
+
+    report = evaluate_concepts(pipe, [EvalConcept("runs/a/kettle.safetensors", "concepts/kettle"), ...],
+                               scorer, "runs/a/eval", base_name="embedded:tiny-sd-v1")
+
 `conventions.py` states the conventions and where they come from; `backbone.py` how weights are found offline;
 `images.py` which image modes are converted and which refused; `report.py` what a report records.
 """
@@ -24,6 +29,15 @@ from .errors import (
 from .images import generated_images, load_rgb, reference_images
 from .prompt_sets import fill_prompts, load_prompt_set, prompt_sets
 from .report import AlignmentReport
+from .runs import (
+    ConceptFileError,
+    ConceptResult,
+    EvalConcept,
+    EvaluationReport,
+    RunSettings,
+    SettingScores,
+    evaluate_concepts,
+)
 from .scorer import ClipScorer, Progress
 
 __all__ = [
@@ -33,15 +47,22 @@ __all__ = [
     "AlignmentReport",
     "BackboneError",
     "ClipScorer",
+    "ConceptFileError",
+    "ConceptResult",
     "Conventions",
+    "EvalConcept",
     "EvaluationError",
+    "EvaluationReport",
     "ImageModeError",
     "LoadedClip",
     "Progress",
     "ReferenceImagesError",
+    "RunSettings",
+    "SettingScores",
     "WeightsError",
     "WeightsSource",
     "WeightsUnavailableError",
+    "evaluate_concepts",
     "fill_prompts",
     "generated_images",
     "known_backbones",

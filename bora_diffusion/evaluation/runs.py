@@ -1,0 +1,463 @@
+"""Evaluation runs: generate with trained concepts, alone and composed, and score CLIP-T, CLIP-I and retention.
+
+The protocol is DreamBench's (DreamBooth, Ruiz et al., CVPR 2023, arXiv 2208.12242): each concept's prompt set
+is filled with its token and class word, every prompt is generated with N fixed seeds, each image is scored
+against its prompt (CLIP-T, prompt fidelity) and against the concept's reference images (CLIP-I, subject
+fidelity), and the means are reported.
+
+Multi-concept: the same prompts and seeds are generated a second time with *all* the given concepts composed
+into the base (`bora_diffusion.merge.compose`), so every composed image has a twin in the alone setting that
+differs only by the other concepts being present. A concept's **retention** is composed score / alone score:
+1.0 means composing cost it nothing, 0.8 that it kept 80 % of its alignment. This is the single-concept
+evaluation after merging of Mix-of-Show (arXiv 2305.18292) and SBoRA (arXiv 2407.05413). A ratio only means
+this when the alone score is positive, so retention is null otherwise (raw cosines can be negative).
+
+Images, each setting's manifest and the per-image `AlignmentReport`s land under the output folder::
+
+    <out>/alone/<concept>/       p00-s0.png ... manifest.json grid.png clip_t.json clip_i.json
+    <out>/composed/<concept>/    the same, generated with every concept composed
+    <out>/evaluation.json        the `EvaluationReport`: means, retention, conventions, settings, provenance
+
+Nothing is printed; `progress(message, done, total)` is called before each generation and scoring step.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ..atomic import write_text
+from ..errors import ConfigError
+from ..formats import AdapterFile, read_adapter
+from ..generate import SamplingSettings, generate
+from ..inject import concepts as model_concepts
+from ..inject import eject
+from ..merge import compose
+from .conventions import Conventions
+from .errors import EvaluationError
+from .images import check_images, reference_images
+from .prompt_sets import fill_prompts, load_prompt_set
+from .scorer import ClipScorer
+
+__all__ = [
+    "SETTINGS",
+    "ConceptFileError",
+    "ConceptResult",
+    "EvalConcept",
+    "EvaluationReport",
+    "RunProgress",
+    "RunSettings",
+    "SettingScores",
+    "evaluate_concepts",
+]
+
+REPORT_VERSION = 1
+# "alone": the concept's file is the only adapter on the base; "composed": every concept of the run is on it.
+SETTINGS = ("alone", "composed")
+# progress(message, done, total): done steps out of total (generation and scoring steps of the whole run).
+RunProgress = Callable[[str, int, int], None]
+
+
+class ConceptFileError(EvaluationError):
+    """An adapter file cannot be evaluated as given (no token or class word, a duplicate name or token)."""
+
+
+@dataclass(frozen=True)
+class EvalConcept:
+    """One concept to evaluate: its trained adapter file and the folder of its reference images.
+
+    The token and class word come from the file's metadata (training records them). `prompt_set` overrides the
+    run's set for this concept (e.g. "quick-live" for a dog next to an object); `scale` is its weight when
+    composed and alone.
+    """
+
+    file: Path
+    references: Path
+    prompt_set: str | None = None
+    scale: float = 1.0
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "file", Path(self.file))
+        object.__setattr__(self, "references", Path(self.references))
+        if (
+            isinstance(self.scale, bool)
+            or not isinstance(self.scale, int | float)
+            or not math.isfinite(self.scale)
+        ):
+            raise ConfigError(f"{self.file}: scale must be a finite number, got {self.scale!r}")
+        object.__setattr__(self, "scale", float(self.scale))
+
+
+@dataclass(frozen=True)
+class RunSettings:
+    """How images are drawn: the prompt set, N images per prompt with seeds `seed .. seed + N - 1`, the sampler
+    settings, and whether the composed setting runs (with 2+ concepts) fused into the weights or live."""
+
+    prompt_set: str = "quick-object"
+    images_per_prompt: int = 4
+    seed: int = 0
+    sampling: SamplingSettings = dataclasses.field(default_factory=SamplingSettings)
+    composed: bool = True
+    fuse: bool = True
+
+    def __post_init__(self) -> None:
+        load_prompt_set(self.prompt_set)  # an unknown name fails here, with the known ones listed
+        if isinstance(self.images_per_prompt, bool) or not isinstance(self.images_per_prompt, int):
+            raise ConfigError(f"images_per_prompt must be an integer, got {self.images_per_prompt!r}")
+        if self.images_per_prompt < 1:
+            raise ConfigError(f"images_per_prompt must be >= 1, got {self.images_per_prompt}")
+
+    @property
+    def seeds(self) -> list[int]:
+        return list(range(self.seed, self.seed + self.images_per_prompt))
+
+    def to_dict(self) -> dict[str, Any]:
+        data = dataclasses.asdict(self)
+        data["seeds"] = self.seeds
+        return data
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> RunSettings:
+        values = {key: value for key, value in data.items() if key != "seeds"}
+        values["sampling"] = SamplingSettings(**values.get("sampling", {}))
+        return cls(**values)
+
+
+@dataclass(frozen=True)
+class SettingScores:
+    """One concept's means in one setting, and where its images and per-image reports are (relative paths)."""
+
+    clip_t: float
+    clip_i: float
+    images: int
+    folder: str
+
+
+@dataclass(frozen=True)
+class ConceptResult:
+    """One concept: who it is, what it was prompted with, and its scores alone and (optionally) composed."""
+
+    name: str
+    token: str
+    class_word: str
+    method: str
+    file: str
+    references: str
+    reference_count: int
+    prompt_set: str
+    prompts: tuple[str, ...]
+    alone: SettingScores
+    composed: SettingScores | None = None
+
+    def retention(self, metric: str) -> float | None:
+        """composed / alone for "clip_t" or "clip_i"; None without a composed setting or when the alone score
+        is not positive (the ratio would not mean "share kept")."""
+        if metric not in ("clip_t", "clip_i"):
+            raise ConfigError(f"metric must be 'clip_t' or 'clip_i', got {metric!r}")
+        if self.composed is None:
+            return None
+        alone = getattr(self.alone, metric)
+        return getattr(self.composed, metric) / alone if alone > 0 else None
+
+    def to_dict(self) -> dict[str, Any]:
+        data = dataclasses.asdict(self)
+        data["prompts"] = list(self.prompts)
+        data["retention"] = {"clip_t": self.retention("clip_t"), "clip_i": self.retention("clip_i")}
+        return data
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> ConceptResult:
+        values = {key: value for key, value in data.items() if key != "retention"}
+        values["prompts"] = tuple(values["prompts"])
+        values["alone"] = SettingScores(**values["alone"])
+        values["composed"] = SettingScores(**values["composed"]) if values.get("composed") else None
+        return cls(**values)
+
+
+@dataclass(frozen=True)
+class EvaluationReport:
+    """The outcome of `evaluate_concepts`: per concept its means alone and composed and its retention, with the
+    conventions, weights, sampling settings and base model that produced them."""
+
+    base_model: str
+    conventions: Conventions
+    weights: Mapping[str, Any]
+    settings: RunSettings
+    concepts: tuple[ConceptResult, ...]
+    composition: Mapping[str, Any] | None = None
+    environment: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+
+    def concept(self, name: str) -> ConceptResult:
+        for result in self.concepts:
+            if result.name == name:
+                return result
+        raise ConfigError(f"no concept {name!r} in this report; it has {', '.join(self.names)}")
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        return tuple(result.name for result in self.concepts)
+
+    def summary(self) -> str:
+        """One line: each concept's CLIP-T / CLIP-I alone (and composed, with retention), then the conventions."""
+        parts = []
+        for r in self.concepts:
+            text = f"{r.name}: T {r.alone.clip_t:.4f} I {r.alone.clip_i:.4f}"
+            if r.composed is not None:
+                text += (
+                    f" | composed T {r.composed.clip_t:.4f} I {r.composed.clip_i:.4f}"
+                    f" (retention T {_ratio(r.retention('clip_t'))} I {_ratio(r.retention('clip_i'))})"
+                )
+            parts.append(text)
+        c = self.conventions
+        images = len(self.concepts[0].prompts) * self.settings.images_per_prompt if self.concepts else 0
+        return (
+            f"{'; '.join(parts)} | {images} images per concept and setting | {c.backbone} "
+            f"{c.weights or 'random init'}, {c.preset_name or 'custom'} conventions"
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "report_version": REPORT_VERSION,
+            "summary": self.summary(),
+            "base_model": self.base_model,
+            "conventions": self.conventions.to_dict(),
+            "weights": dict(self.weights),
+            "settings": self.settings.to_dict(),
+            "retention_rule": "composed mean / alone mean, same prompts and seeds; null when alone <= 0",
+            "concepts": [result.to_dict() for result in self.concepts],
+            "composition": dict(self.composition) if self.composition is not None else None,
+            "environment": dict(self.environment),
+        }
+
+    def save(self, path: str | os.PathLike[str]) -> Path:
+        """Write the JSON report atomically and return its path."""
+        write_text(path, json.dumps(self.to_dict(), indent=1, ensure_ascii=False) + "\n")
+        return Path(path)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> EvaluationReport:
+        version = data.get("report_version")
+        if version != REPORT_VERSION:
+            raise ConfigError(
+                f"evaluation report version {version!r} is not {REPORT_VERSION}: read it with the version that "
+                "wrote it"
+            )
+        return cls(
+            base_model=data["base_model"],
+            conventions=Conventions.from_dict(data["conventions"]),
+            weights=dict(data["weights"]),
+            settings=RunSettings.from_dict(data["settings"]),
+            concepts=tuple(ConceptResult.from_dict(entry) for entry in data["concepts"]),
+            composition=data.get("composition"),
+            environment=dict(data.get("environment", {})),
+        )
+
+    @classmethod
+    def load(cls, path: str | os.PathLike[str]) -> EvaluationReport:
+        return cls.from_dict(json.loads(Path(path).read_text(encoding="utf-8")))
+
+
+def _ratio(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.3f}"
+
+
+# ------------------------------------------------------------------------------------------------------ the run
+@dataclass(frozen=True)
+class _Prepared:
+    """A concept checked and ready: its file read, its prompts filled, its references listed."""
+
+    spec: EvalConcept
+    info: AdapterFile
+    prompt_set: str
+    prompts: tuple[str, ...]
+    references: tuple[Path, ...]
+
+    @property
+    def token(self) -> str:
+        return self.info.token or ""
+
+    @property
+    def class_word(self) -> str:
+        return self.info.class_word or ""
+
+
+def _prepare(concepts: Sequence[EvalConcept], settings: RunSettings) -> list[_Prepared]:
+    """Read every file, prompt set and reference folder before any image is drawn, so a mistake in the last
+    concept fails in a second, not after the first concept's generation."""
+    if not concepts:
+        raise ConfigError("evaluate needs at least one concept file")
+    prepared: list[_Prepared] = []
+    names: dict[str, Path] = {}
+    tokens: dict[str, Path] = {}
+    for spec in concepts:
+        info = read_adapter(spec.file)
+        if not info.token or not info.class_word:
+            missing = "token" if not info.token else "class word"
+            raise ConceptFileError(
+                f"{spec.file}: the file records no {missing}, so its prompts cannot be written; train it from a "
+                "concept folder, or import it with `bora-diffusion import --token ... --class-word ...`"
+            )
+        if info.name in names:
+            raise ConceptFileError(
+                f"{spec.file}: concept name {info.name!r} is also the name of {names[info.name]}; evaluate "
+                "each concept once"
+            )
+        if info.token.lower() in tokens:
+            raise ConceptFileError(
+                f"{spec.file}: token {info.token!r} is also the token of {tokens[info.token.lower()]}; two "
+                "concepts with one token cannot be told apart in prompts"
+            )
+        names[info.name], tokens[info.token.lower()] = spec.file, spec.file
+        references = tuple(reference_images(spec.references))
+        check_images(references, [str(path) for path in references])
+        prompt_set = spec.prompt_set or settings.prompt_set
+        prompts = tuple(fill_prompts(load_prompt_set(prompt_set), info.token, info.class_word))
+        prepared.append(_Prepared(spec, info, prompt_set, prompts, references))
+    return prepared
+
+
+def evaluate_concepts(
+    pipe,
+    concepts: Sequence[EvalConcept],
+    scorer: ClipScorer,
+    out_dir: str | os.PathLike[str],
+    *,
+    base_name: str,
+    settings: RunSettings = RunSettings(),
+    progress: RunProgress | None = None,
+) -> EvaluationReport:
+    """Generate and score every concept alone and, with two or more concepts and `settings.composed`, inside
+    the composition of all of them; write images, per-image reports and `<out_dir>/evaluation.json`.
+
+    `pipe` must be a base pipeline without concepts (each setting loads its files onto it and takes them off
+    again, so the pipeline is left as it came). `base_name` is recorded, e.g. `pipeline.base_name(base)`.
+    """
+    out_dir = Path(out_dir)
+    present = model_concepts(pipe.unet)
+    if present:
+        raise ConfigError(
+            f"the pipeline already holds concepts ({', '.join(present)}); evaluate on a clean base so each "
+            "setting has exactly the concepts it names"
+        )
+    prepared = _prepare(concepts, settings)
+    composed = settings.composed and len(prepared) > 1
+    settings_run = ["alone", "composed"] if composed else ["alone"]
+    total = 2 * len(prepared) * len(settings_run)
+    done = 0
+
+    def step(message: str) -> None:
+        nonlocal done
+        if progress is not None:
+            progress(message, done, total)
+        done += 1
+
+    alone: dict[str, SettingScores] = {}
+    for item in prepared:
+        files = [(item.spec.file, item.spec.scale)]
+        scores, _ = _generate_and_score(
+            pipe, files, [item], scorer, out_dir, "alone", settings, base_name, step
+        )
+        alone[item.info.name] = scores[item.info.name]
+    together: dict[str, SettingScores] = {}
+    composition: dict[str, Any] | None = None
+    if composed:
+        files = [(item.spec.file, item.spec.scale) for item in prepared]
+        together, composition = _generate_and_score(
+            pipe, files, prepared, scorer, out_dir, "composed", settings, base_name, step
+        )
+    if progress is not None:
+        progress("done", total, total)
+    results = tuple(
+        ConceptResult(
+            name=item.info.name,
+            token=item.token,
+            class_word=item.class_word,
+            method=item.info.config.method,
+            file=str(item.spec.file),
+            references=str(item.spec.references),
+            reference_count=len(item.references),
+            prompt_set=item.prompt_set,
+            prompts=item.prompts,
+            alone=alone[item.info.name],
+            composed=together.get(item.info.name),
+        )
+        for item in prepared
+    )
+    report = EvaluationReport(
+        base_model=base_name,
+        conventions=scorer.conventions,
+        weights=scorer._weights_record(),
+        settings=settings,
+        concepts=results,
+        composition=composition,
+        environment=scorer._environment(),
+    )
+    report.save(out_dir / "evaluation.json")
+    return report
+
+
+def _generate_and_score(
+    pipe,
+    files: list[tuple[Path, float]],
+    items: Sequence[_Prepared],
+    scorer: ClipScorer,
+    out_dir: Path,
+    setting: str,
+    settings: RunSettings,
+    base_name: str,
+    step: Callable[[str], None],
+) -> tuple[dict[str, SettingScores], dict[str, Any]]:
+    """Load `files` onto the base, generate each item's prompts x seeds, take the files off, then score.
+    Returns the scores per concept and the composition report (slot overlap and interference)."""
+    generated: dict[str, list[Path]] = {}
+    try:
+        composition = compose(pipe.unet, files, fuse=settings.fuse)
+        for item in items:
+            name = item.info.name
+            step(
+                f"{setting}/{name}: generate {len(item.prompts)} prompts x {settings.images_per_prompt} seeds"
+            )
+            record = {
+                "base_model": base_name,
+                "setting": setting,
+                "concept": name,
+                "fused": settings.fuse,
+                "concepts": composition.concepts,
+            }
+            result = generate(
+                pipe,
+                list(item.prompts),
+                settings.seeds,
+                out_dir / setting / name,
+                settings=settings.sampling,
+                record=record,
+            )
+            generated[name] = result.images
+    finally:
+        eject(pipe.unet)  # unmerges and removes every adapter: the base is bit-identical again
+    scores: dict[str, SettingScores] = {}
+    for item in items:
+        name = item.info.name
+        step(f"{setting}/{name}: score CLIP-T and CLIP-I")
+        images = generated[name]
+        prompts = [
+            prompt for prompt in item.prompts for _ in settings.seeds
+        ]  # generate's order: prompt-major
+        folder = out_dir / setting / name
+        text = scorer.text_alignment(images, prompts, tokens={item.token: item.class_word})
+        image = scorer.image_alignment(images, list(item.references))
+        text.save(folder / "clip_t.json")
+        image.save(folder / "clip_i.json")
+        scores[name] = SettingScores(
+            clip_t=text.mean,
+            clip_i=image.mean,
+            images=len(images),
+            folder=str(folder.relative_to(out_dir)),
+        )
+    return scores, composition.to_dict()
