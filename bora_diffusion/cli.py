@@ -104,6 +104,18 @@ def build_parser() -> argparse.ArgumentParser:
         "--adam-8bit", action="store_true", default=None, help="8-bit AdamW (needs bitsandbytes)"
     )
     train.add_argument(
+        "--train-embedding",
+        action="store_true",
+        default=None,
+        help="also train the token's own text embedding, as textual inversion / ED-LoRA do",
+    )
+    train.add_argument(
+        "--embedding-lr",
+        type=float,
+        dest="embedding_learning_rate",
+        help="learning rate of the token embedding (default: --lr)",
+    )
+    train.add_argument(
         "--seed", type=int, help="seed of initialization, batches, noise and slots (default 0)"
     )
     train.add_argument("--resume", action="store_true", help="continue from the newest checkpoints in --out")
@@ -284,7 +296,7 @@ def _composed(args: argparse.Namespace, *, fuse: bool):
     from .pipeline import load_base
 
     pipe = load_base(args.base)
-    report = compose(pipe.unet, _parse_concepts(args.concepts), fuse=fuse, force=args.force)
+    report = compose(pipe, _parse_concepts(args.concepts), fuse=fuse, force=args.force)
     return pipe, report
 
 
@@ -299,9 +311,11 @@ def run_compose(args: argparse.Namespace) -> int:
         report.save(args.report)
         print(f"report: {args.report}")
     if args.save:
+        from .embeddings import bake_tokens
         from .inject import bake
 
         bake(pipe.unet)  # plain Linears holding the fused weights: any diffusers tool can load the folder
+        bake_tokens(pipe.text_encoder)  # trained token embeddings become rows of a plain embedding matrix
         from .embedded import silenced_progress_bars
 
         with silenced_progress_bars():
@@ -346,7 +360,7 @@ ADAPTER_FLAGS = ("method", "rank", "alpha", "blocks", "targets")
 TRAIN_FLAGS = (
     "steps", "learning_rate", "lr_schedule", "warmup_steps", "batch_size", "gradient_accumulation", "resolution",
     "prior_weight", "class_images", "checkpoint_every", "sample_every", "mixed_precision", "gradient_checkpointing",
-    "attention", "adam_8bit", "seed",
+    "attention", "adam_8bit", "train_embedding", "embedding_learning_rate", "seed",
 )  # fmt: skip
 
 

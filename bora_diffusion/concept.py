@@ -26,9 +26,11 @@ holds letters, digits, '-' and '_' only::
     method = "sbora_fa"             # rank, alpha, blocks (bora_block only), targets: as AdapterConfig
     rank = 4
     steps = 400                     # learning_rate, batch_size, resolution, prior_weight: as TrainConfig
+    train_embedding = false         # also train the token's text embedding (ED-LoRA); embedding_learning_rate
 
-Choosing the token. Training tunes the UNet and leaves the text encoder frozen, so the token reaches the UNet as
-the pieces the base tokenizer splits it into. A token that is itself one word of the vocabulary ("dog", but also
+Choosing the token. By default training tunes the UNet and leaves the text encoder frozen, so the token reaches
+the UNet as the pieces the base tokenizer splits it into (with `train_embedding`, the token instead becomes one new
+token with its own trained embedding, bora_diffusion.embeddings). A token that is itself one word of the vocabulary ("dog", but also
 DreamBooth's "sks", the name of a rifle, and kohya's "ohwx") arrives with the meaning the base model already
 gives it, which training then overwrites: `load_concept` refuses it. A made-up string splits into several rare
 pieces ("qwiv" -> "q", "wiv"), and that is fine: the adapter learns their combination. Give every concept its
@@ -165,9 +167,13 @@ class Prompts:
 
 
 _ADAPTER_FIELDS = ("method", "rank", "alpha", "blocks", "targets")
-_TRAINING_FIELDS = ("steps", "learning_rate", "batch_size", "resolution", "prior_weight")
+_TRAINING_FIELDS = (
+    "steps", "learning_rate", "batch_size", "resolution", "prior_weight", "train_embedding",
+    "embedding_learning_rate",
+)  # fmt: skip
 _INT_FIELDS = frozenset({"rank", "blocks", "steps", "batch_size", "resolution"})
-_FLOAT_FIELDS = frozenset({"alpha", "learning_rate", "prior_weight"})
+_FLOAT_FIELDS = frozenset({"alpha", "learning_rate", "prior_weight", "embedding_learning_rate"})
+_BOOL_FIELDS = frozenset({"train_embedding"})
 
 
 @dataclass(frozen=True)
@@ -185,6 +191,8 @@ class TrainDefaults:
     batch_size: int | None = None
     resolution: int | None = None
     prior_weight: float | None = None
+    train_embedding: bool | None = None
+    embedding_learning_rate: float | None = None
 
     def __post_init__(self) -> None:
         if isinstance(self.targets, list):
@@ -243,6 +251,8 @@ def _type_problem(key: str, value: Any) -> str | None:
         ok, wanted = isinstance(value, int) and not isinstance(value, bool), "an integer"
     elif key in _FLOAT_FIELDS:
         ok, wanted = isinstance(value, int | float) and not isinstance(value, bool), "a number"
+    elif key in _BOOL_FIELDS:
+        ok, wanted = isinstance(value, bool), "true or false"
     elif key == "targets":
         ok = isinstance(value, str) or (
             isinstance(value, list | tuple) and all(isinstance(item, str) for item in value)

@@ -40,26 +40,38 @@ def encode_images(vae, images: Tensor, *, batch_size: int = 8) -> Tensor:
     return torch.cat(latents).float()
 
 
-@torch.no_grad()
-def encode_prompts(tokenizer, text_encoder, prompts: Sequence[str]) -> Tensor:
-    """Prompts -> the text encoder's last hidden states (N, 77, D), as the UNet's cross-attention reads them."""
-    ids = tokenizer(
+def tokenize(tokenizer, prompts: Sequence[str]) -> Tensor:
+    """Prompts -> token ids (N, 77), padded to the tokenizer's length as Stable Diffusion pipelines do."""
+    return tokenizer(
         list(prompts),
         padding="max_length",
         max_length=tokenizer.model_max_length,
         truncation=True,
         return_tensors="pt",
     ).input_ids
+
+
+def encode_ids(text_encoder, ids: Tensor) -> Tensor:
+    """Token ids (N, 77) -> the text encoder's last hidden states (N, 77, D), as the UNet's cross-attention reads
+    them. Differentiable: a trained token embedding gets its gradient through here."""
     return text_encoder(ids.to(text_encoder.device))[0].float()
+
+
+@torch.no_grad()
+def encode_prompts(tokenizer, text_encoder, prompts: Sequence[str]) -> Tensor:
+    """Prompts -> (N, 77, D) hidden states, without gradients (for cached prompt embeddings)."""
+    return encode_ids(text_encoder, tokenize(tokenizer, prompts))
 
 
 @dataclass
 class EncodedSet:
-    """Images as latents (or pixels, when latents are not cached) with the prompt embedding of each."""
+    """Images as latents (or pixels, when latents are not cached) with the prompt embedding of each (or the
+    prompt's token ids, when the text encoder's input trains and the embedding must be recomputed every step)."""
 
     images: Tensor  # (N, C, h, w) latents, or (N, 3, H, W) pixels when `encoded` is False
-    text: Tensor  # (N, 77, D)
+    text: Tensor  # (N, 77, D) hidden states, or (N, 77) token ids when `text_encoded` is False
     encoded: bool
+    text_encoded: bool = True
 
     def __len__(self) -> int:
         return len(self.images)
@@ -71,10 +83,19 @@ class EncodedSet:
 
 
 def encode_set(
-    pipe, images: Sequence[Path], prompts: Sequence[str], resolution: int, *, cache_latents: bool
+    pipe,
+    images: Sequence[Path],
+    prompts: Sequence[str],
+    resolution: int,
+    *,
+    cache_latents: bool,
+    cache_text: bool = True,
 ) -> EncodedSet:
     pixels = torch.stack([load_image(path, resolution) for path in images])
-    text = encode_prompts(pipe.tokenizer, pipe.text_encoder, prompts)
+    if cache_text:
+        text = encode_prompts(pipe.tokenizer, pipe.text_encoder, prompts)
+    else:
+        text = tokenize(pipe.tokenizer, prompts)
     if cache_latents:
-        return EncodedSet(encode_images(pipe.vae, pixels), text, encoded=True)
-    return EncodedSet(pixels, text, encoded=False)
+        pixels = encode_images(pipe.vae, pixels)
+    return EncodedSet(pixels, text, encoded=cache_latents, text_encoded=cache_text)

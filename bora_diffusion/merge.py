@@ -25,7 +25,8 @@ import torch
 from torch import nn
 
 from .atomic import write_text
-from .errors import SlotError
+from .embeddings import add_token
+from .errors import ConfigError, SlotError
 from .formats import AdapterFile, load_adapter, read_adapter
 from .inject import concepts, merge, set_active, set_scale, wrappers
 
@@ -72,20 +73,34 @@ class CompositionReport:
 
 
 def compose(
-    unet: nn.Module,
+    model,
     files: list[tuple[str | Path, float]],
     *,
     fuse: bool = False,
     force: bool = False,
 ) -> CompositionReport:
-    """Load each (file, scale) onto `unet`, check interference, then leave them live or fuse them.
+    """Load each (file, scale) onto `model`, check interference, then leave them live or fuse them.
 
-    Concept names come from the files; a name already taken gets a numeric suffix. Overlapping slots in the same
-    space raise SlotError unless `force`.
+    `model` is a pipeline, or a bare UNet when no file carries a trained token embedding: a pipeline also gets
+    each such token added to its tokenizer and text encoder (bora_diffusion.embeddings). Concept names come from
+    the files; a name already taken gets a numeric suffix. Overlapping slots in the same space raise SlotError
+    unless `force`.
     """
+    unet = getattr(model, "unet", model)
+    infos = [read_adapter(path) for path, _ in files]
+    for info in infos:
+        if info.token_embedding is None:
+            continue
+        if unet is model:
+            raise ConfigError(
+                f"{info.path}: carries a trained embedding for token {info.token!r}, which needs the text "
+                "encoder: compose onto the pipeline, not its UNet"
+            )
+        add_token(
+            model.tokenizer, model.text_encoder, info.token, info.token_embedding, source=str(info.path)
+        )
     loaded: dict[str, AdapterFile] = {}
-    for path, scale in files:
-        info = read_adapter(path)
+    for info, (_, scale) in zip(infos, files, strict=True):
         name = _free_name(unet, info.name)
         loaded[name] = load_adapter(info, unet, name=name)
         set_scale(unet, name, scale)
@@ -107,6 +122,8 @@ def compose(
                 "method": info.config.method,
                 "scale": scale,
                 "slot_space": info.slot_space,
+                "token": info.token,
+                "token_embedding": info.token_embedding is not None,
             }
             for (name, info), (_, scale) in zip(loaded.items(), files, strict=True)
         },

@@ -25,7 +25,8 @@ import torch.nn.functional as F
 
 from .callbacks import Callback, TrainState
 from .config import AdapterConfig, TrainConfig
-from .data import EncodedSet, encode_images, encode_set
+from .data import EncodedSet, encode_ids, encode_images, encode_set
+from .embeddings import add_token
 from .errors import BoraError, ConfigError
 from .formats import save_adapter
 from .inject import adapter_state_dict, inject, load_adapter_state_dict, mark_trainable, set_active
@@ -75,6 +76,7 @@ class Trainer:
         self.callbacks = list(callbacks)
         self.class_dir = Path(class_dir) if class_dir else self.out_dir / "class_images" / concept.class_word
         self.name = concept.name
+        self.embedding: torch.nn.Parameter | None = None  # the token's text embedding (D,), when it trains
 
     # ----------------------------------------------------------------------------------------------- the run
     def train(self, *, resume: bool = False) -> Path:
@@ -90,13 +92,17 @@ class Trainer:
         if config.mixed_precision == "fp16" and accelerator.device.type == "cpu":
             raise ConfigError("mixed_precision 'fp16' needs a GPU; use 'no' or 'bf16' on the CPU")
         self._set_attention()
+        prior = self._prior_set() if config.prior_weight > 0 else None  # class images come from the bare base
+        if config.train_embedding:
+            self.embedding = self._add_token(accelerator.num_processes)
         instance = self._instance_set()
-        prior = self._prior_set() if config.prior_weight > 0 else None
 
         inject(unet, self.adapter, name=self.name, ledger=self.ledger)
         set_active(unet, [self.name])
         params = mark_trainable(unet, [self.name])
         optimizer = self._optimizer(params)
+        if self.embedding is not None:
+            params = [*params, self.embedding]
         schedule = self._lr_schedule(optimizer)
         generator = torch.Generator().manual_seed(
             derive_seed("train", config.seed, accelerator.process_index)
@@ -137,6 +143,10 @@ class Trainer:
         model.eval()
         if config.gradient_checkpointing:
             unet.disable_gradient_checkpointing()
+        if self.embedding is not None:
+            self.embedding.requires_grad_(
+                False
+            )  # it stays on the text encoder, so samples and generation use it
         accelerator.wait_for_everyone()
         path = self.out_dir / f"{self.name}.safetensors"
         if accelerator.is_main_process:
@@ -176,6 +186,8 @@ class Trainer:
         images, text = data.batch(self.config.batch_size, generator)
         if not data.encoded:
             images = encode_images(self.pipe.vae, images)
+        if not data.text_encoded:  # token ids: encode now, so the trained token embedding gets its gradient
+            text = encode_ids(self.pipe.text_encoder, text)
         return images.cpu(), text.cpu()
 
     # ------------------------------------------------------------------------------------------ data and setup
@@ -187,7 +199,30 @@ class Trainer:
             prompts,
             self.config.resolution,
             cache_latents=self.config.cache_latents,
+            cache_text=self.embedding is None,
         )
+
+    def _add_token(self, processes: int) -> torch.nn.Parameter:
+        """Make the concept's token one new token whose embedding trains, starting from its class word's."""
+        if processes > 1:
+            raise ConfigError(
+                "train_embedding runs in a single process for now (its gradient is not synchronized across "
+                "GPUs); train without it under `accelerate launch`, or on one GPU"
+            )
+        if getattr(self.pipe, "text_encoder_2", None) is not None:
+            raise ConfigError(
+                "train_embedding supports pipelines with one text encoder (SD 1.x / 2.x); SDXL has two: "
+                "train without it"
+            )
+        self.pipe.text_encoder.requires_grad_(False)
+        vector = add_token(
+            self.pipe.tokenizer,
+            self.pipe.text_encoder,
+            self.concept.token,
+            init_word=self.concept.class_word,
+            source=f"concept {self.name!r}",
+        )
+        return vector.requires_grad_(True)
 
     def _prior_set(self) -> EncodedSet:
         prompt = self.concept.class_prompt
@@ -211,7 +246,12 @@ class Trainer:
             cls = bnb.optim.AdamW8bit
         else:
             cls = torch.optim.AdamW
-        return cls(params, lr=self.config.learning_rate, weight_decay=self.config.weight_decay)
+        groups = [{"params": params}]
+        if self.embedding is not None:
+            # Weight decay would pull the token towards the origin, away from the words it sits among.
+            lr = self.config.embedding_learning_rate or self.config.learning_rate
+            groups.append({"params": [self.embedding], "lr": lr, "weight_decay": 0.0})
+        return cls(groups, lr=self.config.learning_rate, weight_decay=self.config.weight_decay)
 
     def _lr_schedule(self, optimizer):
         from diffusers.optimization import get_scheduler
@@ -245,6 +285,7 @@ class Trainer:
             "lr_schedule": schedule.state_dict(),
             "generator": generator.get_state(),
             "adapter": {k: v.cpu().clone() for k, v in adapter_state_dict(self.pipe.unet, self.name).items()},
+            "token_embedding": None if self.embedding is None else self.embedding.detach().cpu().clone(),
             "config": json.dumps(self.config.to_dict()),
         }
         torch.save(state, staging / "state.pt")
@@ -270,6 +311,9 @@ class Trainer:
                 "resume with the same settings or start a new output folder"
             )
         load_adapter_state_dict(self.pipe.unet, self.name, state["adapter"], source=str(found[-1]))
+        if self.embedding is not None:
+            with torch.no_grad():
+                self.embedding.copy_(state["token_embedding"])
         optimizer.load_state_dict(state["optimizer"])
         schedule.load_state_dict(state["lr_schedule"])
         generator.set_state(state["generator"])
@@ -285,6 +329,7 @@ class Trainer:
             token=self.concept.token,
             class_word=self.concept.class_word,
             training=self.config.to_dict(),
+            token_embedding=self.embedding,
         )
 
     def _sample(self, state: TrainState) -> None:

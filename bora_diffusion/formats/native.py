@@ -1,7 +1,8 @@
 """The native adapter file: one `.safetensors` per concept that describes itself.
 
-Tensors are keyed `<module path>.<tensor>` (e.g. `...attn1.to_q.B`, `...attn1.to_q.index`); the safetensors
-metadata (string -> string, JSON where structured) holds:
+Tensors are keyed `<module path>.<tensor>` (e.g. `...attn1.to_q.B`, `...attn1.to_q.index`), plus
+`concept.token_embedding` (D,) when the concept token's text embedding was trained (bora_diffusion.embeddings);
+the safetensors metadata (string -> string, JSON where structured) holds:
 
     format            "bora-diffusion-adapter"
     format_version    "1"
@@ -31,12 +32,13 @@ from torch import Tensor, nn
 from ..adapters import AdaptedLinear, get
 from ..atomic import atomic_path
 from ..config import AdapterConfig
-from ..errors import AdapterFileError, BoraError
+from ..errors import AdapterFileError, BoraError, ConfigError
 from ..inject import adapter_state_dict, inject, load_adapter_state_dict, wrappers
 from ..slots import SlotLedger
 
 FORMAT = "bora-diffusion-adapter"
 FORMAT_VERSION = 1
+TOKEN_EMBEDDING = "concept.token_embedding"
 
 
 @dataclass(frozen=True)
@@ -55,7 +57,8 @@ class AdapterFile:
     slot_seed: int
     library_version: str
     training: dict | None
-    tensors: dict[str, Tensor]
+    tensors: dict[str, Tensor]  # the UNet adapters' tensors
+    token_embedding: Tensor | None = None  # (D,): the token's trained text embedding, if it was trained
 
     def slots(self) -> dict[str, Tensor]:
         """Module path -> slot index (r,), for slot methods; empty otherwise."""
@@ -80,13 +83,18 @@ def save_adapter(
     token: str | None = None,
     class_word: str | None = None,
     training: dict | None = None,
+    token_embedding: Tensor | None = None,
 ) -> Path:
     """Write concept `name` of `model` to `path` atomically; return the path. `training` (the training settings)
-    is recorded as given, for provenance."""
+    is recorded as given, for provenance; `token_embedding` is the token's trained text embedding (D,), if any."""
     from .. import __version__
 
     layers = {p: (w.out_features, w.in_features) for p, w in wrappers(model) if name in w.adapters}
     tensors = {key: t.detach().contiguous().cpu() for key, t in adapter_state_dict(model, name).items()}
+    if token_embedding is not None:
+        if token is None:
+            raise ConfigError("a token embedding needs its token: pass token=")
+        tensors[TOKEN_EMBEDDING] = token_embedding.detach().float().contiguous().cpu()
     space = get(config.method).slot_space
     seed = (
         next((w.adapters[name].slot_seed for _, w in wrappers(model) if name in w.adapters), 0)
@@ -163,6 +171,11 @@ def read_adapter(path: str | os.PathLike) -> AdapterFile:
         raise AdapterFileError(
             f"{path}: base-model fingerprint does not match its layer list; the file is corrupt"
         )
+    token_embedding = tensors.pop(TOKEN_EMBEDDING, None)
+    if token_embedding is not None and (token_embedding.ndim != 1 or not concept.get("token")):
+        raise AdapterFileError(
+            f"{path}: malformed {TOKEN_EMBEDDING} (needs a token and shape (D,)); corrupt file"
+        )
     orphans = sorted({key.rpartition(".")[0] for key in tensors} - set(layers))
     if orphans:
         raise AdapterFileError(
@@ -182,6 +195,7 @@ def read_adapter(path: str | os.PathLike) -> AdapterFile:
         library_version=metadata.get("library_version", "?"),
         training=json.loads(metadata.get("training") or "null"),
         tensors=tensors,
+        token_embedding=token_embedding,
     )
 
 

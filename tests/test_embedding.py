@@ -1,0 +1,166 @@
+"""The concept token's trained text embedding (textual inversion / ED-LoRA): it trains, the base text encoder does
+not move, the file carries it, composition and a saved fused pipeline give it back, and resume stays exact."""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+
+import pytest
+import torch
+from test_train import StopAt, make_concept
+
+from bora_diffusion import AdapterConfig
+from bora_diffusion.config import TrainConfig
+from bora_diffusion.data import encode_prompts
+from bora_diffusion.embeddings import TokenEmbeddings, add_token, bake_tokens
+from bora_diffusion.errors import ConfigError
+from bora_diffusion.formats import read_adapter, save_adapter
+from bora_diffusion.merge import compose
+from bora_diffusion.train import Trainer
+
+PROMPT = "a photo of <zq-thing> toy on a table"
+CONFIG = TrainConfig(steps=6, learning_rate=1e-2, train_embedding=True, embedding_learning_rate=5e-2, seed=3)
+
+
+def text_of(pipe, prompt: str = PROMPT) -> torch.Tensor:
+    return encode_prompts(pipe.tokenizer, pipe.text_encoder, [prompt])  # (1, 77, D)
+
+
+@pytest.fixture(scope="module")
+def trained(_tiny_pipe_master, tmp_path_factory):
+    """A concept trained with its token embedding; the pipeline it trained on and the initial vector."""
+    pipe = copy.deepcopy(_tiny_pipe_master)
+    folder = tmp_path_factory.mktemp("embedding")
+    concept = make_concept(folder / "imgs", "thing", 0)
+    start = add_token(
+        copy.deepcopy(pipe.tokenizer), copy.deepcopy(pipe.text_encoder), concept.token, init_word="toy"
+    )
+    path = Trainer(
+        pipe,
+        concept,
+        AdapterConfig(method="sbora_fa", rank=2),
+        CONFIG,
+        out_dir=folder / "run",
+        base_name="tiny",
+    ).train()
+    return pipe, path, start.detach().clone()
+
+
+def test_an_added_token_is_one_token_and_leaves_every_other_prompt_bit_identical(tiny_pipe):
+    other = "a photo of a toy on a table"
+    before = text_of(tiny_pipe, other)
+    vector = add_token(tiny_pipe.tokenizer, tiny_pipe.text_encoder, "<zq-thing>", init_word="toy")
+
+    ids = tiny_pipe.tokenizer("<zq-thing>", add_special_tokens=False).input_ids
+    assert len(ids) == 1 and ids[0] >= tiny_pipe.text_encoder.get_input_embeddings().base.num_embeddings
+    assert torch.equal(text_of(tiny_pipe, other), before)
+    # The token's row is its vector; the class word's mean is where it starts.
+    embedded = tiny_pipe.text_encoder.get_input_embeddings()(torch.tensor([ids]))  # (1, 1, D)
+    toy = tiny_pipe.tokenizer("toy", add_special_tokens=False).input_ids
+    base = tiny_pipe.text_encoder.get_input_embeddings().base.weight
+    assert torch.equal(embedded[0, 0], vector)
+    assert torch.allclose(vector, base[toy].mean(0))
+
+
+def test_training_moves_the_token_embedding_and_nothing_else_of_the_text_encoder(trained, _tiny_pipe_master):
+    pipe, path, start = trained
+    wrapper = pipe.text_encoder.get_input_embeddings()
+    assert isinstance(wrapper, TokenEmbeddings)
+    vector = wrapper.vectors[0]
+    assert (vector - start).norm() > 0.05 * start.norm()  # it trained (lr 5e-2 over 6 steps)
+    master = _tiny_pipe_master.text_encoder.state_dict()
+    for key, value in pipe.text_encoder.state_dict().items():
+        if key.endswith("vectors.0"):
+            continue
+        assert torch.equal(value, master[key.replace("token_embedding.base.", "token_embedding.")]), key
+
+    info = read_adapter(path)
+    assert info.token == "<zq-thing>"
+    assert torch.equal(info.token_embedding, vector.detach())
+    assert info.training["train_embedding"] is True
+    assert not any("token_embedding" in key for key in info.tensors)  # kept apart from the UNet's tensors
+
+
+def test_composition_gives_the_trained_token_back_to_a_fresh_pipeline(trained, _tiny_pipe_master):
+    pipe, path, _ = trained
+    fresh = copy.deepcopy(_tiny_pipe_master)
+    report = compose(fresh, [(path, 1.0)])
+    assert report.concepts["thing"]["token_embedding"] is True
+    assert torch.equal(text_of(fresh), text_of(pipe))
+    assert not torch.equal(text_of(fresh), text_of(copy.deepcopy(_tiny_pipe_master)))
+
+
+def test_a_file_with_an_embedding_is_refused_on_a_bare_unet_or_another_text_encoder(
+    trained, _tiny_pipe_master, tmp_path
+):
+    _, path, _ = trained
+    with pytest.raises(ConfigError, match="compose onto the pipeline"):
+        compose(copy.deepcopy(_tiny_pipe_master.unet), [(path, 1.0)])
+
+    info = read_adapter(path)
+    fresh = copy.deepcopy(_tiny_pipe_master)
+    compose(fresh, [(path, 1.0)])
+    wrong = tmp_path / "wrong.safetensors"
+    save_adapter(
+        wrong,
+        fresh.unet,
+        "thing",
+        info.config,
+        base_name="tiny",
+        token="<zq-thing>",
+        token_embedding=torch.zeros(info.token_embedding.numel() + 1),
+    )
+    with pytest.raises(ConfigError, match=r"wrong\.safetensors.*embeds in \d+ dimensions"):
+        compose(copy.deepcopy(_tiny_pipe_master), [(wrong, 1.0)])
+
+
+def test_a_fused_pipeline_saved_with_the_token_reloads_in_plain_diffusers(
+    trained, _tiny_pipe_master, tmp_path
+):
+    from diffusers import StableDiffusionPipeline
+
+    _, path, _ = trained
+    fused = copy.deepcopy(_tiny_pipe_master)
+    compose(fused, [(path, 1.0)], fuse=True)
+    expected = text_of(fused)
+    bake_tokens(fused.text_encoder)
+    assert torch.equal(text_of(fused), expected)
+    fused.save_pretrained(tmp_path / "fused")
+    reloaded = StableDiffusionPipeline.from_pretrained(tmp_path / "fused")
+    assert torch.allclose(text_of(reloaded), expected, atol=1e-6)
+
+
+def test_a_resumed_run_with_a_trained_embedding_is_bit_identical(_tiny_pipe_master, tmp_path):
+    concept = make_concept(tmp_path / "imgs", "thing", 0)
+    adapter = AdapterConfig(method="lora", rank=2)
+    config = dataclasses.replace(CONFIG, checkpoint_every=3)
+
+    def run(out: str, **kwargs):
+        return Trainer(
+            copy.deepcopy(_tiny_pipe_master),
+            concept,
+            adapter,
+            config,
+            out_dir=tmp_path / out,
+            base_name="tiny",
+            **kwargs,
+        )
+
+    straight = run("a").train()
+    with pytest.raises(KeyboardInterrupt):
+        run("b", callbacks=[StopAt(5)]).train()
+    resumed = run("b").train(resume=True)
+    a, b = read_adapter(straight), read_adapter(resumed)
+    assert torch.equal(a.token_embedding, b.token_embedding)
+    assert all(torch.equal(a.tensors[k], b.tensors[k]) for k in a.tensors)
+
+
+def test_train_embedding_in_concept_toml_is_checked_like_every_training_key():
+    from bora_diffusion.concept import TrainDefaults
+
+    assert TrainDefaults.from_dict({"train_embedding": True}).train_config().train_embedding is True
+    with pytest.raises(ConfigError, match="train_embedding must be true or false"):
+        TrainDefaults.from_dict({"train_embedding": "yes"})
+    with pytest.raises(ConfigError, match="embedding_learning_rate must be positive"):
+        TrainConfig(embedding_learning_rate=0.0)
