@@ -128,7 +128,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="export a concept to the diffusers or kohya LoRA layout (A1111, ComfyUI, load_lora_weights)",
         description="Writes exact LoRA factors for lora, sbora_fa, sbora_fb, ortho and bora_block. dora and "
         "bora_bidim have no exact LoRA form (their update rescales the base weight): fuse them with "
-        "`bora-diffusion compose FILE --save FOLDER` instead.",
+        "`bora-diffusion compose FILE --save FOLDER` instead. A concept trained with --train-embedding also "
+        "gets its token's vector as <out stem>.embedding.safetensors, a textual-inversion file.",
     )
     export.add_argument("file", help="a bora-diffusion adapter file")
     export.add_argument("out", help="the .safetensors file to write")
@@ -253,6 +254,8 @@ def run_inspect(args: argparse.Namespace) -> int:
     params = sum(t.numel() for k, t in info.tensors.items() if not k.endswith(".index"))
     print(f"file:        {info.path}")
     print(f"concept:     {info.name}   token: {info.token or '-'}   class word: {info.class_word or '-'}")
+    if info.token_embedding is not None:
+        print(f"embedding:   the token's own text embedding, trained ({info.token_embedding.numel()} values)")
     print(f"method:      {info.config.method}   rank: {info.config.rank}   scaling: {info.config.scaling:g}")
     print(f"config:      {info.config.to_dict()}")
     print(f"base model:  {info.base_name}   fingerprint: {info.fingerprint}")
@@ -400,11 +403,19 @@ def run_train(args: argparse.Namespace) -> int:
 def run_export(args: argparse.Namespace) -> int:
     import torch
 
-    from .formats import export_diffusers, export_kohya
+    from .formats import embedding_path, export_diffusers, export_embedding, export_kohya, read_adapter
 
+    adapter = read_adapter(args.file)
     export = export_kohya if args.layout == "kohya" else export_diffusers
-    path = export(args.file, args.out, dtype=torch.float16 if args.fp16 else torch.float32)
+    dtype = torch.float16 if args.fp16 else torch.float32
+    path = export(adapter, args.out, dtype=dtype)
     print(f"{args.layout} LoRA: {path}")
+    embedding = export_embedding(adapter, embedding_path(args.out), dtype=dtype)
+    if embedding is not None:
+        print(
+            f"token embedding of {adapter.token!r}: {embedding} "
+            f"(diffusers: pipe.load_textual_inversion(path, token={adapter.token!r}); A1111/ComfyUI: embeddings/)"
+        )
     return 0
 
 

@@ -164,3 +164,19 @@ def test_train_embedding_in_concept_toml_is_checked_like_every_training_key():
         TrainDefaults.from_dict({"train_embedding": "yes"})
     with pytest.raises(ConfigError, match="embedding_learning_rate must be positive"):
         TrainConfig(embedding_learning_rate=0.0)
+
+
+def test_the_command_line_trains_inspects_and_exports_a_token_embedding(tmp_path, capsys):
+    from bora_diffusion.cli import main
+
+    out = tmp_path / "run"
+    assert (
+        main(["train", "concepts/kettle", "--out", str(out), "--steps", "2", "--train-embedding", "--quiet"])
+        == 0
+    )
+    assert main(["inspect", str(out / "kettle.safetensors")]) == 0
+    assert "the token's own text embedding, trained" in capsys.readouterr().out
+    assert main(["export", str(out / "kettle.safetensors"), str(tmp_path / "kettle_lora.safetensors")]) == 0
+    printed = capsys.readouterr().out
+    assert "load_textual_inversion" in printed
+    assert (tmp_path / "kettle_lora.embedding.safetensors").is_file()

@@ -31,7 +31,9 @@ from bora_diffusion.adapters import available, get
 from bora_diffusion.embedded import EMBEDDED_NAME, build_tiny_pipeline
 from bora_diffusion.formats import (
     NotExportableError,
+    embedding_path,
     export_diffusers,
+    export_embedding,
     export_kohya,
     import_lora,
     load_adapter,
@@ -39,6 +41,7 @@ from bora_diffusion.formats import (
     save_adapter,
 )
 from bora_diffusion.inject import find_targets, inject, wrappers
+from bora_diffusion.merge import compose
 
 ADDITIVE = [m for m in available() if get(m).additive]
 NOT_ADDITIVE = [m for m in available() if not get(m).additive]
@@ -78,10 +81,10 @@ def fresh(master: StableDiffusionPipeline) -> StableDiffusionPipeline:
     return pipe
 
 
-def generate(pipe: StableDiffusionPipeline) -> np.ndarray:
+def generate(pipe: StableDiffusionPipeline, prompt: str = "a photo of a dog") -> np.ndarray:
     generator = torch.Generator().manual_seed(0)
     return pipe(
-        "a photo of a dog", num_inference_steps=3, height=64, width=64, generator=generator, output_type="np"
+        prompt, num_inference_steps=3, height=64, width=64, generator=generator, output_type="np"
     ).images
 
 
@@ -240,6 +243,52 @@ def test_methods_without_lora_factors_are_refused(method, layout, master, tmp_pa
 def test_unsupported_dtype_is_refused(native, tmp_path):
     with pytest.raises(ValueError, match="export dtype must be one of"):
         export_kohya(native.path, tmp_path / "k.safetensors", dtype=torch.float64)
+
+
+@pytest.mark.parametrize("layout", ["diffusers", "kohya"])
+def test_a_trained_token_embedding_exports_as_textual_inversion_stock_diffusers_loads(
+    layout, master, tmp_path
+):
+    """LoRA file + embedding file in stock diffusers == our composition of the native file, on a prompt that
+    uses the token (so the embedding matters)."""
+    prompt = "a photo of <zq-dog> dog"
+    unet = copy.deepcopy(master.unet)
+    config = AdapterConfig(method="sbora_fa", rank=RANK, alpha=ALPHA)
+    inject(unet, config, name="dog")
+    perturb(unet, "dog", std=0.1)
+    width = master.text_encoder.get_input_embeddings().embedding_dim
+    vector = torch.randn(width, generator=torch.Generator().manual_seed(5))
+    native = save_adapter(
+        tmp_path / "dog.safetensors",
+        unet,
+        "dog",
+        config,
+        base_name=EMBEDDED_NAME,
+        token="<zq-dog>",
+        token_embedding=vector,
+    )
+    ours = fresh(master)
+    ours.tokenizer = copy.deepcopy(master.tokenizer)  # composition adds the token to it
+    compose(ours, [(native, 1.0)])
+    expected = generate(ours, prompt)
+    assert np.abs(expected - generate(fresh(master), prompt)).max() > 0.02
+
+    lora = EXPORTS[layout](native, tmp_path / f"{layout}.safetensors")
+    embedding = export_embedding(native, embedding_path(lora))
+    assert embedding == tmp_path / f"{layout}.embedding.safetensors"
+    tensors, metadata = tensors_and_metadata(embedding)
+    assert set(tensors) == {"emb_params"} and tensors["emb_params"].shape == (1, width)
+    assert metadata["token"] == "<zq-dog>"
+    stock = fresh(master)
+    stock.tokenizer = copy.deepcopy(master.tokenizer)
+    stock.load_lora_weights(str(lora))
+    stock.load_textual_inversion(str(embedding), token="<zq-dog>")
+    assert np.abs(generate(stock, prompt) - expected).max() < PIXEL_TOLERANCE
+
+
+def test_a_file_without_an_embedding_writes_no_embedding_file(native, tmp_path):
+    assert export_embedding(native.path, tmp_path / "x.embedding.safetensors") is None
+    assert not (tmp_path / "x.embedding.safetensors").exists()
 
 
 # --- imports of foreign files -----------------------------------------------------------------------------

@@ -2,6 +2,7 @@
 
 from .convert import ImportReport, NotExportableError, detect_layout, exact_lora_factors, import_lora
 from .diffusers_lora import export_diffusers
+from .embedding import embedding_path, export_embedding
 from .kohya import export_kohya
 from .native import AdapterFile, load_adapter, read_adapter, save_adapter
 
@@ -10,8 +11,10 @@ __all__ += [
     "ImportReport",
     "NotExportableError",
     "detect_layout",
+    "embedding_path",
     "exact_lora_factors",
     "export_diffusers",
+    "export_embedding",
     "export_kohya",
     "import_lora",
 ]
