@@ -417,7 +417,9 @@ def _generate_and_score(
     Returns the scores per concept and the composition report (slot overlap and interference)."""
     generated: dict[str, list[Path]] = {}
     try:
-        composition = compose(pipe.unet, files, fuse=settings.fuse)
+        composition = compose(
+            pipe, files, fuse=settings.fuse
+        )  # the pipeline: tokens with trained embeddings need its text encoder
         for item in items:
             name = item.info.name
             step(
