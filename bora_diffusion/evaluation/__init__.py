@@ -12,11 +12,23 @@ Evaluation runs (generate with trained concepts alone and composed, score, repor
     report = evaluate_concepts(pipe, [EvalConcept("runs/a/kettle.safetensors", "concepts/kettle"), ...],
                                scorer, "runs/a/eval", base_name="embedded:tiny-sd-v1")
 
+Method comparisons (train the same concepts with several methods at matched budgets, evaluate, tabulate and
+chart) are in `compare.py` and `chart.py`.
+
 `conventions.py` states the conventions and where they come from; `backbone.py` how weights are found offline;
 `images.py` which image modes are converted and which refused; `report.py` what a report records.
 """
 
 from .backbone import LoadedClip, WeightsSource, known_backbones, load_clip, resolve_weights
+from .compare import (
+    CompareConcept,
+    CompareSettings,
+    Comparison,
+    MethodBudget,
+    compare_methods,
+    match_budgets,
+    trainable_parameters,
+)
 from .conventions import PAIRINGS, PRESETS, TOKEN_RULES, Conventions, preset, scoring_texts
 from .errors import (
     BackboneError,
@@ -47,6 +59,9 @@ __all__ = [
     "AlignmentReport",
     "BackboneError",
     "ClipScorer",
+    "CompareConcept",
+    "CompareSettings",
+    "Comparison",
     "ConceptFileError",
     "ConceptResult",
     "Conventions",
@@ -55,6 +70,7 @@ __all__ = [
     "EvaluationReport",
     "ImageModeError",
     "LoadedClip",
+    "MethodBudget",
     "Progress",
     "ReferenceImagesError",
     "RunSettings",
@@ -62,6 +78,7 @@ __all__ = [
     "WeightsError",
     "WeightsSource",
     "WeightsUnavailableError",
+    "compare_methods",
     "evaluate_concepts",
     "fill_prompts",
     "generated_images",
@@ -69,9 +86,11 @@ __all__ = [
     "load_clip",
     "load_prompt_set",
     "load_rgb",
+    "match_budgets",
     "preset",
     "prompt_sets",
     "reference_images",
     "resolve_weights",
     "scoring_texts",
+    "trainable_parameters",
 ]

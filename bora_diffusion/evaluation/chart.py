@@ -1,0 +1,154 @@
+"""The comparison bar chart, drawn with PIL: CLIP-T and CLIP-I per method, one bar per concept and setting.
+
+PIL rather than matplotlib: the chart is a handful of rectangles and labels, PIL is already a dependency (every
+image here goes through it), and matplotlib would add ~40 MB and a font-cache build on first import to a library
+whose other outputs need none of it. The output is deterministic for given numbers.
+
+Layout: two panels side by side (CLIP-T left, CLIP-I right), methods along x; within a method's group, each
+concept has a solid bar (alone) and a light bar (composed with the other concepts). The y axis always includes
+0, so negative raw cosines show below the axis.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import TYPE_CHECKING
+
+from PIL import Image, ImageDraw, ImageFont
+
+if TYPE_CHECKING:
+    from .compare import Comparison
+
+__all__ = ["bar_panels", "comparison_chart"]
+
+# Okabe-Ito colors: distinguishable under the common color-vision deficiencies.
+_PALETTE = ((0, 114, 178), (213, 94, 0), (0, 158, 115), (204, 121, 167), (230, 159, 0), (86, 180, 233))
+_PANEL_W, _PANEL_H = 460, 300
+_MARGIN_LEFT, _MARGIN_BOTTOM, _MARGIN_TOP = 56, 44, 34
+
+
+def _font(size: int) -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
+    try:
+        return ImageFont.load_default(size=size)  # PIL's bundled scalable font (needs FreeType)
+    except (TypeError, OSError, ImportError):
+        return ImageFont.load_default()  # the fixed bitmap font
+
+
+def _light(color: tuple[int, int, int]) -> tuple[int, int, int]:
+    return tuple(int(c + (255 - c) * 0.55) for c in color)  # type: ignore[return-value]
+
+
+def _nice_step(span: float, ticks: int = 5) -> float:
+    """A 1-2-5 step that cuts `span` into about `ticks` intervals."""
+    raw = span / ticks
+    power = 10 ** math.floor(math.log10(raw))
+    return next(power * m for m in (1, 2, 5, 10) if power * m >= raw)
+
+
+def bar_panels(
+    panels: list[tuple[str, dict[str, list[float | None]]]],
+    groups: list[str],
+    series: list[tuple[str, int, bool]],
+    *,
+    title: str = "",
+    legend_columns: int = 3,
+) -> Image.Image:
+    """Draw grouped bar panels side by side.
+
+    `panels`: (panel title, {group: [value per series]}); `groups`: x labels in order; `series`: (legend label,
+    palette index, light) per bar within a group. A None value draws no bar. The legend fills `legend_columns`
+    entries per row.
+    """
+    font, small = _font(14), _font(12)
+    width = _PANEL_W * len(panels)
+    legend_h = 22 * math.ceil(len(series) / legend_columns)
+    top = 30 if title else 6
+    image = Image.new("RGB", (width, top + _PANEL_H + legend_h + 8), "white")
+    draw = ImageDraw.Draw(image)
+    if title:
+        draw.text((width // 2, 6), title, fill="black", font=font, anchor="ma")
+    for p, (name, values) in enumerate(panels):
+        x0 = p * _PANEL_W + _MARGIN_LEFT
+        plot_w = _PANEL_W - _MARGIN_LEFT - 14
+        y_top, y_bottom = top + _MARGIN_TOP, top + _PANEL_H - _MARGIN_BOTTOM
+        numbers = [v for row in values.values() for v in row if v is not None]
+        low, high = min([0.0, *numbers]), max([0.0, *numbers])
+        if high - low < 1e-9:
+            high = low + 1.0
+        step = _nice_step(high - low)
+        low, high = math.floor(low / step) * step, math.ceil(high / step) * step
+
+        def y_of(
+            value: float, low: float = low, high: float = high, y_top: int = y_top, y_bottom: int = y_bottom
+        ):
+            return y_bottom - (value - low) / (high - low) * (y_bottom - y_top)
+
+        draw.text((x0 + plot_w // 2, top + 8), name, fill="black", font=font, anchor="ma")
+        tick = low
+        while tick <= high + step / 2:
+            y = y_of(tick)
+            draw.line([(x0, y), (x0 + plot_w, y)], fill=(225, 225, 225))
+            draw.text(
+                (x0 - 6, y),
+                f"{tick:.2f}".rstrip("0").rstrip(".") or "0",
+                fill="black",
+                font=small,
+                anchor="rm",
+            )
+            tick += step
+        zero = y_of(0.0)
+        group_w = plot_w / max(len(groups), 1)
+        bar_w = group_w * 0.8 / max(len(series), 1)
+        for g, group in enumerate(groups):
+            gx = x0 + g * group_w + group_w * 0.1
+            for s, (_, color, light) in enumerate(series):
+                value = values[group][s]
+                if value is None:
+                    continue
+                fill = _light(_PALETTE[color % len(_PALETTE)]) if light else _PALETTE[color % len(_PALETTE)]
+                y = y_of(value)
+                draw.rectangle(
+                    [gx + s * bar_w, min(y, zero), gx + (s + 1) * bar_w - 1, max(y, zero)],
+                    fill=fill,
+                    outline=_PALETTE[color % len(_PALETTE)],
+                )
+            draw.text((x0 + (g + 0.5) * group_w, y_bottom + 8), group, fill="black", font=small, anchor="ma")
+        draw.line([(x0, zero), (x0 + plot_w, zero)], fill="black")
+        draw.line([(x0, y_top), (x0, y_bottom)], fill="black")
+    legend_y = top + _PANEL_H
+    for s, (label, color, light) in enumerate(series):
+        lx = 20 + (s % legend_columns) * (width // legend_columns)
+        ly = legend_y + 22 * (s // legend_columns)
+        base = _PALETTE[color % len(_PALETTE)]
+        draw.rectangle([lx, ly + 3, lx + 14, ly + 15], fill=_light(base) if light else base, outline=base)
+        draw.text((lx + 20, ly + 9), label, fill="black", font=small, anchor="lm")
+    return image
+
+
+def comparison_chart(comparison: Comparison) -> Image.Image:
+    """CLIP-T and CLIP-I per method: for each concept a solid bar alone and a light bar composed."""
+    names = comparison.concept_names
+    composed = bool(comparison.results) and comparison.results[0].report.concepts[0].composed is not None
+    settings = ("alone", "composed") if composed else ("alone",)
+    series = [
+        (f"{name} {setting}", i, setting == "composed")
+        for i, name in enumerate(names)
+        for setting in settings
+    ]
+    groups = [result.budget.method for result in comparison.results]
+    panels = []
+    for metric, label in (("clip_t", "CLIP-T (text alignment)"), ("clip_i", "CLIP-I (image alignment)")):
+        values: dict[str, list[float | None]] = {}
+        for result in comparison.results:
+            values[result.budget.method] = [
+                getattr(getattr(c, setting), metric) for c in result.report.concepts for setting in settings
+            ]
+        panels.append((label, values))
+    c = comparison.results[0].report.conventions if comparison.results else None
+    title = (
+        f"{comparison.base_model}: {c.backbone} {c.weights or 'random init'}, {c.preset_name or 'custom'} "
+        f"conventions; {comparison.settings.rule} rule"
+        if c
+        else ""
+    )
+    return bar_panels(panels, groups, series, title=title, legend_columns=len(settings))
