@@ -191,7 +191,118 @@ def build_parser() -> argparse.ArgumentParser:
         "--out", required=True, help="output folder for the images, manifest.json and grid.png"
     )
     generate.set_defaults(run=run_generate)
+
+    evaluate = commands.add_parser(
+        "evaluate",
+        help="generate with trained concepts, alone and composed, and score CLIP-T, CLIP-I and retention",
+        description="For each concept file: fill the prompt set with its token and class word, generate every "
+        "prompt with N seeds, score each image against its prompt (CLIP-T) and against the concept's reference "
+        "images (CLIP-I). With two or more concepts the same prompts and seeds are generated again with all of "
+        "them composed, and each concept's retention (composed / alone) is reported. Writes images, per-image "
+        "reports and <out>/evaluation.json; prints one line per concept.",
+        epilog="example: bora-diffusion evaluate runs/a/kettle.safetensors=concepts/kettle "
+        "runs/a/robot.safetensors=concepts/robot --out runs/a/eval --images 4. CLIP weights must be cached "
+        "locally (nothing is downloaded); --weights none scores with a random CLIP, for smoke runs only.",
+    )
+    evaluate.add_argument(
+        "concepts",
+        nargs="+",
+        metavar="FILE=FOLDER",
+        help="a concept adapter file and the folder of its reference images, e.g. "
+        "runs/a/kettle.safetensors=concepts/kettle (the concept folder it was trained from works)",
+    )
+    evaluate.add_argument("--out", required=True, help="output folder: images, reports, evaluation.json")
+    evaluate.add_argument("--base", default=None, help=BASE_HELP)
+    evaluate.add_argument(
+        "--no-composed", action="store_true", help="score each concept alone only (skip the composition)"
+    )
+    evaluate.add_argument(
+        "--live", action="store_true", help="compose live instead of fused into the weights (same images)"
+    )
+    _add_scoring_args(evaluate)
+    evaluate.set_defaults(run=run_evaluate)
+
+    compare = commands.add_parser(
+        "compare",
+        help="train the same concepts with several methods at matched budgets, evaluate, tabulate and chart",
+        description="Trains every concept folder with each --method (same steps, learning rate, batch, "
+        "resolution and seed; ranks matched by trainable-parameter count unless --rank-rule rank), each method's "
+        "concepts on disjoint slots, then evaluates them alone and composed like `evaluate`. Writes "
+        "<out>/comparison.md, .csv, .json and a bar chart comparison.png (methods as rows, CLIP-T / CLIP-I per "
+        "concept). Concept folders give the references; their [train] settings are not used, so every method "
+        "trains under the same budget.",
+        epilog="example: bora-diffusion compare concepts/kettle concepts/robot --method lora --method sbora_fa "
+        "--rank 4 --train-steps 200 --out runs/compare",
+    )
+    compare.add_argument(
+        "concepts", nargs="+", metavar="FOLDER", help="concept folders, e.g. concepts/kettle"
+    )
+    compare.add_argument(
+        "--out", required=True, help="output folder: one subfolder per method, the tables, chart"
+    )
+    compare.add_argument("--base", default=None, help=BASE_HELP)
+    compare.add_argument(
+        "--method",
+        action="append",
+        help=f"a method to compare (repeatable; the first is the budget reference; default lora and sbora_fa); "
+        f"one of {METHODS}",
+    )
+    compare.add_argument("--rank", type=int, default=4, help="the first method's rank (default 4)")
+    compare.add_argument(
+        "--rank-rule",
+        choices=["params", "rank"],
+        default="params",
+        help="params (default): every other method at the rank with the nearest trainable-parameter count; "
+        "rank: every method at --rank",
+    )
+    compare.add_argument("--blocks", type=int, help="blocks b of bora_block (default 4)")
+    compare.add_argument(
+        "--targets", default="attention", help="attention (default), cross_kv or self_attention"
+    )
+    compare.add_argument(
+        "--train-steps", type=int, default=200, help="optimizer steps per concept (default 200)"
+    )
+    compare.add_argument("--lr", type=float, default=1e-3, help="learning rate (default 1e-3)")
+    compare.add_argument(
+        "--resolution",
+        type=int,
+        default=64,
+        help="training resolution in px (default 64, the embedded base's)",
+    )
+    compare.add_argument("--resume", action="store_true", help="continue from the checkpoints in --out")
+    compare.add_argument("--quiet", action="store_true", help="no training progress bar")
+    _add_scoring_args(compare)
+    compare.set_defaults(run=run_compare)
     return parser
+
+
+def _add_scoring_args(parser: argparse.ArgumentParser) -> None:
+    """The generation and CLIP options `evaluate` and `compare` share."""
+    parser.add_argument(
+        "--prompts",
+        default="quick-object",
+        help="prompt set: quick-object (default, 4 prompts), quick-live, dreambench-object (25), dreambench-live (25)",
+    )
+    parser.add_argument(
+        "--images", type=int, default=4, help="images per prompt, seeds SEED..SEED+N-1 (default 4)"
+    )
+    parser.add_argument(
+        "--seed", type=int, default=0, help="first seed (default 0); compare also trains with it"
+    )
+    parser.add_argument("--steps", type=int, default=25, help="denoising steps per image (default 25)")
+    parser.add_argument("--guidance", type=float, default=7.5, help="classifier-free guidance (default 7.5)")
+    parser.add_argument(
+        "--conventions",
+        default="default",
+        help="metric conventions: default (raw cosine, token -> class word), custom-diffusion or mix-of-show",
+    )
+    parser.add_argument("--backbone", help="open_clip architecture instead of the conventions' (ViT-B-32)")
+    parser.add_argument(
+        "--weights",
+        help="CLIP weights instead of the conventions' (openai): a pretrained tag cached locally, a checkpoint "
+        "file, or 'none' for a random CLIP (smoke runs; the scores mean nothing)",
+    )
+    parser.add_argument("--device", help="cuda or cpu (default: cuda when available)")
 
 
 def _add_concept_args(parser: argparse.ArgumentParser) -> None:
@@ -397,6 +508,131 @@ def run_train(args: argparse.Namespace) -> int:
     for (concept, adapter, config), path in zip(jobs, paths, strict=True):
         print(f"{concept.name}: {adapter.method} rank {adapter.rank}, {config.steps} steps -> {path}")
     print(f"slots: {Path(args.out) / 'slots.json'}")
+    return 0
+
+
+def _scoring(args: argparse.Namespace):
+    """(device, pipeline, scorer, run settings) from the shared options; the scorer loads before the base, so
+    missing CLIP weights fail before anything else is loaded."""
+    import torch
+
+    from .evaluation import ClipScorer, RunSettings, preset
+    from .generate import SamplingSettings
+    from .pipeline import load_base
+
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    overrides: dict[str, object] = {}
+    if args.backbone:
+        overrides["backbone"] = args.backbone
+    if args.weights:
+        overrides["weights"] = None if args.weights.lower() == "none" else args.weights
+    settings = RunSettings(
+        prompt_set=args.prompts,
+        images_per_prompt=args.images,
+        seed=args.seed,
+        sampling=SamplingSettings(steps=args.steps, guidance=args.guidance),
+        composed=not getattr(args, "no_composed", False),
+        fuse=not getattr(args, "live", False),
+    )
+    scorer = ClipScorer(preset(args.conventions, **overrides), device=device)
+    pipe = load_base(args.base, device=device)
+    return pipe, scorer, settings
+
+
+def _print_progress(message: str, done: int, total: int) -> None:
+    if message != "done":
+        print(f"[{done + 1}/{total}] {message}", file=sys.stderr)
+
+
+def _parse_evaluated(items: list[str]):
+    """'kettle.safetensors=concepts/kettle' -> EvalConcept; the reference folder is required."""
+    from .errors import ConfigError
+    from .evaluation import EvalConcept
+
+    parsed = []
+    for item in items:
+        file, sep, folder = item.partition("=")
+        if not sep or not file or not folder:
+            raise ConfigError(
+                f"{item!r} names no reference folder: write FILE=FOLDER, e.g. "
+                "runs/a/kettle.safetensors=concepts/kettle (the folder of the concept's own images)"
+            )
+        parsed.append(EvalConcept(Path(file), Path(folder)))
+    return parsed
+
+
+def run_evaluate(args: argparse.Namespace) -> int:
+    from .evaluation import evaluate_concepts, reference_images
+    from .formats import read_adapter
+    from .pipeline import base_name
+
+    concepts = _parse_evaluated(args.concepts)
+    for concept in concepts:  # cheap checks first: a typo fails before CLIP and the base are loaded
+        read_adapter(concept.file)
+        reference_images(concept.references)
+    pipe, scorer, settings = _scoring(args)
+    report = evaluate_concepts(
+        pipe,
+        concepts,
+        scorer,
+        args.out,
+        base_name=base_name(args.base),
+        settings=settings,
+        progress=_print_progress,
+    )
+    for result in report.concepts:
+        line = (
+            f"{result.name:<12} alone     CLIP-T {result.alone.clip_t:.4f}  CLIP-I {result.alone.clip_i:.4f}"
+        )
+        print(line)
+        if result.composed is not None:
+            retention_t, retention_i = result.retention("clip_t"), result.retention("clip_i")
+            print(
+                f"{'':<12} composed  CLIP-T {result.composed.clip_t:.4f}  CLIP-I {result.composed.clip_i:.4f}  "
+                f"retention T {'n/a' if retention_t is None else f'{retention_t:.3f}'} "
+                f"I {'n/a' if retention_i is None else f'{retention_i:.3f}'}"
+            )
+    c = report.conventions
+    print(f"conventions: {c.backbone} {c.weights or 'random init'} ({c.preset_name or 'custom'})")
+    print(f"report: {Path(args.out) / 'evaluation.json'}")
+    return 0
+
+
+def run_compare(args: argparse.Namespace) -> int:
+    from .callbacks import ProgressBar
+    from .concept import load_concepts
+    from .config import TrainConfig
+    from .evaluation import CompareConcept, CompareSettings, compare_methods
+    from .pipeline import base_name
+
+    pipe, scorer, run_settings = _scoring(args)
+    concepts = load_concepts(args.concepts, min_size=args.resolution, tokenizer=pipe.tokenizer)
+    settings = CompareSettings(
+        methods=tuple(args.method or ("lora", "sbora_fa")),
+        rank=args.rank,
+        rule=args.rank_rule,
+        blocks=args.blocks,
+        targets=args.targets,
+        train=TrainConfig(
+            steps=args.train_steps, learning_rate=args.lr, resolution=args.resolution, seed=args.seed
+        ),
+        run=run_settings,
+    )
+    comparison = compare_methods(
+        pipe,
+        [CompareConcept(concept, concept.folder) for concept in concepts],
+        scorer,
+        args.out,
+        base_name=base_name(args.base),
+        settings=settings,
+        callbacks=[] if args.quiet else [ProgressBar(leave=False)],
+        progress=_print_progress,
+        resume=args.resume,
+    )
+    print(comparison.markdown())
+    out = Path(args.out)
+    print(f"table: {out / 'comparison.md'}  csv: {out / 'comparison.csv'}  json: {out / 'comparison.json'}")
+    print(f"chart: {out / 'comparison.png'}")
     return 0
 
 
