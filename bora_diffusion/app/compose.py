@@ -1,0 +1,121 @@
+"""Compose & generate: concepts by name with weights, live or fused, on a borrowed pipeline.
+
+The interference check runs the library's `compose` live on a borrowed pipeline, so the user sees the slot
+overlap and cross terms of exactly the files that would be fused, before fusing them.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..errors import ConfigError
+from ..generate import Generated, SamplingSettings, generate
+from ..merge import CompositionReport, compose
+from . import library
+from .models import Pipelines
+from .storage import DataDir
+
+MAX_COUNT = 16
+MAX_STEPS = 150
+MODES = ("live", "fused")
+PAIR_COLUMNS = ["layer", "first", "second", "slot overlap", "cosine", "cross in", "cross out"]
+
+
+@dataclass(frozen=True)
+class Request:
+    """One generate request, checked field by field with the fix in each message."""
+
+    prompt: str
+    negative_prompt: str = ""
+    seed: int = 0
+    steps: int = 25
+    guidance: float = 7.5
+    count: int = 1
+
+    def __post_init__(self) -> None:
+        if not str(self.prompt or "").strip():
+            raise ConfigError("prompt: write what to draw, e.g. 'a photo of qwiv kettle on a beach'")
+        if not _is_int(self.seed) or self.seed < 0:
+            raise ConfigError(f"seed: give a whole number >= 0, got {self.seed!r}")
+        if not _is_int(self.steps) or not 1 <= self.steps <= MAX_STEPS:
+            raise ConfigError(f"steps: give a whole number from 1 to {MAX_STEPS}, got {self.steps!r}")
+        if not _is_int(self.count) or not 1 <= self.count <= MAX_COUNT:
+            raise ConfigError(f"count: give a whole number of images from 1 to {MAX_COUNT}, got {self.count!r}")
+        if not isinstance(self.guidance, int | float) or not 0 <= self.guidance <= 30:
+            raise ConfigError(f"guidance: give a number from 0 to 30, got {self.guidance!r}")
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, int) or (isinstance(value, float) and value.is_integer())
+
+
+def parse_weights(names: Sequence[str], text: str) -> list[tuple[str, float]]:
+    """Pair each picked concept with its weight from "name=weight, name=weight" (default 1.0)."""
+    weights: dict[str, float] = {}
+    for item in str(text or "").replace(";", ",").split(","):
+        if not item.strip():
+            continue
+        name, sep, value = item.partition("=")
+        try:
+            weight = float(value) if sep else math.nan
+        except ValueError:
+            weight = math.nan
+        if not math.isfinite(weight):
+            raise ConfigError(f"weights: {item.strip()!r} should read name=number, e.g. 'kettle=0.8'")
+        weights[name.strip()] = weight
+    unknown = sorted(set(weights) - set(names))
+    if unknown:
+        raise ConfigError(f"weights: {', '.join(unknown)} is not among the picked concepts; pick it or drop it")
+    return [(name, weights.get(name, 1.0)) for name in names]
+
+
+def _files(data: DataDir, picked: Sequence[tuple[str, float]]) -> list[tuple[Path, float]]:
+    return [(library.adapter(data, name).path, weight) for name, weight in picked]
+
+
+def pair_rows(report: CompositionReport, limit: int = 40) -> list[list]:
+    """The most entangled layer pairs first (largest |cosine|), rounded for reading."""
+    pairs = sorted(report.pairs, key=lambda p: -abs(p.cosine))[:limit]
+    return [
+        [p.layer, p.first, p.second, p.overlap, round(p.cosine, 4), round(p.cross_in, 4), round(p.cross_out, 4)]
+        for p in pairs
+    ]
+
+
+def check(data: DataDir, pipelines: Pipelines, names: Sequence[str], weights: str) -> CompositionReport:
+    """The interference report of these concepts (raises SlotError, naming layers, when their slots clash)."""
+    picked = parse_weights(list(names or []), weights)
+    if not picked:
+        raise ConfigError("concepts: pick at least one concept to check")
+    with pipelines.borrow() as pipe:
+        return compose(pipe.unet, _files(data, picked), fuse=False)
+
+
+def run(
+    data: DataDir,
+    pipelines: Pipelines,
+    names: Sequence[str],
+    weights: str,
+    mode: str,
+    request: Request,
+) -> tuple[Generated, CompositionReport]:
+    """Compose (nothing picked = the plain base), generate `count` seeds of one prompt into generations/<id>/."""
+    if mode not in MODES:
+        raise ConfigError(f"mode: choose one of {', '.join(MODES)}, got {mode!r}")
+    picked = parse_weights(list(names or []), weights)
+    files = _files(data, picked)
+    settings = SamplingSettings(
+        steps=int(request.steps), guidance=float(request.guidance), negative_prompt=request.negative_prompt
+    )
+    seeds = [int(request.seed) + i for i in range(int(request.count))]
+    out = data.new_folder("generations")
+    with pipelines.borrow() as pipe:
+        report = compose(pipe.unet, files, fuse=mode == "fused")
+        record = {"base_model": pipelines.name, "fused": mode == "fused", "concepts": report.concepts}
+        for entry in record["concepts"].values():
+            entry["file"] = Path(entry["file"]).name  # the manifest is a download: no server paths in it
+        result = generate(pipe, [request.prompt], seeds, out, settings=settings, record=record)
+    return result, report

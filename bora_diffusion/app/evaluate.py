@@ -1,0 +1,146 @@
+"""Evaluate & compare: the library's evaluation run (`evaluation.runs.evaluate_concepts`) on picked concepts.
+
+Each picked concept is generated and scored alone, and with two or more also composed with the others, so one
+table compares methods (each row names its concept's method) and shows what composing costs each concept
+(retention). The CLIP model is loaded once per backbone and kept; the app's `--clip` option picks backbone and
+weights (nothing is downloaded here, so the weights must be cached or a local file).
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from ..errors import ConfigError
+from ..evaluation import ClipScorer, preset
+from ..evaluation.runs import EvalConcept, EvaluationReport, RunSettings, evaluate_concepts
+from ..generate import SamplingSettings
+from . import library
+from .models import Pipelines
+from .storage import DataDir
+
+COLUMNS = ["concept", "method", "setting", "CLIP-T", "CLIP-I", "retention T", "retention I", "images"]
+MAX_IMAGES_PER_PROMPT = 8
+
+
+@dataclass(frozen=True)
+class ClipChoice:
+    """Which CLIP the app scores with; None keeps the preset's own (ViT-B-32 / openai)."""
+
+    backbone: str | None = None
+    weights: str | None = None
+    random_weights: bool = False  # smoke runs and tests: a random init, scores mean nothing
+
+
+class Scorers:
+    """One ClipScorer per (backbone, weights), built on first use and shared across requests."""
+
+    def __init__(self, choice: ClipChoice) -> None:
+        self.choice = choice
+        self._lock = threading.Lock()
+        self._by_model: dict[tuple, ClipScorer] = {}
+
+    def get(self, conventions_name: str) -> ClipScorer:
+        overrides = {}
+        if self.choice.backbone:
+            overrides["backbone"] = self.choice.backbone
+        if self.choice.random_weights:
+            overrides["weights"] = None
+        elif self.choice.weights:
+            overrides["weights"] = self.choice.weights
+        conventions = preset(conventions_name, **overrides)
+        key = (conventions.backbone, conventions.weights)
+        with self._lock:
+            if key not in self._by_model:
+                self._by_model[key] = ClipScorer(conventions, device="cpu")
+            return self._by_model[key].with_conventions(conventions)
+
+
+def run(
+    data: DataDir,
+    pipelines: Pipelines,
+    scorers: Scorers,
+    names: Sequence[str],
+    *,
+    prompt_set: str,
+    conventions: str,
+    images_per_prompt: int,
+    steps: int,
+    fuse: bool = True,
+    progress=None,
+) -> tuple[EvaluationReport, str]:
+    """Evaluate the picked concepts; return the report and the folder it was written to."""
+    names = list(names or [])
+    if not names:
+        raise ConfigError("concepts: pick at least one trained concept to evaluate")
+    if not isinstance(images_per_prompt, int | float) or not 1 <= images_per_prompt <= MAX_IMAGES_PER_PROMPT:
+        raise ConfigError(f"images per prompt: give 1 to {MAX_IMAGES_PER_PROMPT}, got {images_per_prompt!r}")
+    if not isinstance(steps, int | float) or not 1 <= steps <= 150:
+        raise ConfigError(f"steps: give 1 to 150, got {steps!r}")
+    specs = []
+    for name in names:
+        info = library.adapter(data, name)
+        references = data.sidecar(name).get("images")
+        if not references:
+            raise ConfigError(
+                f"concepts: {name!r} has no reference images on record (it was not trained in this app); "
+                "evaluate it with `bora-diffusion` and its concept folder"
+            )
+        specs.append(EvalConcept(file=info.path, references=references))
+    settings = RunSettings(
+        prompt_set=prompt_set,
+        images_per_prompt=int(images_per_prompt),
+        sampling=SamplingSettings(steps=int(steps)),
+        composed=len(specs) > 1,
+        fuse=fuse,
+    )
+    scorer = scorers.get(conventions)
+    out = data.new_folder("evaluations")
+    with pipelines.borrow() as pipe:
+        report = evaluate_concepts(
+            pipe, specs, scorer, out, base_name=pipelines.name, settings=settings, progress=progress
+        )
+    for result in report.concepts:
+        data.update_sidecar(
+            result.name,
+            scores={"clip_t": result.alone.clip_t, "clip_i": result.alone.clip_i, "conventions": conventions},
+        )
+    return report, str(out)
+
+
+def table(report: EvaluationReport) -> list[list]:
+    """One row per concept and setting (alone, composed), in COLUMNS order."""
+    rows = []
+    for result in report.concepts:
+        for setting, scores in (("alone", result.alone), ("composed", result.composed)):
+            if scores is None:
+                continue
+            composed = setting == "composed"
+            rows.append(
+                [
+                    result.name,
+                    result.method,
+                    setting,
+                    round(scores.clip_t, 4),
+                    round(scores.clip_i, 4),
+                    _round(result.retention("clip_t")) if composed else None,
+                    _round(result.retention("clip_i")) if composed else None,
+                    scores.images,
+                ]
+            )
+    return rows
+
+
+def bars(report: EvaluationReport) -> list[dict]:
+    """Long-format rows for a grouped bar chart: x = concept (method), one bar per metric and setting."""
+    out = []
+    for row in table(report):
+        label = f"{row[0]} ({row[1]})"
+        out.append({"concept": label, "score": row[3], "metric": f"CLIP-T {row[2]}"})
+        out.append({"concept": label, "score": row[4], "metric": f"CLIP-I {row[2]}"})
+    return out
+
+
+def _round(value: float | None) -> float | None:
+    return None if value is None else round(value, 4)

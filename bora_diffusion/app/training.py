@@ -1,0 +1,146 @@
+"""The Train tab's form: method presets, and a checked training job built from what the user entered.
+
+Every field is checked here with its name and the fix in the message, so a typo reads as a sentence in the page
+(or in the API client's error), never as a traceback. Concepts come from an upload (stored by `DataDir`) or
+from a folder of the app's concepts directory picked by name: only names that directory lists are accepted.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..adapters import available
+from ..concept import Concept, TrainDefaults, load_concept
+from ..config import AdapterConfig, TrainConfig
+from ..errors import ConfigError
+from .storage import DataDir, safe_name
+
+SOURCES = ("upload", "folder")
+MAX_STEPS = 100_000
+
+
+@dataclass(frozen=True)
+class Preset:
+    """Starting values for a method; the TrainConfig defaults (DreamBooth-LoRA recipe, LR raised for the tiny
+    embedded base) unless the method asks for something else."""
+
+    rank: int = 4
+    blocks: int | None = None
+    steps: int = 200
+    learning_rate: float = 1e-3
+
+
+PRESETS: dict[str, Preset] = {
+    "lora": Preset(),
+    "dora": Preset(),
+    # One factor trains, the other is a fixed slot selection (or basis): same rank and LR as LoRA, and disjoint
+    # slots keep several concepts mergeable.
+    "sbora_fa": Preset(),
+    "sbora_fb": Preset(),
+    "ortho": Preset(),
+    # b blocks of rank r: the update has rank b*r, so keep r small.
+    "bora_block": Preset(rank=2, blocks=4),
+    "bora_bidim": Preset(),
+}
+
+
+def preset(method: str) -> Preset:
+    if method not in available():
+        raise ConfigError(f"method: choose one of {', '.join(available())}, got {method!r}")
+    return PRESETS.get(method, Preset())
+
+
+def concept_folders(root: Path | None) -> list[str]:
+    """The concept folders (holding a concept.toml) of the app's concepts directory, by name."""
+    if root is None or not root.is_dir():
+        return []
+    return sorted(p.name for p in root.iterdir() if (p / "concept.toml").is_file())
+
+
+@dataclass(frozen=True)
+class Form:
+    """What the Train tab sends. Numbers arrive as floats from the page; they must still be whole where needed."""
+
+    source: str
+    files: tuple[str, ...] = ()
+    folder: str = ""
+    name: str = ""
+    token: str = ""
+    class_word: str = ""
+    method: str = "sbora_fa"
+    rank: float = 4
+    blocks: float | None = None
+    steps: float = 200
+    learning_rate: float = 1e-3
+    sample_every: float = 0
+    resolution: float = 64
+
+
+def _whole(value, field: str, low: int, high: int) -> int:
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        number = float("nan")
+    if not number.is_integer() or not low <= number <= high:
+        raise ConfigError(f"{field}: give a whole number from {low} to {high}, got {value!r}")
+    return int(number)
+
+
+def build(
+    form: Form,
+    data: DataDir,
+    concepts_root: Path | None,
+    check_name: Callable[[str], None] = lambda name: None,
+) -> tuple[Concept, AdapterConfig, TrainConfig]:
+    """Check the form, store an upload, and return what the job trains. `check_name` raises when a name is
+    taken; it runs before an upload is stored, so a clash never overwrites a trained concept's images."""
+    method = str(form.method or "")
+    preset(method)  # names the known methods when it is wrong
+    rank = _whole(form.rank, "rank", 1, 1024)
+    steps = _whole(form.steps, "steps", 1, MAX_STEPS)
+    resolution = _whole(form.resolution, "resolution", 8, 2048)
+    sample_every = _whole(form.sample_every or 0, "sample every", 0, MAX_STEPS)
+    blocks = _whole(form.blocks, "blocks", 1, 64) if method == "bora_block" else None
+    try:
+        learning_rate = float(form.learning_rate)
+    except (TypeError, ValueError):
+        learning_rate = float("nan")
+    if not 0 < learning_rate < 1:
+        raise ConfigError(f"learning rate: give a number between 0 and 1 (e.g. 1e-3), got {form.learning_rate!r}")
+    if resolution % 8:
+        raise ConfigError(f"resolution: give a multiple of 8, got {resolution}")
+
+    if form.source == "upload":
+        if not str(form.name or "").strip():
+            raise ConfigError("name: give the new concept a name (letters, digits, '-' and '_'), e.g. 'my-mug'")
+        for field, value in (("token", form.token), ("class word", form.class_word)):
+            if not str(value or "").strip():
+                raise ConfigError(f"{field}: required for an upload (e.g. token 'zqmug', class word 'mug')")
+        check_name(safe_name(form.name, "name"))
+        concept = data.store_upload(
+            list(form.files or ()),
+            form.name,
+            form.token,
+            form.class_word,
+            train=TrainDefaults(method=method, rank=rank, steps=steps),
+            min_size=resolution,
+        )
+    elif form.source == "folder":
+        known = concept_folders(concepts_root)
+        if form.folder not in known:
+            listed = ", ".join(known) or "none"
+            raise ConfigError(f"folder: pick one of the concept folders ({listed}), got {form.folder!r}")
+        concept = load_concept(concepts_root / form.folder, min_size=resolution)
+        if str(form.name or "").strip():
+            concept = dataclasses.replace(concept, name=safe_name(form.name, "name"))
+        check_name(concept.name)
+    else:
+        raise ConfigError(f"source: choose 'upload' or 'folder', got {form.source!r}")
+
+    adapter = AdapterConfig(method=method, rank=rank, blocks=blocks)
+    base = TrainConfig(steps=steps, learning_rate=learning_rate, resolution=resolution, sample_every=sample_every)
+    config = concept.train_config(base, steps=steps, learning_rate=learning_rate, resolution=resolution)
+    return concept, adapter, config

@@ -1,0 +1,202 @@
+"""The page: four tabs wired to the named endpoints of `handlers.Handlers`.
+
+Every event that does work has an `api_name`, so whatever the page can do, a `gradio_client` script can do too.
+Generation, interference checks and evaluations share one concurrency group as large as the pipeline pool;
+training is not an event at all but a job on the queue's own thread, which the page polls once a second.
+"""
+
+from __future__ import annotations
+
+import gradio as gr
+
+from ..adapters import available
+from ..evaluation import PRESETS as CONVENTIONS
+from ..evaluation import prompt_sets
+from . import compose, evaluate, library
+from .handlers import Context, Handlers, guard
+
+PIPELINES = "pipelines"  # concurrency id of every event that borrows a pipeline
+POLL_SECONDS = 1.0
+
+
+def build(ctx: Context) -> gr.Blocks:
+    h = Handlers(ctx)
+    g = {name: guard(getattr(h, name)) for name in dir(h) if not name.startswith("_") and name != "ctx"}
+    workers = ctx.pipelines.workers
+    methods = list(available())
+    first = h.method_preset("sbora_fa")
+    folders = h.concept_folders()
+
+    with gr.Blocks(title="bora-diffusion") as demo:
+        gr.Markdown(
+            f"# bora-diffusion\nConcept tuning on **{ctx.pipelines.name}**: train a concept, keep it in the "
+            "library, compose several and generate, then score them with CLIP."
+        )
+        with gr.Tab("Train", id="train"):
+            with gr.Row():
+                with gr.Column():
+                    source = gr.Radio(["upload", "folder"], value="upload", label="Images from")
+                    files = gr.File(
+                        file_count="multiple",
+                        file_types=[".png", ".jpg", ".jpeg", ".webp"],
+                        label="Images (png, jpg, webp; a handful of the same subject)",
+                        elem_id="train-files",
+                    )
+                    folder = gr.Dropdown(
+                        folders, value=folders[0] if folders else None, label="Concept folder", visible=False,
+                        allow_custom_value=True
+                    )
+                    name = gr.Textbox(label="Name (the library entry; optional for a folder)", elem_id="train-name")
+                    with gr.Row():
+                        token = gr.Textbox(label="Token (a made-up word, e.g. zqmug)", elem_id="train-token")
+                        class_word = gr.Textbox(label="Class word (e.g. mug)", elem_id="train-class")
+                with gr.Column():
+                    method = gr.Dropdown(methods, value="sbora_fa", label="Method", allow_custom_value=True)
+                    with gr.Row():
+                        rank = gr.Number(first[0], label="Rank", precision=0, elem_id="train-rank")
+                        blocks = gr.Number(first[1], label="Blocks (bora_block)", precision=0)
+                        steps = gr.Number(first[2], label="Steps", precision=0, elem_id="train-steps")
+                    with gr.Row():
+                        lr = gr.Number(first[3], label="Learning rate")
+                        sample_every = gr.Number(0, label="Sample every N steps (0: never)", precision=0,
+                                                 elem_id="train-sample-every")  # fmt: skip
+                        resolution = gr.Number(64, label="Resolution", precision=0)
+                    with gr.Row():
+                        start = gr.Button("Start training", variant="primary", elem_id="train-start")
+                        stop = gr.Button("Stop and save", variant="stop", elem_id="train-stop")
+            job_id = gr.Textbox(label="Job", interactive=False, elem_id="train-job")
+            progress = gr.HTML(elem_id="train-progress-box")
+            status = gr.Markdown(elem_id="train-status")
+            with gr.Row():
+                loss = gr.LinePlot(x="step", y="loss", title="Loss", height=240)
+                samples = gr.Gallery(label="Samples", columns=4, height=240, elem_id="train-samples")
+            with gr.Accordion("Job details (JSON)", open=False):
+                details = gr.JSON()
+
+        with gr.Tab("Library", id="library") as library_tab:
+            refresh = gr.Button("Refresh")
+            table = gr.Dataframe(headers=library.COLUMNS, interactive=False, elem_id="library-table")
+            with gr.Row():
+                pick = gr.Dropdown([], label="Concept", elem_id="library-pick", allow_custom_value=True)
+                layout = gr.Radio(list(library.LAYOUTS), value="diffusers", label="Export layout")
+            with gr.Row():
+                inspect = gr.Button("Inspect")
+                export = gr.Button("Export")
+                delete = gr.Button("Delete", variant="stop")
+            library_msg = gr.Markdown()
+            exported = gr.File(label="Exported LoRA")
+            inspected = gr.JSON(label="Concept file")
+
+        with gr.Tab("Compose & generate", id="compose") as compose_tab:
+            with gr.Row():
+                picked = gr.Dropdown(
+                    [], multiselect=True, label="Concepts", elem_id="compose-concepts", allow_custom_value=True
+                )
+                weights = gr.Textbox(label="Weights (name=weight, default 1)", placeholder="kettle=1, robot=0.8")
+                mode = gr.Radio(list(compose.MODES), value="fused", label="Mode")
+            check = gr.Button("Check interference")
+            report = gr.Markdown(elem_id="compose-report")
+            pairs = gr.Dataframe(headers=compose.PAIR_COLUMNS, interactive=False, max_height=240)
+            prompt = gr.Textbox(label="Prompt", elem_id="compose-prompt")
+            negative = gr.Textbox(label="Negative prompt")
+            with gr.Row():
+                seed = gr.Number(0, label="Seed", precision=0)
+                gen_steps = gr.Number(25, label="Steps", precision=0, elem_id="compose-steps")
+                guidance = gr.Number(7.5, label="Guidance")
+                count = gr.Number(4, label="Images", precision=0)
+            run = gr.Button("Generate", variant="primary", elem_id="compose-generate")
+            gallery = gr.Gallery(label="Images", columns=4, elem_id="compose-gallery")
+            gen_msg = gr.Markdown(elem_id="compose-message")
+            manifest = gr.File(label="Manifest")
+
+        with gr.Tab("Evaluate & compare", id="evaluate") as evaluate_tab:
+            gr.Markdown(
+                "Each concept is generated with the prompt set and scored alone (CLIP-T against its prompt, CLIP-I "
+                "against its own images); with two or more, also composed, with the share each keeps (retention)."
+            )
+            with gr.Row():
+                eval_pick = gr.Dropdown(
+                    [], multiselect=True, label="Concepts", elem_id="eval-concepts", allow_custom_value=True
+                )
+                prompt_set = gr.Dropdown(
+                    list(prompt_sets()), value="quick-object", label="Prompt set", allow_custom_value=True
+                )
+                conventions = gr.Dropdown(
+                    list(CONVENTIONS), value="default", label="Conventions", allow_custom_value=True
+                )
+            with gr.Row():
+                per_prompt = gr.Number(2, label="Images per prompt", precision=0)
+                eval_steps = gr.Number(10, label="Steps", precision=0, elem_id="eval-steps")
+            evaluate_btn = gr.Button("Evaluate", variant="primary", elem_id="eval-run")
+            eval_msg = gr.Markdown(elem_id="eval-message")
+            scores = gr.Dataframe(headers=evaluate.COLUMNS, interactive=False, elem_id="eval-table")
+            chart = gr.BarPlot(x="concept", y="score", color="metric", title="Scores", height=280)
+            eval_file = gr.File(label="Report (evaluation.json)")
+
+        # ------------------------------------------------------------------------------------------ events
+        source.change(
+            lambda s: (gr.update(visible=s == "upload"), gr.update(visible=s == "folder")),
+            source,
+            [files, folder],
+            api_visibility="private",
+        )
+        method.change(g["method_preset"], method, [rank, blocks, steps, lr], api_name="method_preset")
+        start.click(
+            g["train_start"],
+            [source, files, folder, name, token, class_word, method, rank, blocks, steps, lr, sample_every,
+             resolution],
+            [job_id, details],
+            api_name="train_start",
+        )  # fmt: skip
+        stop.click(g["train_stop"], job_id, details, api_name="train_stop")
+        view = [progress, status, loss, samples]
+        gr.Timer(POLL_SECONDS).tick(
+            g["train_view"], job_id, view, api_visibility="private", show_progress="hidden"
+        )
+        job_id.change(g["train_view"], job_id, view, api_visibility="private", show_progress="hidden")
+        status_btn = gr.Button("status", visible=False)
+        status_btn.click(g["train_status"], job_id, details, api_name="train_status")
+        folders_btn = gr.Button("folders", visible=False)
+        folders_btn.click(g["concept_folders"], None, gr.JSON(visible=False), api_name="concept_folders")
+
+        def names_update():
+            choices = h.concept_names()
+            return gr.update(choices=choices), gr.update(choices=choices), gr.update(choices=choices)
+
+        refresh_outputs = [pick, picked, eval_pick]
+        refresh.click(g["list_concepts"], None, table, api_name="list_concepts")
+        for trigger in (refresh.click, library_tab.select, compose_tab.select, evaluate_tab.select):
+            if trigger != refresh.click:
+                trigger(g["list_concepts"], None, table, api_visibility="private")
+            trigger(guard(names_update), None, refresh_outputs, api_visibility="private")
+        inspect.click(g["inspect_concept"], pick, inspected, api_name="inspect_concept")
+        export.click(g["export_concept"], [pick, layout], exported, api_name="export_concept")
+        delete.click(g["delete_concept"], pick, library_msg, api_name="delete_concept").then(
+            g["list_concepts"], None, table, api_visibility="private"
+        ).then(guard(names_update), None, refresh_outputs, api_visibility="private")
+
+        check.click(
+            g["check_interference"],
+            [picked, weights],
+            [report, pairs],
+            api_name="check_interference",
+            concurrency_id=PIPELINES,
+            concurrency_limit=workers,
+        )
+        run.click(
+            g["generate"],
+            [picked, weights, mode, prompt, negative, seed, gen_steps, guidance, count],
+            [gallery, manifest, gen_msg],
+            api_name="generate",
+            concurrency_id=PIPELINES,
+            concurrency_limit=workers,
+        )
+        evaluate_btn.click(
+            g["evaluate"],
+            [eval_pick, prompt_set, conventions, per_prompt, eval_steps],
+            [scores, chart, eval_file, eval_msg],
+            api_name="evaluate",
+            concurrency_id=PIPELINES,
+            concurrency_limit=workers,
+        )
+    return demo

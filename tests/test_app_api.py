@@ -1,0 +1,314 @@
+"""The app through its named API (gradio_client), on the embedded default: every endpoint, good and bad inputs.
+
+One app serves the whole module. Two concepts are trained once (an upload and the shipped kettle folder, both
+sbora_fa on the app's one slot ledger); the tests then use them. Every bad input must come back as an error that
+names the field and the fix, and the app must keep serving afterwards.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+from safetensors import safe_open
+
+from bora_diffusion.errors import ConfigError
+from bora_diffusion.slots import SlotLedger
+
+from app_fixtures import draw_images, serve, wait_for_job
+
+gradio_client = pytest.importorskip("gradio_client")
+from gradio_client import Client, handle_file  # noqa: E402
+from gradio_client.exceptions import AppError  # noqa: E402
+
+STEPS = 6
+# gradio 6.31 itself trips over pandas 3 deprecations on every dataframe it sends.
+pytestmark = pytest.mark.filterwarnings("ignore::pandas.errors.Pandas4Warning")
+
+
+def start(client, *, source="upload", files=(), folder="", name="", token="", class_word="", method="sbora_fa",
+          rank=4, blocks=4, steps=STEPS, lr=1e-3, sample_every=0, resolution=64):  # fmt: skip
+    return client.predict(
+        source,
+        [handle_file(str(f)) for f in files],
+        folder,
+        name,
+        token,
+        class_word,
+        method,
+        rank,
+        blocks,
+        steps,
+        lr,
+        sample_every,
+        resolution,
+        api_name="/train_start",
+    )
+
+
+@pytest.fixture(scope="module")
+def app(tmp_path_factory):
+    root = tmp_path_factory.mktemp("app")
+    demo, ctx, url = serve(root)
+    client = Client(url, verbose=False, download_files=str(root / "downloads"))
+    yield ctx, client, root
+    ctx.jobs.shutdown()
+    demo.close()
+
+
+@pytest.fixture(scope="module")
+def images(app) -> list[Path]:
+    return draw_images(app[2] / "upload", count=3)
+
+
+@pytest.fixture(scope="module")
+def trained(app, images) -> dict[str, dict]:
+    """'mug' from uploaded images (with samples every 4 steps) and 'kettle' from the shipped folder."""
+    _, client, _ = app
+    mug_id, _ = start(client, files=images, name="mug", token="zqmug", class_word="mug", sample_every=3)
+    kettle_id, queued = start(client, source="folder", folder="kettle")
+    assert queued["status"] in ("queued", "running")  # one job at a time: the kettle waits for the mug
+    return {"mug": wait_for_job(client, mug_id), "kettle": wait_for_job(client, kettle_id)}
+
+
+def test_training_from_an_upload_reports_progress_to_the_end(trained, app):
+    ctx, _, _ = app
+    mug = trained["mug"]
+    assert mug["status"] == "done", mug["error"]
+    assert mug["step"] == mug["total_steps"] == STEPS and mug["fraction"] == 1.0
+    assert [step for step, _ in mug["loss"]] == list(range(1, STEPS + 1))
+    assert all(math.isfinite(loss) and loss > 0 for _, loss in mug["loss"])
+    assert mug["it_per_s"] > 0 and mug["eta_s"] is None
+    assert len(mug["samples"]) == 2  # steps 3 and 6, one sample prompt each
+    assert all(Path(p).is_file() and ctx.data.root in Path(p).parents for p in mug["samples"])
+    # The uploaded images were stored under the data folder with names of the app's choosing.
+    stored = sorted(p.name for p in (ctx.data.root / "uploads" / "mug").iterdir())
+    assert stored == ["concept.toml", "image_000.png", "image_001.png", "image_002.png"]
+
+
+def test_library_lists_both_concepts_with_their_settings(trained, app):
+    _, client, _ = app
+    assert trained["kettle"]["status"] == "done", trained["kettle"]["error"]
+    table = client.predict(api_name="/list_concepts")
+    rows = {row[0]: dict(zip(table["headers"], row, strict=True)) for row in table["data"]}
+    assert set(rows) == {"kettle", "mug"}
+    assert rows["mug"]["method"] == "sbora_fa" and rows["mug"]["token"] == "zqmug"
+    assert rows["kettle"]["token"] == "qwiv" and rows["kettle"]["class word"] == "kettle"
+    assert rows["mug"]["rank"] == 4 and rows["mug"]["steps"] == STEPS
+    assert rows["mug"]["base"] == "embedded:tiny-sd-v1"
+    assert rows["mug"]["slots"].startswith("in:")
+    info = client.predict("mug", api_name="/inspect_concept")
+    assert info["method"] == "sbora_fa" and info["training"]["steps"] == STEPS
+    assert info["app"]["images"].endswith("uploads/mug")
+
+
+def test_interference_check_shows_disjoint_slots(trained, app):
+    _, client, _ = app
+    summary, pairs = client.predict(["mug", "kettle"], "mug=1, kettle=0.8", api_name="/check_interference")
+    assert "No slot overlap" in summary and "x0.8" in summary
+    overlap = pairs["headers"].index("slot overlap")
+    assert pairs["data"] and all(row[overlap] == 0 for row in pairs["data"])
+
+
+def test_generate_returns_images_and_a_manifest_and_is_seeded(trained, app):
+    _, client, _ = app
+    args = (["mug", "kettle"], "kettle=0.8", "fused", "a photo of zqmug mug next to qwiv kettle", "", 3, 4, 5.0, 2)
+    gallery, manifest, message = client.predict(*args, api_name="/generate")
+    assert len(gallery) == 2 and message.startswith("2 image(s)")
+    record = json.loads(Path(manifest).read_text())
+    assert [entry["seed"] for entry in record["images"]] == [3, 4]
+    assert record["fused"] is True and record["concepts"]["kettle"]["scale"] == 0.8
+    assert record["settings"]["steps"] == 4 and record["settings"]["guidance"] == 5.0
+    assert all("/" not in entry["file"] for entry in record["concepts"].values())  # no server paths
+    again, _, _ = client.predict(*args, api_name="/generate")
+    first = [Path(item["image"]).read_bytes() for item in gallery]
+    assert [Path(item["image"]).read_bytes() for item in again] == first  # same seeds, same images
+    base, _, _ = client.predict([], "", "live", args[3], "", 3, 4, 5.0, 1, api_name="/generate")
+    assert Path(base[0]["image"]).read_bytes() != first[0]  # the concepts change the image
+
+
+def test_export_both_layouts_as_downloads(trained, app):
+    _, client, _ = app
+    diffusers = client.predict("mug", "diffusers", api_name="/export_concept")
+    kohya = client.predict("mug", "kohya", api_name="/export_concept")
+    with safe_open(diffusers, "pt") as handle:
+        assert all(key.startswith("unet.") for key in handle.keys())
+    with safe_open(kohya, "pt") as handle:
+        keys = list(handle.keys())
+    assert keys and all(key.startswith("lora_unet_") for key in keys)
+    assert any(key.endswith(".alpha") for key in keys)
+
+
+def test_evaluation_table_alone_and_composed(trained, app):
+    _, client, _ = app
+    table, bars, report_file, summary = client.predict(
+        ["mug", "kettle"], "quick-object", "default", 1, 2, api_name="/evaluate"
+    )
+    rows = [dict(zip(table["headers"], row, strict=True)) for row in table["data"]]
+    assert sorted((r["concept"], r["setting"]) for r in rows) == [
+        ("kettle", "alone"), ("kettle", "composed"), ("mug", "alone"), ("mug", "composed"),
+    ]  # fmt: skip
+    report = json.loads(Path(report_file).read_text())
+    assert report["conventions"]["weights"] is None  # the random test CLIP is recorded as such
+    by_name = {c["name"]: c for c in report["concepts"]}
+    for row in rows:
+        scores = by_name[row["concept"]][row["setting"]]
+        assert row["CLIP-T"] == pytest.approx(scores["clip_t"], abs=1e-4)
+        assert row["CLIP-I"] == pytest.approx(scores["clip_i"], abs=1e-4)
+        assert row["images"] == 4  # 4 prompts x 1 image
+    assert len(bars["data"]) == 2 * len(rows)
+    library = client.predict(api_name="/list_concepts")
+    mug = next(dict(zip(library["headers"], r, strict=True)) for r in library["data"] if r[0] == "mug")
+    assert mug["CLIP-T"] == pytest.approx(by_name["mug"]["alone"]["clip_t"], abs=1e-4)
+
+
+def test_stop_saves_and_the_queue_runs_one_job_at_a_time(app, images, trained):
+    _, client, _ = app
+    long_id, _ = start(client, files=images, name="long", token="zqlong", class_word="mug", steps=5000)
+    short_id, short = start(client, source="folder", folder="robot", name="robot-lora", method="lora", steps=2)
+    assert short["status"] == "queued" and short["queue_position"] == 1
+    while client.predict(long_id, api_name="/train_status")["step"] < 3:
+        pass
+    client.predict(long_id, api_name="/train_stop")
+    stopped = wait_for_job(client, long_id)
+    assert stopped["status"] == "stopped" and 3 <= stopped["step"] < 5000
+    info = client.predict("long", api_name="/inspect_concept")
+    assert info["training"]["stopped_at"] == stopped["step"] == info["training"]["steps"]
+    assert wait_for_job(client, short_id)["status"] == "done"
+
+
+def test_delete_removes_the_files_and_frees_the_name(app, images, trained):
+    ctx, client, _ = app
+    job, _ = start(client, files=images[:1], name="gone", token="zqgone", class_word="mug", steps=1)
+    assert wait_for_job(client, job)["status"] == "done"
+    message = client.predict("gone", api_name="/delete_concept")
+    assert "gone.safetensors" in message
+    assert not (ctx.data.concepts / "gone.safetensors").exists()
+    assert not (ctx.data.concepts / "checkpoints" / "gone").exists()
+    names = [row[0] for row in client.predict(api_name="/list_concepts")["data"]]
+    assert "gone" not in names
+    assert "gone" not in SlotLedger.load(ctx.data.concepts / "slots.json").concepts()
+    assert "mug" in SlotLedger.load(ctx.data.concepts / "slots.json").concepts()
+
+
+def test_a_name_that_tries_to_leave_the_data_folder_stays_inside(app, images):
+    ctx, client, root = app
+    job, state = start(client, files=images[:1], name="../../escape", token="zqesc", class_word="mug", steps=1)
+    assert state["concept"] == "escape"
+    assert wait_for_job(client, job)["status"] == "done"
+    assert (ctx.data.concepts / "escape.safetensors").is_file()
+    assert (ctx.data.root / "uploads" / "escape" / "concept.toml").is_file()
+    assert not (root.parent / "escape").exists() and not (ctx.data.root.parent / "escape").exists()
+
+
+def test_presets_and_folders(app):
+    _, client, _ = app
+    assert client.predict("bora_block", api_name="/method_preset") == (2, 4, 200, 1e-3)
+    assert client.predict("lora", api_name="/method_preset")[0] == 4
+    assert client.predict(api_name="/concept_folders") == ["kettle", "robot"]
+
+
+def _bad_file(folder: Path) -> list[Path]:
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "notes.txt").write_text("not an image")
+    (folder / "fake.png").write_text("not a png either")
+    return [folder / "notes.txt", folder / "fake.png"]
+
+
+BAD_TRAIN = [
+    ({"files": ()}, "upload at least one image"),
+    ({"files": "text"}, "Invalid file type. Please upload a file that is one of these formats"),
+    ({"files": "fake"}, "fake.png"),
+    ({"files": "small"}, "smaller than 64 px"),
+    ({"name": "../"}, "has no letters or digits"),
+    ({"name": ""}, "name: give the new concept a name"),
+    ({"token": "dog"}, "already a word of the text encoder's vocabulary"),
+    ({"token": ""}, "token: required"),
+    ({"method": "bogus"}, "method: choose one of"),
+    ({"steps": 0}, "steps: give a whole number"),
+    ({"steps": 200_000}, "steps: give a whole number from 1 to 100000"),
+    ({"lr": -1}, "learning rate"),
+    ({"rank": 0}, "rank: give a whole number"),
+    ({"source": "folder", "folder": "../../etc"}, "folder: pick one of the concept folders (kettle, robot)"),
+    ({"source": "folder", "folder": "kettle", "name": ""}, "a concept named 'kettle' is already in the library"),
+    ({"source": "elsewhere"}, "'elsewhere' (type: <class 'str'>) is not in the list of choices"),
+]
+
+
+@pytest.mark.parametrize(("change", "message"), BAD_TRAIN, ids=[m for _, m in BAD_TRAIN])
+def test_bad_training_requests_are_refused_in_words(app, images, trained, change, message):
+    _, client, root = app
+    fields = {"files": images, "name": "bad", "token": "zqbad", "class_word": "mug", **change}
+    if fields["files"] == "text":
+        fields["files"] = _bad_file(root / "bad")[:1]
+    elif fields["files"] == "fake":
+        fields["files"] = _bad_file(root / "bad")[1:]
+    elif fields["files"] == "small":
+        fields["files"] = draw_images(root / "small", count=1, size=32)
+    with pytest.raises(AppError, match=None) as caught:
+        start(client, **fields)
+    assert message in str(caught.value)
+    assert client.predict("lora", api_name="/method_preset")[0] == 4  # still serving
+
+
+BAD_CALLS = [
+    ("/train_status", ("nope",), "job: no training job 'nope'"),
+    ("/train_stop", ("",), "job: no training job"),
+    ("/inspect_concept", ("missing",), "there is no concept 'missing'"),
+    ("/inspect_concept", ("../slots",), "there is no concept"),
+    ("/inspect_concept", ("",), "pick a concept"),
+    ("/delete_concept", ("missing",), "there is no concept 'missing'"),
+    ("/export_concept", ("mug", "a1111"), "'a1111' (type: <class 'str'>) is not in the list of choices"),
+    ("/check_interference", ([], ""), "pick at least one concept"),
+    ("/check_interference", (["mug"], "kettle=1"), "kettle is not among the picked concepts"),
+    ("/generate", (["mug"], "", "live", " ", "", 0, 4, 7.5, 1), "prompt: write what to draw"),
+    ("/generate", (["mug"], "", "live", "a mug", "", 0, 4, 7.5, 0), "count: give a whole number"),
+    ("/generate", (["mug"], "", "live", "a mug", "", 0, 1000, 7.5, 1), "steps: give a whole number"),
+    ("/generate", (["mug"], "", "live", "a mug", "", -1, 4, 7.5, 1), "seed: give a whole number"),
+    ("/generate", (["mug"], "mug=abc", "live", "a mug", "", 0, 4, 7.5, 1), "weights: 'mug=abc'"),
+    ("/generate", (["mug"], "", "sideways", "a mug", "", 0, 4, 7.5, 1), "'sideways' (type: <class 'str'>) is not in the list of choices"),
+    ("/generate", (["nobody"], "", "live", "a mug", "", 0, 4, 7.5, 1), "there is no concept 'nobody'"),
+    ("/evaluate", ([], "quick-object", "default", 1, 2), "pick at least one trained concept"),
+    ("/evaluate", (["mug"], "bogus", "default", 1, 2), "unknown prompt set 'bogus'"),
+    ("/evaluate", (["mug"], "quick-object", "paper", 1, 2), "unknown conventions preset 'paper'"),
+    ("/evaluate", (["mug"], "quick-object", "default", 99, 2), "images per prompt: give 1 to 8"),
+    ("/method_preset", ("bogus",), "method: choose one of"),
+]
+
+
+@pytest.mark.parametrize(("api", "args", "message"), BAD_CALLS, ids=[f"{a}-{m}" for a, _, m in BAD_CALLS])
+def test_bad_calls_are_refused_in_words(app, trained, api, args, message):
+    _, client, _ = app
+    with pytest.raises(AppError) as caught:
+        client.predict(*args, api_name=api)
+    assert message in str(caught.value)
+    assert client.predict(api_name="/concept_folders") == ["kettle", "robot"]  # still serving
+
+
+def test_export_refuses_a_method_without_an_exact_lora_form(app, images, trained):
+    _, client, _ = app
+    job, _ = start(client, files=images[:1], name="magnitude", token="zqmag", class_word="mug", method="dora",
+                   steps=1)  # fmt: skip
+    assert wait_for_job(client, job)["status"] == "done"
+    with pytest.raises(AppError) as caught:
+        client.predict("magnitude", "kohya", api_name="/export_concept")
+    assert "dora" in str(caught.value)
+
+
+def test_safe_names_and_paths(tmp_path):
+    from bora_diffusion.app.storage import DataDir, inside, safe_name
+
+    assert safe_name("../../etc/passwd") == "etc-passwd"
+    assert safe_name("my kettle!") == "my-kettle"
+    assert safe_name("x" * 100) == "x" * 48
+    for bad in ("", "..", "/", "___"):
+        with pytest.raises(ConfigError, match="no letters or digits"):
+            safe_name(bad)
+    data = DataDir(tmp_path / "data")
+    assert inside(data.root, "uploads", "a") == data.root / "uploads" / "a"
+    for escape in (("..", "x"), ("/etc",), ("uploads", "..", "..", "x")):
+        with pytest.raises(ConfigError, match="outside the app's data folder"):
+            inside(data.root, *escape)
+    assert data.adapter_path("../../evil").parent == data.concepts
