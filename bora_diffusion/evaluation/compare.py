@@ -344,7 +344,7 @@ class Comparison:
             f"Base `{self.base_model}`; conventions: {c.backbone} {c.weights or 'random init'} "
             f"({c.preset_name or 'custom'}): text {c.describe_text()}; image {c.describe_image()}.",
             f"Budget: {self.settings.rule_text()}.",
-            f"Images: prompt set `{self.settings.run.prompt_set}`, {self.settings.run.images_per_prompt} seeds per "
+            f"Images: prompt set `{self.settings.run.prompt_set}`, {self.settings.run.images_per_prompt} seed(s) per "
             f"prompt, {self.settings.run.sampling.steps} sampling steps, guidance {self.settings.run.sampling.guidance:g}.",
             "",
             "**Each concept alone**",
