@@ -25,6 +25,9 @@ BASE_HELP = "base model: 'embedded' (default, tiny, offline), a local diffusers 
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["app"]:
+        return run_app(argv[1:])
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
@@ -56,6 +59,13 @@ def build_parser() -> argparse.ArgumentParser:
     methods.add_argument("--method", action="append", help="only this method (repeatable); default: all")
     methods.add_argument("--out", default=None, help="folder to keep the adapter files in (default: discard)")
     methods.set_defaults(run=run_methods)
+
+    app = commands.add_parser(
+        "app",
+        help="serve the web app in the browser (the same as `python app.py`; `app --help` for its options)",
+        add_help=False,
+    )
+    app.set_defaults(run=lambda args: run_app([]))  # main() hands `app ...` over before parsing
 
     train = commands.add_parser(
         "train",
@@ -314,6 +324,13 @@ def _add_concept_args(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--base", default=None, help=BASE_HELP)
     parser.add_argument("--force", action="store_true", help="compose even if concepts share slots")
+
+
+def run_app(options: list[str]) -> int:
+    """The app parses its own options (--host, --port, --auth, --base, --data), so they pass through whole."""
+    from .app import main as app_main
+
+    return app_main(options)
 
 
 def run_methods(args: argparse.Namespace) -> int:

@@ -106,3 +106,14 @@ def test_export_then_import_round_trips_through_the_command_line(tmp_path, capsy
         assert (info.config.method, info.name, info.token) == ("lora", "back", "qwiv")
     assert main(["export", str(tmp_path / "dora.safetensors"), str(tmp_path / "x.safetensors")]) == 2
     assert "fuse" in capsys.readouterr().err and not (tmp_path / "x.safetensors").exists()
+
+
+def test_the_app_subcommand_hands_its_options_to_the_app(capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main(["app", "--help"])
+    assert exit_.value.code == 0
+    assert "--host" in capsys.readouterr().out
+    with pytest.raises(SystemExit) as exit_:
+        main(["app", "--host", "0.0.0.0"])  # beyond localhost without --auth: refused before serving
+    assert exit_.value.code == 2
+    assert "--auth" in capsys.readouterr().err
