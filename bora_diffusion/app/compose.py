@@ -91,7 +91,7 @@ def check(data: DataDir, pipelines: Pipelines, names: Sequence[str], weights: st
     if not picked:
         raise ConfigError("concepts: pick at least one concept to check")
     with pipelines.borrow() as pipe:
-        return compose(pipe.unet, _files(data, picked), fuse=False)
+        return compose(pipe, _files(data, picked), fuse=False)
 
 
 def run(
@@ -113,7 +113,7 @@ def run(
     seeds = [int(request.seed) + i for i in range(int(request.count))]
     out = data.new_folder("generations")
     with pipelines.borrow() as pipe:
-        report = compose(pipe.unet, files, fuse=mode == "fused")
+        report = compose(pipe, files, fuse=mode == "fused")
         record = {"base_model": pipelines.name, "fused": mode == "fused", "concepts": report.concepts}
         for entry in record["concepts"].values():
             entry["file"] = Path(entry["file"]).name  # the manifest is a download: no server paths in it
