@@ -1,0 +1,111 @@
+"""Write the world's novel concepts into concepts/: objects the world's base model has never seen.
+
+    .venv/bin/python scripts/make_world_concepts.py [--out concepts] [--seed 0]
+
+One folder per concept of `bora_diffusion.world.NOVEL_CONCEPTS` (see novel.py for what each looks like), each
+with 8 RGB PNGs of 64 px, a caption per image and concept.toml. Views vary in turn, mirror image, size,
+position and background (the world's own background vocabulary, so captions can name it: "a large {token}
+{class_word} on a dotted pink background"); two of the eight are small. The class word is the vocabulary
+shape the concept is a kind of, which the base model knows; the token is a made-up word whose BPE pieces no
+other shipped concept shares (kettle's "qwiv" and robot's "bxj" included).
+
+Every draw comes from a numpy Generator seeded by the concept's name and --seed: a second run writes
+byte-identical files. The output is checked with `load_concepts` (with kettle and robot, when present) before
+the script reports success. The existing folders are left alone.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+
+from bora_diffusion.atomic import atomic_path, write_text
+from bora_diffusion.concept import Prompts, TrainDefaults, load_concepts, write_caption, write_concept_toml
+from bora_diffusion.seeding import derive_seed
+from bora_diffusion.world import COLORS, NOVEL_CONCEPTS, novel_concept, sample_background, sample_view
+
+SIZE = 64
+IMAGES_PER_CONCEPT = 8
+SMALL_IMAGES = 2  # how many views are drawn small (the rest take the full range)
+SMALL_EXTENT = (0.28, 0.34)
+DEFAULT_OUT = Path(__file__).resolve().parent.parent / "concepts"
+
+# Made-up tokens: none is a word of the CLIP vocabulary, and their BPE pieces are all different
+# (zor|p, v|lek, yo|xt, gli|x, wo|zt, hu|z|d; the examples use q|wiv and b|xj).
+TOKENS: Mapping[str, str] = {
+    "spiral-star": "zorp",
+    "notched-ring": "vlek",
+    "eye-heart": "yoxt",
+    "band-triangle": "glix",
+    "quad-cross": "wozt",
+    "bolt-circle": "huzd",
+}
+
+
+def make_concept(out: Path, name: str, seed: int) -> Path:
+    """Write concept `name` into `out/name` and return the folder."""
+    concept = novel_concept(name)
+    folder = out / name
+    rng = np.random.default_rng(derive_seed("bora-diffusion world concept", name, seed))
+    used: set[str] = set()
+    for index in range(IMAGES_PER_CONCEPT):
+        # A background color not used yet in this folder while any is left, never one of the concept's own.
+        fresh = concept.colors | used if len(concept.colors | used) < len(COLORS) else concept.colors
+        view = sample_view(name, rng, background=sample_background(rng, avoid=frozenset(fresh)))
+        if index < SMALL_IMAGES:
+            view = dataclasses.replace(view, extent=float(rng.uniform(*SMALL_EXTENT)))
+        used.add(view.background.color)
+        path = folder / f"{name}_{index:02d}.png"
+        with atomic_path(path) as tmp:
+            view.render(SIZE).save(tmp, format="PNG")
+        write_caption(path, f"a {view.size_word} {{token}} {{class_word}} on {view.background.phrase()}")
+    write_concept_toml(
+        folder,
+        TOKENS[name],
+        concept.class_word,
+        description=concept.description,
+        prompts=Prompts(
+            instance_prompt="a {token} {class_word}",
+            class_prompt="a {class_word}",
+            sample_prompts=(
+                "a {token} {class_word} on a blue background",
+                "a small {token} {class_word} on a striped yellow background",
+                "a {token} {class_word} above a small red circle on a green background",
+            ),
+        ),
+        train=TrainDefaults(method="sbora_fa", rank=4, resolution=SIZE),
+    )
+    write_text(
+        folder / "README.md",
+        f"# {name}\n\nNovel world concept drawn by `scripts/make_world_concepts.py` (seed {seed}); the world's "
+        f"scenes never show it.\n\n{concept.description}\n\nToken `{TOKENS[name]}`, class word "
+        f"`{concept.class_word}`; this file is ignored by the concept loader.\n",
+    )
+    return folder
+
+
+def make_world_concepts(out: str | Path = DEFAULT_OUT, seed: int = 0) -> list[Path]:
+    """Write every novel concept under `out`, check them together with the other shipped concepts."""
+    out = Path(out)
+    folders = [make_concept(out, name, seed) for name in NOVEL_CONCEPTS]
+    others = [out / name for name in ("kettle", "robot") if (out / name / "concept.toml").is_file()]
+    load_concepts([*others, *folders], min_size=SIZE)
+    return folders
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="where the concept folders go")
+    parser.add_argument("--seed", type=int, default=0, help="seed of every random draw (default 0)")
+    args = parser.parse_args(argv)
+    for folder in make_world_concepts(args.out, args.seed):
+        print(f"{folder}: {len(list(folder.glob('*.png')))} images, token {TOKENS[folder.name]}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
