@@ -12,6 +12,9 @@ Weights come from one of three places:
   "-quickgelu" architecture (e.g. "ViT-B-32-quickgelu").
 - None: a random initialization drawn with seed 0 under a forked RNG (the caller's RNG state is untouched);
   tests and smoke runs only.
+- "embedded", for the "world-clip" backbone only: the small CLIP trained on the world that ships inside the
+  package (`bora_diffusion/world/clip.py`), the scorer's default; a file written by
+  `scripts/train_world_clip.py` loads as a checkpoint file of that backbone.
 
 A tag's own settings are applied whichever way its file is found: QuickGELU for the OpenAI and LAION-400M
 weights (open_clip 3.x builds "ViT-B-32" with plain GELU and only warns when the tag was trained with QuickGELU,
@@ -38,6 +41,8 @@ from PIL import Image
 from .errors import BackboneError, WeightsError, WeightsUnavailableError
 
 __all__ = [
+    "EMBEDDED_BACKBONE",
+    "EMBEDDED_WEIGHTS",
     "NETWORK_PROBE_SECONDS",
     "LoadedClip",
     "WeightsSource",
@@ -47,6 +52,7 @@ __all__ = [
 ]
 
 NETWORK_PROBE_SECONDS = 3.0
+EMBEDDED_BACKBONE, EMBEDDED_WEIGHTS = "world-clip", "embedded"  # shipped in the package, see world/clip.py
 RANDOM_INIT_SEED = 0
 # Shown when a name is unknown: the architectures CLIP-alignment papers use.
 COMMON_BACKBONES = ("ViT-B-32", "ViT-B-16", "ViT-L-14", "ViT-L-14-336", "ViT-H-14", "ViT-g-14", "RN50")
@@ -59,7 +65,7 @@ _TRUE = frozenset({"1", "on", "yes", "true"})
 class WeightsSource:
     """Where a backbone's weights come from, resolved before anything heavy runs; recorded in every report.
 
-    `kind` is "tag", "file" or "random". For a tag, `origin` is the hub repo or URL it is published at, `file`
+    `kind` is "tag", "file", "random" or "embedded" (the world CLIP shipped in the package). For a tag, `origin` is the hub repo or URL it is published at, `file`
     the cached copy (None when it still has to be downloaded) and `preprocess`/`quick_gelu` its settings.
     """
 
@@ -98,6 +104,9 @@ def known_backbones() -> list[str]:
     """Every architecture open_clip can build, including those registered with `open_clip.add_model_config`."""
     import open_clip
 
+    from ..world.clip import register
+
+    register()
     return open_clip.list_models()
 
 
@@ -206,6 +215,8 @@ def resolve_weights(
     _check_backbone(backbone)
     if weights is None:
         return WeightsSource(kind="random")
+    if weights == EMBEDDED_WEIGHTS or backbone == EMBEDDED_BACKBONE:
+        return _embedded_weights(backbone, weights)
     tags = open_clip.list_pretrained_tags_by_model(backbone)
     config = {} if _looks_like_path(weights) else open_clip.get_pretrained_cfg(backbone, weights)
     local = Path(weights).expanduser()
@@ -259,6 +270,40 @@ def resolve_weights(
     return WeightsSource(kind="tag", file=None, origin=origin, **settings)
 
 
+def _embedded_weights(backbone: str, weights: str) -> WeightsSource:
+    """The shipped world CLIP, or a file trained for its architecture by scripts/train_world_clip.py."""
+    from ..world.clip import WEIGHTS_FILE
+
+    if backbone != EMBEDDED_BACKBONE:
+        raise WeightsError(
+            f"weights {EMBEDDED_WEIGHTS!r} exist for backbone {EMBEDDED_BACKBONE!r} only, not {backbone}: give "
+            "a pretrained tag (e.g. openai) or a checkpoint file"
+        )
+    file = WEIGHTS_FILE if weights == EMBEDDED_WEIGHTS else Path(weights).expanduser()
+    if not file.is_file():
+        raise WeightsError(f"world-clip weights file {file} does not exist: run scripts/train_world_clip.py")
+    kind = "embedded" if weights == EMBEDDED_WEIGHTS else "file"
+    return WeightsSource(kind=kind, file=file.resolve(), origin="bora_diffusion.world", sha256=_sha256(file))
+
+
+def _load_embedded(source: WeightsSource, device: str | torch.device) -> LoadedClip:
+    import open_clip
+
+    from ..world.clip import build_model, image_size, load_world_clip, tokenizer
+
+    if source.kind == "random":
+        model = build_model(seed=RANDOM_INIT_SEED).eval().requires_grad_(False)
+    else:
+        try:
+            model = load_world_clip(source.file)
+        except Exception as error:  # safetensors and load_state_dict raise many types for a wrong file
+            raise WeightsError(
+                f"weights file {source.file} is not a world-clip file ({type(error).__name__}: {error})"
+            ) from None
+    preprocess = open_clip.image_transform(image_size(), is_train=False)
+    return LoadedClip(model=model.to(device), preprocess=preprocess, tokenizer=tokenizer(), weights=source)
+
+
 def load_clip(
     backbone: str,
     weights: str | None,
@@ -270,6 +315,8 @@ def load_clip(
     import open_clip
 
     source = resolve_weights(backbone, weights, cache_dir=cache_dir)
+    if backbone == EMBEDDED_BACKBONE:
+        return _load_embedded(source, device)
     kwargs: dict[str, Any] = {"force_quick_gelu": source.quick_gelu}
     for key, value in source.preprocess.items():
         kwargs[f"image_{key}"] = tuple(value) if isinstance(value, list | tuple) else value

@@ -1,0 +1,162 @@
+"""Contrastive training of the world CLIP: batches of world scenes, one-attribute hard negatives, the loss.
+
+Plain CLIP training on random batches learns "which shapes and colors are present" and little else, because two
+random captions almost never differ in one attribute only. So every image also meets `hard_negatives` captions
+of its own scene with one attribute changed (distractors.py), appended to the text side of the image-to-text
+loss: the model is paid only for seeing which object has which color, which is above, what the background is.
+
+Images are augmented toward what a small diffusion model produces: some drawn at 32 px and upsampled, some
+blurred, all with a little noise; captions stay exact.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from functools import lru_cache
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image, ImageFilter
+
+from .clip import CompactVocabulary, image_tensor, tokenizer
+from .distractors import distractors
+from .scenes import sample_scene
+from .vocabulary import WORDS
+
+__all__ = [
+    "Batch",
+    "TrainSettings",
+    "clip_loss",
+    "encode_text",
+    "learning_rate",
+    "make_batch",
+    "optimizer",
+    "tokenize_captions",
+    "training_vocabulary",
+]
+
+
+@dataclass(frozen=True)
+class TrainSettings:
+    """Everything that decides the trained weights (with the seed)."""
+
+    steps: int = 1500
+    batch_size: int = 128
+    hard_negatives: int = 2
+    learning_rate: float = 1e-3
+    warmup: int = 100
+    weight_decay: float = 0.05
+    low_res: float = 0.25  # share of images drawn at 32 px and upsampled
+    blur: float = 0.25  # share of images blurred
+    noise: float = 4.0  # std of added pixel noise, 0..255 scale
+
+
+@dataclass(frozen=True)
+class Batch:
+    images: torch.Tensor  # [B, 3, 64, 64]
+    tokens: (
+        torch.Tensor
+    )  # [B * (1 + K), L]: the B true captions, then K hard negatives per image, compact ids
+
+
+def training_vocabulary() -> CompactVocabulary:
+    """Every token a world caption can hold (each word alone covers it: the BPE splits at spaces)."""
+    return CompactVocabulary.from_texts(sorted(WORDS))
+
+
+@lru_cache(maxsize=1)
+def _word_tokens() -> dict[str, list[int]]:
+    """Each world word's BPE ids (without start and end tokens)."""
+    tokens = tokenizer()(sorted(WORDS))  # [words, context]: SOT, the word's pieces, EOT, padding
+    out = {}
+    for word, row in zip(sorted(WORDS), tokens.tolist(), strict=True):
+        end = row.index(row[0] + 1)  # the end-of-text id follows the start-of-text id in CLIP's vocabulary
+        out[word] = row[1:end]
+    return out
+
+
+def tokenize_captions(captions: Sequence[str]) -> torch.Tensor:
+    """World captions -> full-vocabulary ids [N, L] cut to the longest: what the CLIP tokenizer gives for them
+    (lower-case words split at spaces, each word's pieces looked up once), much faster than running it."""
+    start, end = tokenizer().sot_token_id, tokenizer().eot_token_id
+    pieces = _word_tokens()
+    rows = [
+        [start, *(piece for word in caption.split() for piece in pieces[word]), end] for caption in captions
+    ]
+    out = torch.zeros(len(rows), max(len(row) for row in rows), dtype=torch.long)
+    for i, row in enumerate(rows):
+        out[i, : len(row)] = torch.tensor(row)
+    return out
+
+
+def _augment(
+    image: Image.Image, scene_render, rng: np.random.Generator, settings: TrainSettings
+) -> np.ndarray:
+    if rng.random() < settings.low_res:
+        image = scene_render(32).resize(image.size, Image.BICUBIC)
+    if rng.random() < settings.blur:
+        image = image.filter(ImageFilter.GaussianBlur(float(rng.uniform(0.4, 1.0))))
+    pixels = np.asarray(image, dtype=np.float32)
+    if settings.noise > 0:
+        pixels = pixels + settings.noise * rng.standard_normal(pixels.shape, dtype=np.float32)
+    return np.clip(pixels, 0, 255).astype(np.uint8)
+
+
+def make_batch(rng: np.random.Generator, settings: TrainSettings, vocabulary: CompactVocabulary) -> Batch:
+    """One training batch drawn from `rng` alone."""
+    scenes = [sample_scene(rng) for _ in range(settings.batch_size)]
+    images = [Image.fromarray(_augment(scene.render(), scene.render, rng, settings)) for scene in scenes]
+    captions = [scene.caption() for scene in scenes]
+    negatives = [text for scene in scenes for text in distractors(scene, rng, settings.hard_negatives)]
+    tokens = tokenize_captions(captions + negatives)  # [B * (1 + K), L]
+    return Batch(images=image_tensor(images), tokens=vocabulary.encode(tokens))
+
+
+def encode_text(model: torch.nn.Module, tokens: torch.Tensor) -> torch.Tensor:
+    """open_clip's `CLIP.encode_text` on tokens cut to their longest caption ([N, L], L <= context).
+
+    Exact, not an approximation: the causal mask means no position sees a later one, and the features are
+    read at the end-of-text token, so the padding after it never mattered. It only costs compute.
+    """
+    length = tokens.shape[1]
+    x = model.token_embedding(tokens) + model.positional_embedding[:length]  # [N, L, width]
+    x = model.transformer(x, attn_mask=model.attn_mask[:length, :length])
+    x = model.ln_final(x)  # [N, L, width]
+    pooled = x[torch.arange(x.shape[0]), tokens.argmax(dim=-1)]  # [N, width]: at the end-of-text token
+    return pooled @ model.text_projection  # [N, embed]
+
+
+def clip_loss(model: torch.nn.Module, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
+    """(loss, image-to-caption accuracy among all candidates): symmetric InfoNCE, with the hard negatives as
+    extra candidates for the images."""
+    image = F.normalize(model.encode_image(batch.images), dim=-1)  # [B, D]
+    text = F.normalize(encode_text(model, batch.tokens), dim=-1)  # [B * (1 + K), D]
+    count = image.shape[0]
+    scale = model.logit_scale.exp().clamp(max=100.0)
+    logits = scale * image @ text.T  # [B, B * (1 + K)]: every image against every caption
+    target = torch.arange(count)
+    loss_image = F.cross_entropy(logits, target)
+    loss_text = F.cross_entropy(logits[:, :count].T, target)  # [B, B]: true captions against images
+    accuracy = (logits.argmax(1) == target).float().mean()
+    return (loss_image + loss_text) / 2, accuracy
+
+
+def learning_rate(step: int, settings: TrainSettings) -> float:
+    """Linear warmup, then cosine decay to zero."""
+    if step < settings.warmup:
+        return settings.learning_rate * (step + 1) / settings.warmup
+    progress = (step - settings.warmup) / max(1, settings.steps - settings.warmup)
+    return settings.learning_rate * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+def optimizer(model: torch.nn.Module, settings: TrainSettings) -> torch.optim.Optimizer:
+    """AdamW with weight decay on matrices only (not on norms, biases, embeddings or the logit scale)."""
+    decay, keep = [], []
+    for name, parameter in model.named_parameters():
+        matrix = parameter.ndim >= 2 and "embedding" not in name and "class_embedding" not in name
+        (decay if matrix else keep).append(parameter)
+    groups = [{"params": decay, "weight_decay": settings.weight_decay}, {"params": keep, "weight_decay": 0.0}]
+    return torch.optim.AdamW(groups, lr=settings.learning_rate, betas=(0.9, 0.98), eps=1e-6)

@@ -1,0 +1,85 @@
+"""The world CLIP: its training pieces are exact, its file round-trips, and the shipped weights read the world."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from bora_diffusion.evaluation import ClipScorer, Conventions
+from bora_diffusion.world import sample_scene
+from bora_diffusion.world.clip import WEIGHTS_FILE, WorldClip, build_model, save_world_clip, tokenizer
+from bora_diffusion.world.clip_eval import evaluate, held_out_scenes
+from bora_diffusion.world.clip_training import encode_text, tokenize_captions, training_vocabulary
+from bora_diffusion.world.distractors import attribute_variants, attributes, distractors
+
+shipped = pytest.mark.skipif(not WEIGHTS_FILE.is_file(), reason="no shipped world-clip weights")
+
+
+def _scenes(count: int, seed: int = 0):
+    rng = np.random.default_rng(seed)
+    return [sample_scene(rng) for _ in range(count)]
+
+
+def test_distractors_are_wrong_in_one_attribute_each():
+    rng = np.random.default_rng(0)
+    for scene in _scenes(100):
+        truth = scene.caption()
+        wrong = distractors(scene, rng, 5)
+        assert len(set(wrong)) == 5 and truth not in wrong
+        one_change = {text for a in attributes(scene) for _, text in attribute_variants(scene, a)}
+        assert set(wrong) <= one_change
+        for attribute in attributes(scene):
+            assert truth in [text for _, text in attribute_variants(scene, attribute)]
+
+
+def test_fast_tokenization_and_truncated_text_tower_are_exact():
+    captions = [scene.caption() for scene in _scenes(50)]
+    tokens = tokenize_captions(captions)  # [50, L]
+    full = tokenizer()(captions)  # [50, context]
+    assert torch.equal(tokens, full[:, : tokens.shape[1]]) and not full[:, tokens.shape[1] :].any()
+    model = build_model(seed=1).eval()
+    with torch.no_grad():
+        torch.testing.assert_close(encode_text(model, tokens), model.encode_text(full), rtol=1e-5, atol=1e-5)
+
+
+def test_file_round_trip_keeps_trained_rows_and_zeroes_the_rest(tmp_path):
+    vocabulary = training_vocabulary()
+    model = build_model(vocab_size=len(vocabulary.ids), seed=2)
+    path = save_world_clip(model, vocabulary, tmp_path / "clip.safetensors")
+    loaded = WorldClip.load(path).model
+    table = loaded.token_embedding.weight  # [49408, width]
+    ids = torch.tensor(vocabulary.ids)
+    expected = model.token_embedding.weight.detach().half().float()
+    torch.testing.assert_close(table[ids], expected)
+    unused = torch.ones(table.shape[0], dtype=torch.bool)
+    unused[ids] = False
+    assert not table[unused].any()
+    captions = [scene.caption() for scene in _scenes(4)]
+    with torch.no_grad():
+        compact = encode_text(model, vocabulary.encode(tokenize_captions(captions)))
+        restored = loaded.encode_text(tokenizer()(captions))
+    torch.testing.assert_close(restored, compact, rtol=0.02, atol=0.02)  # fp16 weights in the file
+
+
+@shipped
+def test_shipped_clip_picks_the_right_caption_well_above_chance():
+    scenes = held_out_scenes(48)
+    report = evaluate(WorldClip.load(), [scene.render() for scene in scenes], scenes)
+    assert report.retrieval_chance == pytest.approx(1 / 6)
+    assert report.retrieval >= 0.6, report.lines()
+    assert report.classification >= 0.8, report.lines()
+
+
+@shipped
+def test_scorer_default_backbone_is_the_shipped_world_clip():
+    conventions = Conventions(backbone="world-clip", weights="embedded", token_rule="keep")
+    scorer = ClipScorer(conventions, device="cpu")
+    assert scorer._loaded.weights.kind == "embedded"
+    scenes = _scenes(6, seed=5)
+    images = [scene.render() for scene in scenes]
+    right = scorer.text_alignment(images, [scene.caption() for scene in scenes])
+    rng = np.random.default_rng(0)
+    wrong_captions = [distractors(scene, rng, 1)[0] for scene in scenes]
+    wrong = scorer.text_alignment(images, wrong_captions)
+    assert right.mean > wrong.mean
