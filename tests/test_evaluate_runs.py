@@ -109,6 +109,8 @@ def test_compare_writes_one_row_per_method_and_concept(compared, capsys):
     for method in METHODS:
         assert sum(line.startswith(f"| {method} |") for line in table.splitlines()) == 2  # alone and composed
     assert "kettle CLIP-T" in table and "retention T" in table and "random init" in table
+    first = rows[0]
+    assert f"{float(first['clip_t_alone']):.4f} +- {float(first['clip_t_alone_sem']):.4f}" in table
 
 
 def test_compare_chart_is_a_png_with_bars(compared):
@@ -163,6 +165,10 @@ def test_means_are_the_scorers_on_the_images_written(compared, tiny_clip):
         assert getattr(result, setting).clip_i == pytest.approx(image.mean, abs=1e-9)
         per_image = json.loads((folder / "clip_i.json").read_text())
         assert per_image["reference_count"] == 8 and per_image["image_count"] == 4
+        # The standard error over images is the sample standard deviation of the per-image scores / sqrt(4).
+        scores = np.array([entry["score"] for entry in per_image["per_image"]])
+        assert getattr(result, setting).clip_i_sem == pytest.approx(scores.std(ddof=1) / 2, rel=1e-9)
+        assert getattr(result, setting).clip_t_sem == pytest.approx(np.std(text.scores, ddof=1) / 2, rel=1e-9)
 
 
 def test_matched_ranks_are_the_nearest_in_trainable_parameters(compared, tiny_pipe):

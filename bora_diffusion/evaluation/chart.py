@@ -1,4 +1,5 @@
-"""The comparison bar chart, drawn with PIL: CLIP-T and CLIP-I per method, one bar per concept and setting.
+"""The comparison bar chart, drawn with PIL: CLIP-T and CLIP-I per method, one bar per concept and setting, with
+error bars of +- one standard error over the images.
 
 PIL rather than matplotlib: the chart is a handful of rectangles and labels, PIL is already a dependency (every
 image here goes through it), and matplotlib would add ~40 MB and a font-cache build on first import to a library
@@ -46,7 +47,7 @@ def _nice_step(span: float, ticks: int = 5) -> float:
 
 
 def bar_panels(
-    panels: list[tuple[str, dict[str, list[float | None]]]],
+    panels: list[tuple[str, dict[str, list[float | None]], dict[str, list[float | None]]]],
     groups: list[str],
     series: list[tuple[str, int, bool]],
     *,
@@ -55,8 +56,9 @@ def bar_panels(
 ) -> Image.Image:
     """Draw grouped bar panels side by side.
 
-    `panels`: (panel title, {group: [value per series]}); `groups`: x labels in order; `series`: (legend label,
-    palette index, light) per bar within a group. A None value draws no bar. The legend fills `legend_columns`
+    `panels`: (panel title, {group: [value per series]}, {group: [error per series]}); `groups`: x labels in
+    order; `series`: (legend label, palette index, light) per bar within a group. A None value draws no bar, a
+    None error no error bar; an error bar spans value +- error. The legend fills `legend_columns`
     entries per row.
     """
     font, small = _font(14), _font(12)
@@ -67,11 +69,15 @@ def bar_panels(
     draw = ImageDraw.Draw(image)
     if title:
         draw.text((width // 2, 6), title, fill="black", font=font, anchor="ma")
-    for p, (name, values) in enumerate(panels):
+    for p, (name, values, errors) in enumerate(panels):
         x0 = p * _PANEL_W + _MARGIN_LEFT
         plot_w = _PANEL_W - _MARGIN_LEFT - 14
         y_top, y_bottom = top + _MARGIN_TOP, top + _PANEL_H - _MARGIN_BOTTOM
-        numbers = [v for row in values.values() for v in row if v is not None]
+        numbers = []
+        for group in groups:
+            for value, error in zip(values[group], errors.get(group, [None] * len(series)), strict=True):
+                if value is not None:
+                    numbers += [value] if error is None else [value - error, value + error]
         low, high = min([0.0, *numbers]), max([0.0, *numbers])
         if high - low < 1e-9:
             high = low + 1.0
@@ -112,6 +118,13 @@ def bar_panels(
                     fill=fill,
                     outline=_PALETTE[color % len(_PALETTE)],
                 )
+                error = errors.get(group, [None] * len(series))[s]
+                if error is not None:
+                    cx, cap = gx + (s + 0.5) * bar_w, max(bar_w * 0.2, 2)
+                    hi, lo = y_of(value + error), y_of(value - error)
+                    draw.line([(cx, hi), (cx, lo)], fill="black")
+                    draw.line([(cx - cap, hi), (cx + cap, hi)], fill="black")
+                    draw.line([(cx - cap, lo), (cx + cap, lo)], fill="black")
             draw.text((x0 + (g + 0.5) * group_w, y_bottom + 8), group, fill="black", font=small, anchor="ma")
         draw.line([(x0, zero), (x0 + plot_w, zero)], fill="black")
         draw.line([(x0, y_top), (x0, y_bottom)], fill="black")
@@ -139,11 +152,12 @@ def comparison_chart(comparison: Comparison) -> Image.Image:
     panels = []
     for metric, label in (("clip_t", "CLIP-T (text alignment)"), ("clip_i", "CLIP-I (image alignment)")):
         values: dict[str, list[float | None]] = {}
+        errors: dict[str, list[float | None]] = {}
         for result in comparison.results:
-            values[result.budget.method] = [
-                getattr(getattr(c, setting), metric) for c in result.report.concepts for setting in settings
-            ]
-        panels.append((label, values))
+            cells = [getattr(c, setting) for c in result.report.concepts for setting in settings]
+            values[result.budget.method] = [getattr(cell, metric) for cell in cells]
+            errors[result.budget.method] = [getattr(cell, f"{metric}_sem") for cell in cells]
+        panels.append((label, values, errors))
     c = comparison.results[0].report.conventions if comparison.results else None
     title = (
         f"{comparison.base_model}: {c.backbone} {c.weights or 'random init'}, {c.preset_name or 'custom'} "

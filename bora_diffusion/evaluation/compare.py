@@ -45,7 +45,7 @@ from ..errors import ConfigError
 from ..inject import concepts as model_concepts
 from ..inject import eject, find_targets, inject, remove, wrappers
 from ..train import ConceptLike, train_concepts
-from .runs import EvalConcept, EvaluationReport, RunSettings, evaluate_concepts
+from .runs import EvalConcept, EvaluationReport, RunSettings, SettingScores, evaluate_concepts
 from .scorer import ClipScorer
 
 __all__ = [
@@ -296,6 +296,11 @@ class Comparison:
                         "clip_i_composed": composed.clip_i if composed else None,
                         "retention_t": concept.retention("clip_t"),
                         "retention_i": concept.retention("clip_i"),
+                        "clip_t_alone_sem": concept.alone.clip_t_sem,
+                        "clip_i_alone_sem": concept.alone.clip_i_sem,
+                        "clip_t_composed_sem": composed.clip_t_sem if composed else None,
+                        "clip_i_composed_sem": composed.clip_i_sem if composed else None,
+                        "images": concept.alone.images,
                     }
                 )
         return rows
@@ -339,13 +344,14 @@ class Comparison:
         """The SBoRA-shaped tables: methods as rows, CLIP-T / CLIP-I per concept, alone then composed."""
         names = self.concept_names
         first = self.results[0].report
-        c = first.conventions
+        c, run = first.conventions, self.settings.run
         lines = [
-            f"Base `{self.base_model}`; conventions: {c.backbone} {c.weights or 'random init'} "
+            f"- Base `{self.base_model}`; conventions: {c.backbone} {c.weights or 'random init'} "
             f"({c.preset_name or 'custom'}): text {c.describe_text()}; image {c.describe_image()}.",
-            f"Budget: {self.settings.rule_text()}.",
-            f"Images: prompt set `{self.settings.run.prompt_set}`, {self.settings.run.images_per_prompt} seed(s) per "
-            f"prompt, {self.settings.run.sampling.steps} sampling steps, guidance {self.settings.run.sampling.guidance:g}.",
+            f"- Budget: {self.settings.rule_text()}.",
+            f"- Images: prompt set `{run.prompt_set}`, {run.images_per_prompt} seed(s) per prompt, "
+            f"{run.sampling.steps} sampling steps, guidance {run.sampling.guidance:g}; each score is the mean over "
+            "the images +- its standard error over images.",
             "",
             "**Each concept alone**",
             "",
@@ -357,7 +363,7 @@ class Comparison:
             b, report = result.budget, result.report
             cells = [b.method, str(b.rank), f"{b.trainable_params:,} ({b.ratio:.2f}x)"]
             for concept in report.concepts:
-                cells += [f"{concept.alone.clip_t:.4f}", f"{concept.alone.clip_i:.4f}"]
+                cells += [_cell(concept.alone, "clip_t"), _cell(concept.alone, "clip_i")]
             cells += [f"{value:.4f}" for value in _means(report, "alone")]
             lines.append(_md_row(cells))
         if first.concepts and first.concepts[0].composed is not None:
@@ -369,7 +375,7 @@ class Comparison:
                 report = result.report
                 cells = [result.budget.method]
                 for concept in report.concepts:
-                    cells += [f"{concept.composed.clip_t:.4f}", f"{concept.composed.clip_i:.4f}"]
+                    cells += [_cell(concept.composed, "clip_t"), _cell(concept.composed, "clip_i")]
                 cells += [f"{value:.4f}" for value in _means(report, "composed")]
                 cells += [_mean_retention(report, "clip_t"), _mean_retention(report, "clip_i")]
                 lines.append(_md_row(cells))
@@ -390,6 +396,12 @@ class Comparison:
         with atomic_path(paths["png"]) as tmp:
             comparison_chart(self).save(tmp, format="PNG", optimize=True)
         return paths
+
+
+def _cell(scores: SettingScores, metric: str) -> str:
+    sem = getattr(scores, f"{metric}_sem")
+    mean = getattr(scores, metric)
+    return f"{mean:.4f}" if sem is None else f"{mean:.4f} +- {sem:.4f}"
 
 
 def _md_row(cells: Sequence[str]) -> str:

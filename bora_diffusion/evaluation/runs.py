@@ -27,6 +27,7 @@ import dataclasses
 import json
 import math
 import os
+import statistics
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -55,6 +56,7 @@ __all__ = [
     "RunSettings",
     "SettingScores",
     "evaluate_concepts",
+    "standard_error",
 ]
 
 REPORT_VERSION = 1
@@ -131,12 +133,20 @@ class RunSettings:
 
 @dataclass(frozen=True)
 class SettingScores:
-    """One concept's means in one setting, and where its images and per-image reports are (relative paths)."""
+    """One concept's means in one setting, their standard errors, and where its images and per-image reports are
+    (relative paths).
+
+    `clip_t_sem` / `clip_i_sem` are the standard errors of the means over the generated images (sample standard
+    deviation of the per-image scores / sqrt(images)); None with a single image. Images are the random draws of
+    an evaluation, so this is the spread another set of seeds would show; it says when two methods tie.
+    """
 
     clip_t: float
     clip_i: float
     images: int
     folder: str
+    clip_t_sem: float | None = None
+    clip_i_sem: float | None = None
 
 
 @dataclass(frozen=True)
@@ -261,6 +271,13 @@ class EvaluationReport:
     @classmethod
     def load(cls, path: str | os.PathLike[str]) -> EvaluationReport:
         return cls.from_dict(json.loads(Path(path).read_text(encoding="utf-8")))
+
+
+def standard_error(scores: Sequence[float]) -> float | None:
+    """Standard error of the mean of per-image scores: sample standard deviation / sqrt(n); None for n < 2."""
+    if len(scores) < 2:
+        return None
+    return statistics.stdev(scores) / math.sqrt(len(scores))
 
 
 def _ratio(value: float | None) -> str:
@@ -461,5 +478,7 @@ def _generate_and_score(
             clip_i=image.mean,
             images=len(images),
             folder=str(folder.relative_to(out_dir)),
+            clip_t_sem=standard_error(text.scores),
+            clip_i_sem=standard_error(image.scores),
         )
     return scores, composition.to_dict()
