@@ -27,6 +27,7 @@ from bora_diffusion.config import AdapterConfig
 from bora_diffusion.errors import ConfigError
 from bora_diffusion.evaluation import (
     ClipScorer,
+    Comparison,
     ConceptFileError,
     Conventions,
     EvalConcept,
@@ -111,6 +112,16 @@ def test_compare_writes_one_row_per_method_and_concept(compared, capsys):
     assert "kettle CLIP-T" in table and "retention T" in table and "random init" in table
     first = rows[0]
     assert f"{float(first['clip_t_alone']):.4f} +- {float(first['clip_t_alone_sem']):.4f}" in table
+
+
+def test_a_saved_comparison_reads_back_and_renders_the_same(compared, tmp_path):
+    out, _ = compared
+    comparison = Comparison.load(out / "comparison.json")
+    assert comparison.markdown() == (out / "comparison.md").read_text()
+    assert comparison.csv() == (out / "comparison.csv").read_text()
+    assert comparison.to_dict() == json.loads((out / "comparison.json").read_text())
+    paths = comparison.save(tmp_path)
+    assert paths["png"].read_bytes() == (out / "comparison.png").read_bytes()  # the chart is deterministic
 
 
 def test_compare_chart_is_a_png_with_bars(compared):

@@ -30,7 +30,7 @@ import dataclasses
 import io
 import json
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -257,6 +257,19 @@ class CompareSettings:
             "run": self.run.to_dict(),
         }
 
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> CompareSettings:
+        targets = data["targets"]
+        return cls(
+            methods=tuple(data["methods"]),
+            rank=data["rank"],
+            rule=data["rule"],
+            blocks=data["blocks"],
+            targets=targets if isinstance(targets, str) else tuple(targets),
+            train=TrainConfig.from_dict(data["train"]),
+            run=RunSettings.from_dict(data["run"]),
+        )
+
 
 @dataclass(frozen=True)
 class MethodResult:
@@ -330,6 +343,28 @@ class Comparison:
             "rows": self.rows(),
             "reports": {result.budget.method: result.report.to_dict() for result in self.results},
         }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Comparison:
+        """Read back `to_dict` (e.g. a saved comparison.json, to redraw the table or chart without rerunning)."""
+        version = data.get("comparison_version")
+        if version != COMPARISON_VERSION:
+            raise ConfigError(
+                f"comparison version {version!r} is not {COMPARISON_VERSION}: read it with the version that wrote it"
+            )
+        reports = data["reports"]
+        return cls(
+            settings=CompareSettings.from_dict(data["settings"]),
+            base_model=data["base_model"],
+            results=tuple(
+                MethodResult(MethodBudget(**budget), EvaluationReport.from_dict(reports[budget["method"]]))
+                for budget in data["budgets"]
+            ),
+        )
+
+    @classmethod
+    def load(cls, path: str | os.PathLike[str]) -> Comparison:
+        return cls.from_dict(json.loads(Path(path).read_text(encoding="utf-8")))
 
     def csv(self) -> str:
         buffer = io.StringIO()
