@@ -59,7 +59,7 @@ def draw_images(folder: Path, count: int = 3, size: int = 64, seed: int = 0) -> 
     return paths
 
 
-def wait_for_job(client, job_id: str, timeout: float = 120.0) -> dict:
+def wait_for_job(client, job_id: str, timeout: float = 600.0) -> dict:
     deadline = time.monotonic() + timeout
     while True:
         state = client.predict(job_id, api_name="/train_status")

@@ -12,24 +12,24 @@ import math
 from pathlib import Path
 
 import pytest
+from app_fixtures import REPO, draw_images, serve, wait_for_job
 from safetensors import safe_open
 
 from bora_diffusion.errors import ConfigError
 from bora_diffusion.slots import SlotLedger
-
-from app_fixtures import draw_images, serve, wait_for_job
 
 gradio_client = pytest.importorskip("gradio_client")
 from gradio_client import Client, handle_file  # noqa: E402
 from gradio_client.exceptions import AppError  # noqa: E402
 
 STEPS = 6
+FOLDERS = sorted(p.parent.name for p in (REPO / "concepts").glob("*/concept.toml"))
 # gradio 6.31 itself trips over pandas 3 deprecations on every dataframe it sends.
 pytestmark = pytest.mark.filterwarnings("ignore::pandas.errors.Pandas4Warning")
 
 
 def start(client, *, source="upload", files=(), folder="", name="", token="", class_word="", method="sbora_fa",
-          rank=4, blocks=4, steps=STEPS, lr=1e-3, sample_every=0, resolution=64):  # fmt: skip
+          rank=4, blocks=4, steps=STEPS, lr=1e-3, sample_every=0, resolution=64, embedding=False):  # fmt: skip
     return client.predict(
         source,
         [handle_file(str(f)) for f in files],
@@ -44,6 +44,7 @@ def start(client, *, source="upload", files=(), folder="", name="", token="", cl
         lr,
         sample_every,
         resolution,
+        embedding,
         api_name="/train_start",
     )
 
@@ -114,7 +115,17 @@ def test_interference_check_shows_disjoint_slots(trained, app):
 
 def test_generate_returns_images_and_a_manifest_and_is_seeded(trained, app):
     _, client, _ = app
-    args = (["mug", "kettle"], "kettle=0.8", "fused", "a photo of zqmug mug next to qwiv kettle", "", 3, 4, 5.0, 2)
+    args = (
+        ["mug", "kettle"],
+        "kettle=0.8",
+        "fused",
+        "a photo of zqmug mug next to qwiv kettle",
+        "",
+        3,
+        4,
+        5.0,
+        2,
+    )
     gallery, manifest, message = client.predict(*args, api_name="/generate")
     assert len(gallery) == 2 and message.startswith("2 image(s)")
     record = json.loads(Path(manifest).read_text())
@@ -129,12 +140,26 @@ def test_generate_returns_images_and_a_manifest_and_is_seeded(trained, app):
     assert Path(base[0]["image"]).read_bytes() != first[0]  # the concepts change the image
 
 
+def test_a_concept_with_its_own_token_embedding_trains_and_generates(app, images, trained):
+    _, client, _ = app
+    job, _ = start(client, files=images[:1], name="embedded-token", token="zqemb", class_word="mug", steps=2,
+                   embedding=True)  # fmt: skip
+    assert wait_for_job(client, job)["status"] == "done"
+    assert (
+        client.predict("embedded-token", api_name="/inspect_concept")["training"]["train_embedding"] is True
+    )
+    for _ in range(3):  # more requests than pipelines: a pipeline that took the token is rebuilt, not reused
+        gallery, _, _ = client.predict(["embedded-token"], "", "live", "a zqemb mug", "", 0, 2, 7.5, 1,
+                                       api_name="/generate")  # fmt: skip
+        assert len(gallery) == 1
+
+
 def test_export_both_layouts_as_downloads(trained, app):
     _, client, _ = app
     diffusers = client.predict("mug", "diffusers", api_name="/export_concept")
     kohya = client.predict("mug", "kohya", api_name="/export_concept")
     with safe_open(diffusers, "pt") as handle:
-        assert all(key.startswith("unet.") for key in handle.keys())
+        assert all(key.startswith("unet.") for key in handle.keys())  # noqa: SIM118 (a safe_open handle is no dict)
     with safe_open(kohya, "pt") as handle:
         keys = list(handle.keys())
     assert keys and all(key.startswith("lora_unet_") for key in keys)
@@ -159,6 +184,7 @@ def test_evaluation_table_alone_and_composed(trained, app):
         assert row["CLIP-I"] == pytest.approx(scores["clip_i"], abs=1e-4)
         assert row["images"] == 4  # 4 prompts x 1 image
     assert len(bars["data"]) == 2 * len(rows)
+    assert "retention" in summary and "random init" in summary
     library = client.predict(api_name="/list_concepts")
     mug = next(dict(zip(library["headers"], r, strict=True)) for r in library["data"] if r[0] == "mug")
     assert mug["CLIP-T"] == pytest.approx(by_name["mug"]["alone"]["clip_t"], abs=1e-4)
@@ -167,7 +193,9 @@ def test_evaluation_table_alone_and_composed(trained, app):
 def test_stop_saves_and_the_queue_runs_one_job_at_a_time(app, images, trained):
     _, client, _ = app
     long_id, _ = start(client, files=images, name="long", token="zqlong", class_word="mug", steps=5000)
-    short_id, short = start(client, source="folder", folder="robot", name="robot-lora", method="lora", steps=2)
+    short_id, short = start(
+        client, source="folder", folder="robot", name="robot-lora", method="lora", steps=2
+    )
     assert short["status"] == "queued" and short["queue_position"] == 1
     while client.predict(long_id, api_name="/train_status")["step"] < 3:
         pass
@@ -195,7 +223,9 @@ def test_delete_removes_the_files_and_frees_the_name(app, images, trained):
 
 def test_a_name_that_tries_to_leave_the_data_folder_stays_inside(app, images):
     ctx, client, root = app
-    job, state = start(client, files=images[:1], name="../../escape", token="zqesc", class_word="mug", steps=1)
+    job, state = start(
+        client, files=images[:1], name="../../escape", token="zqesc", class_word="mug", steps=1
+    )
     assert state["concept"] == "escape"
     assert wait_for_job(client, job)["status"] == "done"
     assert (ctx.data.concepts / "escape.safetensors").is_file()
@@ -207,7 +237,7 @@ def test_presets_and_folders(app):
     _, client, _ = app
     assert client.predict("bora_block", api_name="/method_preset") == (2, 4, 200, 1e-3)
     assert client.predict("lora", api_name="/method_preset")[0] == 4
-    assert client.predict(api_name="/concept_folders") == ["kettle", "robot"]
+    assert client.predict(api_name="/concept_folders") == FOLDERS
 
 
 def _bad_file(folder: Path) -> list[Path]:
@@ -231,8 +261,14 @@ BAD_TRAIN = [
     ({"steps": 200_000}, "steps: give a whole number from 1 to 100000"),
     ({"lr": -1}, "learning rate"),
     ({"rank": 0}, "rank: give a whole number"),
-    ({"source": "folder", "folder": "../../etc"}, "folder: pick one of the concept folders (kettle, robot)"),
-    ({"source": "folder", "folder": "kettle", "name": ""}, "a concept named 'kettle' is already in the library"),
+    (
+        {"source": "folder", "folder": "../../etc"},
+        f"folder: pick one of the concept folders ({', '.join(FOLDERS)})",
+    ),
+    (
+        {"source": "folder", "folder": "kettle", "name": ""},
+        "a concept named 'kettle' is already in the library",
+    ),
     ({"source": "elsewhere"}, "'elsewhere' (type: <class 'str'>) is not in the list of choices"),
 ]
 
@@ -268,7 +304,11 @@ BAD_CALLS = [
     ("/generate", (["mug"], "", "live", "a mug", "", 0, 1000, 7.5, 1), "steps: give a whole number"),
     ("/generate", (["mug"], "", "live", "a mug", "", -1, 4, 7.5, 1), "seed: give a whole number"),
     ("/generate", (["mug"], "mug=abc", "live", "a mug", "", 0, 4, 7.5, 1), "weights: 'mug=abc'"),
-    ("/generate", (["mug"], "", "sideways", "a mug", "", 0, 4, 7.5, 1), "'sideways' (type: <class 'str'>) is not in the list of choices"),
+    (
+        "/generate",
+        (["mug"], "", "sideways", "a mug", "", 0, 4, 7.5, 1),
+        "'sideways' (type: <class 'str'>) is not in the list of choices",
+    ),
     ("/generate", (["nobody"], "", "live", "a mug", "", 0, 4, 7.5, 1), "there is no concept 'nobody'"),
     ("/evaluate", ([], "quick-object", "default", 1, 2), "pick at least one trained concept"),
     ("/evaluate", (["mug"], "bogus", "default", 1, 2), "unknown prompt set 'bogus'"),
@@ -284,7 +324,7 @@ def test_bad_calls_are_refused_in_words(app, trained, api, args, message):
     with pytest.raises(AppError) as caught:
         client.predict(*args, api_name=api)
     assert message in str(caught.value)
-    assert client.predict(api_name="/concept_folders") == ["kettle", "robot"]  # still serving
+    assert client.predict(api_name="/concept_folders") == FOLDERS  # still serving
 
 
 def test_export_refuses_a_method_without_an_exact_lora_form(app, images, trained):

@@ -43,7 +43,9 @@ class Request:
         if not _is_int(self.steps) or not 1 <= self.steps <= MAX_STEPS:
             raise ConfigError(f"steps: give a whole number from 1 to {MAX_STEPS}, got {self.steps!r}")
         if not _is_int(self.count) or not 1 <= self.count <= MAX_COUNT:
-            raise ConfigError(f"count: give a whole number of images from 1 to {MAX_COUNT}, got {self.count!r}")
+            raise ConfigError(
+                f"count: give a whole number of images from 1 to {MAX_COUNT}, got {self.count!r}"
+            )
         if not isinstance(self.guidance, int | float) or not 0 <= self.guidance <= 30:
             raise ConfigError(f"guidance: give a number from 0 to 30, got {self.guidance!r}")
 
@@ -68,7 +70,9 @@ def parse_weights(names: Sequence[str], text: str) -> list[tuple[str, float]]:
         weights[name.strip()] = weight
     unknown = sorted(set(weights) - set(names))
     if unknown:
-        raise ConfigError(f"weights: {', '.join(unknown)} is not among the picked concepts; pick it or drop it")
+        raise ConfigError(
+            f"weights: {', '.join(unknown)} is not among the picked concepts; pick it or drop it"
+        )
     return [(name, weights.get(name, 1.0)) for name in names]
 
 
@@ -80,7 +84,15 @@ def pair_rows(report: CompositionReport, limit: int = 40) -> list[list]:
     """The most entangled layer pairs first (largest |cosine|), rounded for reading."""
     pairs = sorted(report.pairs, key=lambda p: -abs(p.cosine))[:limit]
     return [
-        [p.layer, p.first, p.second, p.overlap, round(p.cosine, 4), round(p.cross_in, 4), round(p.cross_out, 4)]
+        [
+            p.layer,
+            p.first,
+            p.second,
+            p.overlap,
+            round(p.cosine, 4),
+            round(p.cross_in, 4),
+            round(p.cross_out, 4),
+        ]
         for p in pairs
     ]
 

@@ -133,12 +133,12 @@ def table(report: EvaluationReport) -> list[list]:
 
 
 def bars(report: EvaluationReport) -> list[dict]:
-    """Long-format rows for a grouped bar chart: x = concept (method), one bar per metric and setting."""
+    """Rows for the bar chart: one bar per concept, metric and setting, side by side (a plot that stacked them
+    would add CLIP-T to CLIP-I)."""
     out = []
     for row in table(report):
-        label = f"{row[0]} ({row[1]})"
-        out.append({"concept": label, "score": row[3], "metric": f"CLIP-T {row[2]}"})
-        out.append({"concept": label, "score": row[4], "metric": f"CLIP-I {row[2]}"})
+        for metric, score in (("CLIP-T", row[3]), ("CLIP-I", row[4])):
+            out.append({"bar": f"{row[0]} {metric} {row[2]}", "score": score, "metric": f"{metric} {row[2]}"})
     return out
 
 

@@ -72,15 +72,31 @@ class Handlers:
         self.ctx = ctx
 
     # ------------------------------------------------------------------------------------------------ train
-    def method_preset(self, method: str) -> tuple[int, int | None, int, float]:
+    def method_preset(self, method: str) -> tuple[int, int, int, float]:
+        """(rank, blocks, steps, learning rate) for `method`; blocks shows bora_block's value for every method
+        (the field is read for bora_block only)."""
         p = training.preset(method)
-        return p.rank, p.blocks, p.steps, p.learning_rate
+        return p.rank, p.blocks or training.PRESETS["bora_block"].blocks, p.steps, p.learning_rate
 
     def concept_folders(self) -> list[str]:
         return training.concept_folders(self.ctx.concepts_root)
 
     def train_start(
-        self, source, files, folder, name, token, class_word, method, rank, blocks, steps, lr, sample_every, res
+        self,
+        source,
+        files,
+        folder,
+        name,
+        token,
+        class_word,
+        method,
+        rank,
+        blocks,
+        steps,
+        lr,
+        sample_every,
+        res,
+        train_embedding=False,
     ) -> tuple[str, dict]:
         form = training.Form(
             source=source,
@@ -96,6 +112,7 @@ class Handlers:
             learning_rate=lr,
             sample_every=sample_every,
             resolution=res,
+            train_embedding=bool(train_embedding),
         )
         concept, adapter, config = training.build(
             form, self.ctx.data, self.ctx.concepts_root, self.ctx.jobs.check_name
@@ -112,7 +129,12 @@ class Handlers:
     def train_view(self, job_id: str):
         """The live view of a job for the page: progress bar, a status line, the loss curve, the samples."""
         if not str(job_id or "").strip():
-            return progress_html(None), "No training job yet: fill in the form and press Start.", _loss(None), []
+            return (
+                progress_html(None),
+                "No training job yet: fill in the form and press Start.",
+                _loss(None),
+                [],
+            )
         state = self.ctx.jobs.status(job_id)
         return progress_html(state), status_line(state), _loss(state), state["samples"]
 
@@ -141,7 +163,9 @@ class Handlers:
         verdict = (
             "Slots overlap: fusing would blend these concepts."
             if clashes
-            else "No slot overlap: safe to fuse." if report.pairs else "One concept: nothing to compare."
+            else "No slot overlap: safe to fuse."
+            if report.pairs
+            else "One concept: nothing to compare."
         )
         rows = pd.DataFrame(compose.pair_rows(report), columns=compose.PAIR_COLUMNS)
         return f"**Interference check.** {verdict} {report.summary()}", rows
@@ -174,7 +198,7 @@ class Handlers:
             steps=_number(steps, "steps"),
         )
         table = pd.DataFrame(evaluate.table(report), columns=evaluate.COLUMNS)
-        bars = pd.DataFrame(evaluate.bars(report), columns=["concept", "score", "metric"])
+        bars = pd.DataFrame(evaluate.bars(report), columns=["bar", "score", "metric"])
         return table, bars, str(Path(folder) / "evaluation.json"), report.summary()
 
 
@@ -196,7 +220,7 @@ def progress_html(state: dict | None) -> str:
     return (
         f'<div id="train-progress" data-status="{html.escape(state["status"])}" data-step="{step}" '
         f'data-total="{total}"><progress value="{step}" max="{total}" style="width:100%;height:1.4em">'
-        f"</progress><div>{html.escape(status_line(state))}</div></div>"
+        "</progress></div>"
     )
 
 
@@ -213,10 +237,15 @@ def status_line(state: dict) -> str:
     if state["status"] == "failed":
         return f"{head}. Training failed: {state['error']}"
     if state["status"] in FINISHED:
-        return f"{head}. Saved to the library as {state['concept']!r}." if state["status"] != "cancelled" else head
+        return (
+            f"{head}. Saved to the library as {state['concept']!r}."
+            if state["status"] != "cancelled"
+            else head
+        )
     return head
 
 
 def _loss(state: dict | None) -> pd.DataFrame:
     points = state["loss"] if state else []
-    return pd.DataFrame(points, columns=["step", "loss"])
+    # Typed even when empty: an untyped empty frame is read as categories, and the plot keeps that axis type.
+    return pd.DataFrame(points, columns=["step", "loss"]).astype({"step": "int64", "loss": "float64"})

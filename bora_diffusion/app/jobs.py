@@ -23,7 +23,8 @@ from ..concept import Concept
 from ..config import AdapterConfig, TrainConfig
 from ..errors import BoraError, ConfigError
 from ..formats import save_adapter
-from ..inject import concepts as concepts_in, remove
+from ..inject import concepts as concepts_in
+from ..inject import remove
 from ..slots import SlotLedger
 from ..train import Trainer
 from .models import Pipelines
@@ -31,7 +32,8 @@ from .storage import DataDir
 
 log = logging.getLogger(__name__)
 
-QUEUED, RUNNING, DONE, STOPPED, FAILED, CANCELLED = "queued", "running", "done", "stopped", "failed", "cancelled"
+QUEUED, RUNNING, DONE, STOPPED = "queued", "running", "done", "stopped"
+FAILED, CANCELLED = "failed", "cancelled"
 FINISHED = (DONE, STOPPED, FAILED, CANCELLED)
 LEDGER = "slots.json"
 
@@ -205,12 +207,14 @@ class JobQueue:
                 job.status = STOPPED if job.stop.is_set() else DONE
             except BoraError as error:
                 job.status, job.error = FAILED, str(error)
-            except Exception as error:  # a bug: keep the queue alive and show it, with the log holding the trace
+            except Exception as error:
+                # A bug: keep the queue alive and show it; the log holds the traceback.
                 log.error("training job %s failed:\n%s", job.id, traceback.format_exc())
                 job.status, job.error = FAILED, f"internal error ({type(error).__name__}: {error})"
 
     def _train(self, job: Job) -> None:
         pipe = self.pipelines.train_pipe()
+        vocabulary = len(pipe.tokenizer)
         out_dir = self.data.concepts
         with self.ledger_lock:
             path = out_dir / LEDGER
@@ -243,6 +247,7 @@ class JobQueue:
         finally:
             if job.name in concepts_in(pipe.unet):
                 remove(pipe.unet, job.name)  # the next job starts from the plain base again
+            self.pipelines.drop_train_pipe_if_changed(vocabulary)
         with self.ledger_lock:
             ledger.save(out_dir / LEDGER)
         self.data.update_sidecar(

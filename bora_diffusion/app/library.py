@@ -40,7 +40,7 @@ def _slots(info: AdapterFile) -> str:
     slots = info.slots()
     if not slots:
         return info.slot_space
-    layer, index = next(iter(sorted(slots.items())))
+    _, index = next(iter(sorted(slots.items())))
     shown = ",".join(str(i) for i in index.tolist()[:6])
     return f"{info.slot_space}: {len(slots)} layers, e.g. [{shown}{',...' if index.numel() > 6 else ''}]"
 

@@ -39,13 +39,28 @@ class Pipelines:
 
     @contextlib.contextmanager
     def borrow(self) -> Iterator:
-        """A generation pipeline for the duration of the block, left without adapters afterwards."""
+        """A generation pipeline for the duration of the block, left without adapters afterwards.
+
+        A concept with a trained token embedding adds its token to the tokenizer and text encoder, which eject
+        does not undo; such a pipeline is dropped and the pool builds a fresh one on the next request.
+        """
         pipe = self._take()
+        vocabulary = len(pipe.tokenizer)
         try:
             yield pipe
         finally:
             eject(pipe.unet)
-            self._pool.put(pipe)
+            if len(pipe.tokenizer) == vocabulary:
+                self._pool.put(pipe)
+            else:
+                with self._lock:
+                    self._made -= 1
+
+    def drop_train_pipe_if_changed(self, vocabulary: int) -> None:
+        """Forget the training pipeline when a job added tokens to it (see `borrow`)."""
+        with self._lock:
+            if self._train is not None and len(self._train.tokenizer) != vocabulary:
+                self._train = None
 
     def _take(self):
         with self._lock:

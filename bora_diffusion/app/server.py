@@ -26,9 +26,15 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--host", default="127.0.0.1", help="address to serve on (default 127.0.0.1)")
     parser.add_argument("--port", type=int, default=7860, help="port (default 7860)")
     parser.add_argument("--auth", default=None, help="user:password, required for any host but localhost")
-    parser.add_argument("--base", default=None, help="base model: 'embedded' (default), a diffusers folder or hub id")
-    parser.add_argument("--data", default="bora_app_data", help="the app's data folder (default ./bora_app_data)")
-    parser.add_argument("--concepts", default="concepts", help="folder of concept folders offered for training")
+    parser.add_argument(
+        "--base", default=None, help="base model: 'embedded' (default), a diffusers folder or hub id"
+    )
+    parser.add_argument(
+        "--data", default="bora_app_data", help="the app's data folder (default ./bora_app_data)"
+    )
+    parser.add_argument(
+        "--concepts", default="concepts", help="folder of concept folders offered for training"
+    )
     parser.add_argument("--workers", type=int, default=2, help="generations served at once (default 2)")
     parser.add_argument(
         "--clip",

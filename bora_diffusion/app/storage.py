@@ -103,7 +103,8 @@ class DataDir:
             raise ConceptError(f"upload: {len(problems)} problem(s): {'; '.join(problems)}", problems)
         folder = inside(self.root, "uploads", name)
         if folder.exists():
-            shutil.rmtree(folder)  # a failed or replaced upload of the same name; trained files live elsewhere
+            # An upload of a name that is not trained (checked before): its images may be replaced.
+            shutil.rmtree(folder)
         folder.mkdir(parents=True)
         originals = {}  # stored name -> the name the user knows the file by
         try:

@@ -77,6 +77,7 @@ class Form:
     learning_rate: float = 1e-3
     sample_every: float = 0
     resolution: float = 64
+    train_embedding: bool = False  # also train the token's own text embedding (ED-LoRA)
 
 
 def _whole(value, field: str, low: int, high: int) -> int:
@@ -109,13 +110,17 @@ def build(
     except (TypeError, ValueError):
         learning_rate = float("nan")
     if not 0 < learning_rate < 1:
-        raise ConfigError(f"learning rate: give a number between 0 and 1 (e.g. 1e-3), got {form.learning_rate!r}")
+        raise ConfigError(
+            f"learning rate: give a number between 0 and 1 (e.g. 1e-3), got {form.learning_rate!r}"
+        )
     if resolution % 8:
         raise ConfigError(f"resolution: give a multiple of 8, got {resolution}")
 
     if form.source == "upload":
         if not str(form.name or "").strip():
-            raise ConfigError("name: give the new concept a name (letters, digits, '-' and '_'), e.g. 'my-mug'")
+            raise ConfigError(
+                "name: give the new concept a name (letters, digits, '-' and '_'), e.g. 'my-mug'"
+            )
         for field, value in (("token", form.token), ("class word", form.class_word)):
             if not str(value or "").strip():
                 raise ConfigError(f"{field}: required for an upload (e.g. token 'zqmug', class word 'mug')")
@@ -141,6 +146,14 @@ def build(
         raise ConfigError(f"source: choose 'upload' or 'folder', got {form.source!r}")
 
     adapter = AdapterConfig(method=method, rank=rank, blocks=blocks)
-    base = TrainConfig(steps=steps, learning_rate=learning_rate, resolution=resolution, sample_every=sample_every)
-    config = concept.train_config(base, steps=steps, learning_rate=learning_rate, resolution=resolution)
+    base = TrainConfig(
+        steps=steps, learning_rate=learning_rate, resolution=resolution, sample_every=sample_every
+    )
+    config = concept.train_config(
+        base,
+        steps=steps,
+        learning_rate=learning_rate,
+        resolution=resolution,
+        train_embedding=bool(form.train_embedding) or None,  # None: the concept folder's own choice
+    )
     return concept, adapter, config

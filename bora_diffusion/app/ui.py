@@ -43,10 +43,15 @@ def build(ctx: Context) -> gr.Blocks:
                         elem_id="train-files",
                     )
                     folder = gr.Dropdown(
-                        folders, value=folders[0] if folders else None, label="Concept folder", visible=False,
-                        allow_custom_value=True
+                        folders,
+                        value=folders[0] if folders else None,
+                        label="Concept folder",
+                        visible=False,
+                        allow_custom_value=True,
                     )
-                    name = gr.Textbox(label="Name (the library entry; optional for a folder)", elem_id="train-name")
+                    name = gr.Textbox(
+                        label="Name (the library entry; optional for a folder)", elem_id="train-name"
+                    )
                     with gr.Row():
                         token = gr.Textbox(label="Token (a made-up word, e.g. zqmug)", elem_id="train-token")
                         class_word = gr.Textbox(label="Class word (e.g. mug)", elem_id="train-class")
@@ -61,6 +66,9 @@ def build(ctx: Context) -> gr.Blocks:
                         sample_every = gr.Number(0, label="Sample every N steps (0: never)", precision=0,
                                                  elem_id="train-sample-every")  # fmt: skip
                         resolution = gr.Number(64, label="Resolution", precision=0)
+                    embedding = gr.Checkbox(
+                        False, label="Also train the token's own text embedding (ED-LoRA)"
+                    )
                     with gr.Row():
                         start = gr.Button("Start training", variant="primary", elem_id="train-start")
                         stop = gr.Button("Stop and save", variant="stop", elem_id="train-stop")
@@ -90,9 +98,15 @@ def build(ctx: Context) -> gr.Blocks:
         with gr.Tab("Compose & generate", id="compose") as compose_tab:
             with gr.Row():
                 picked = gr.Dropdown(
-                    [], multiselect=True, label="Concepts", elem_id="compose-concepts", allow_custom_value=True
+                    [],
+                    multiselect=True,
+                    label="Concepts",
+                    elem_id="compose-concepts",
+                    allow_custom_value=True,
                 )
-                weights = gr.Textbox(label="Weights (name=weight, default 1)", placeholder="kettle=1, robot=0.8")
+                weights = gr.Textbox(
+                    label="Weights (name=weight, default 1)", placeholder="kettle=1, robot=0.8"
+                )
                 mode = gr.Radio(list(compose.MODES), value="fused", label="Mode")
             check = gr.Button("Check interference")
             report = gr.Markdown(elem_id="compose-report")
@@ -130,7 +144,15 @@ def build(ctx: Context) -> gr.Blocks:
             evaluate_btn = gr.Button("Evaluate", variant="primary", elem_id="eval-run")
             eval_msg = gr.Markdown(elem_id="eval-message")
             scores = gr.Dataframe(headers=evaluate.COLUMNS, interactive=False, elem_id="eval-table")
-            chart = gr.BarPlot(x="concept", y="score", color="metric", title="Scores", height=280)
+            chart = gr.BarPlot(
+                x="bar",
+                y="score",
+                color="metric",
+                title="Scores by concept, metric and setting",
+                height=300,
+                x_label_angle=-30,
+                sort=None,
+            )
             eval_file = gr.File(label="Report (evaluation.json)")
 
         # ------------------------------------------------------------------------------------------ events
@@ -144,7 +166,7 @@ def build(ctx: Context) -> gr.Blocks:
         start.click(
             g["train_start"],
             [source, files, folder, name, token, class_word, method, rank, blocks, steps, lr, sample_every,
-             resolution],
+             resolution, embedding],
             [job_id, details],
             api_name="train_start",
         )  # fmt: skip
