@@ -3,9 +3,14 @@
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 bash scripts/setup.sh
+# The browser tests need Chromium; if it cannot be installed they fail (below) instead of silently skipping.
+bash scripts/setup_browser.sh || echo "test.sh: could not install chromium; the browser tests will fail" >&2
+export BORA_REQUIRE_BROWSER=1
+# Screenshots of every app tab from the browser test land here, for people to look at after a run.
+export BORA_TEST_ARTIFACTS="${BORA_TEST_ARTIFACTS:-$PWD/test-artifacts}"
 source scripts/env.sh
-.venv/bin/ruff check bora_diffusion tests scripts
-.venv/bin/ruff format --check bora_diffusion tests scripts
+.venv/bin/ruff check bora_diffusion tests scripts app.py
+.venv/bin/ruff format --check bora_diffusion tests scripts app.py
 # Tests must not write into the user's home: the embedded default is built in a throwaway folder.
 export BORA_DIFFUSION_HOME="${BORA_DIFFUSION_HOME:-$(mktemp -d)}"
 exec .venv/bin/python -m pytest "$@"
