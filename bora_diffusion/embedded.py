@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import gzip
+import hashlib
 import json
 import os
 import shutil
@@ -27,30 +28,43 @@ import torch
 import transformers.utils.logging
 from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
 from open_clip.tokenizer import bytes_to_unicode, default_bpe
+from safetensors import safe_open
+from safetensors.torch import load_file
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
 __all__ = [
     "CLIP_VOCAB_SIZE",
     "EMBEDDED_NAME",
     "EMBEDDED_RECIPE_VERSION",
+    "TOKEN_ROWS_SEED",
     "build_tiny_pipeline",
     "clip_tokenizer",
+    "default_pipeline",
     "embedded_dir",
     "embedded_identity",
     "ensure_embedded_default",
+    "has_shipped_base",
     "home_dir",
     "is_complete",
+    "load_shipped_base",
+    "sd15_scheduler",
+    "shipped_base_dir",
     "silenced_progress_bars",
+    "untrained_token_rows",
+    "weights_identity",
 ]
 
 # The identity string adapter files record for a concept trained on the embedded default.
 EMBEDDED_NAME = "embedded:tiny-sd-v1"
 # Bump whenever build_tiny_pipeline (or the source of its weights) changes: a saved folder of another version is
 # rebuilt instead of silently loading stale weights under the same name.
-EMBEDDED_RECIPE_VERSION = 1
+EMBEDDED_RECIPE_VERSION = 2
 # 256 byte tokens + 256 byte tokens with "</w>" + 48,894 merges + 2 special tokens (OpenAI CLIP).
 CLIP_VOCAB_SIZE = 49408
 CLIP_CONTEXT_LENGTH = 77
+
+# Seed of the token-embedding rows the world base never trains (see `untrained_token_rows`).
+TOKEN_ROWS_SEED = 49408
 
 _BOS = "<|startoftext|>"
 _EOS = "<|endoftext|>"
@@ -150,8 +164,8 @@ def _tiny_text_encoder() -> CLIPTextModel:
     return CLIPTextModel(config)
 
 
-def _sd15_scheduler() -> DDIMScheduler:
-    # Stable Diffusion 1.5's schedule, so samplers and training noise behave like on a real base.
+def sd15_scheduler() -> DDIMScheduler:
+    """Stable Diffusion 1.5's schedule, so samplers and training noise behave like on a real base."""
     return DDIMScheduler(
         num_train_timesteps=1000,
         beta_start=0.00085,
@@ -162,6 +176,18 @@ def _sd15_scheduler() -> DDIMScheduler:
         set_alpha_to_one=False,
         steps_offset=1,
     )
+
+
+def untrained_token_rows(vocab_size: int, width: int, seed: int = TOKEN_ROWS_SEED) -> torch.Tensor:
+    """The (vocab_size, width) token table the world base's text encoder starts from: N(0, 0.02), like CLIP's init.
+
+    The world's captions use a few dozen of the 49,408 CLIP tokens. Rows of the others never get a gradient and
+    are trained without weight decay, so they end exactly as drawn here; the shipped text encoder therefore stores
+    only the trained rows (saving 49,408 x width halfs, about 6 MB at width 64) and the loader redraws the rest.
+    They must stay distinct random vectors rather than zeros, so that two unseen concept tokens still differ.
+    """
+    generator = torch.Generator().manual_seed(seed)
+    return torch.randn((vocab_size, width), generator=generator) * 0.02
 
 
 def build_tiny_pipeline(seed: int = 0) -> StableDiffusionPipeline:
@@ -180,13 +206,83 @@ def build_tiny_pipeline(seed: int = 0) -> StableDiffusionPipeline:
         text_encoder=text_encoder,
         tokenizer=clip_tokenizer(),
         unet=unet,
-        scheduler=_sd15_scheduler(),
+        scheduler=sd15_scheduler(),
         safety_checker=None,
         feature_extractor=None,
         requires_safety_checker=False,
     )
     pipe.set_progress_bar_config(disable=True)
     return pipe
+
+
+def shipped_base_dir() -> Path:
+    """Where the trained world base ships inside the package (written by `scripts/train_world_base.py package`)."""
+    return Path(__file__).resolve().parent / "world" / "weights" / "base"
+
+
+_SHIPPED_FILES = (
+    "unet.json",
+    "unet.safetensors",
+    "vae.json",
+    "vae.safetensors",
+    "text_encoder.json",
+    "text_encoder.safetensors",
+    "scheduler.json",
+)
+
+
+def has_shipped_base() -> bool:
+    """True when every file of the trained world base is present in the package."""
+    folder = shipped_base_dir()
+    return all((folder / name).is_file() for name in _SHIPPED_FILES)
+
+
+def load_shipped_base() -> StableDiffusionPipeline:
+    """The trained world base as an fp32 pipeline, from the fp16 files shipped in the package.
+
+    The text encoder's token table is rebuilt: `untrained_token_rows` for every row, then the trained rows the file
+    carries (`token_rows.ids`, `token_rows.values`) written over them.
+    """
+    folder = shipped_base_dir()
+    if not has_shipped_base():
+        raise FileNotFoundError(f"no trained world base in {folder}: run scripts/train_world_base.py all")
+    unet = UNet2DConditionModel.from_config(json.loads((folder / "unet.json").read_text()))
+    unet.load_state_dict(_upcast(load_file(folder / "unet.safetensors")))
+    vae = AutoencoderKL.from_config(json.loads((folder / "vae.json").read_text()))
+    vae.load_state_dict(_upcast(load_file(folder / "vae.safetensors")))
+    text_config = CLIPTextConfig.from_dict(json.loads((folder / "text_encoder.json").read_text()))
+    text_encoder = CLIPTextModel(text_config)
+    with safe_open(folder / "text_encoder.safetensors", framework="pt") as file:
+        seed = int((file.metadata() or {}).get("token_rows_seed", TOKEN_ROWS_SEED))
+    tensors = _upcast(load_file(folder / "text_encoder.safetensors"))
+    ids = tensors.pop("token_rows.ids").long()  # (trained,)
+    values = tensors.pop("token_rows.values")  # (trained, width)
+    table = untrained_token_rows(text_config.vocab_size, text_config.hidden_size, seed)  # (vocab, width)
+    table[ids] = values
+    table_key = next(key for key in text_encoder.state_dict() if key.endswith("token_embedding.weight"))
+    tensors[table_key] = table
+    # position_ids is a buffer that transformers may or may not persist; strict=False tolerates exactly that.
+    missing, unexpected = text_encoder.load_state_dict(tensors, strict=False)
+    if unexpected or [key for key in missing if not key.endswith("position_ids")]:
+        raise RuntimeError(f"shipped text encoder does not match its config: {missing=} {unexpected=}")
+    scheduler = DDIMScheduler.from_config(json.loads((folder / "scheduler.json").read_text()))
+    pipe = StableDiffusionPipeline(
+        vae=vae.eval(),
+        text_encoder=text_encoder.eval(),
+        tokenizer=clip_tokenizer(),
+        unet=unet.eval(),
+        scheduler=scheduler,
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    )
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def _upcast(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    # Weights ship in fp16 to halve the package; compute stays fp32 on CPU.
+    return {key: value.float() if value.is_floating_point() else value for key, value in tensors.items()}
 
 
 def home_dir() -> Path:
@@ -264,6 +360,8 @@ def is_complete(folder: Path) -> bool:
     marker = _read_marker(folder)
     if marker.get("name") != EMBEDDED_NAME or marker.get("recipe_version") != EMBEDDED_RECIPE_VERSION:
         return False
+    if marker.get("weights") != weights_identity():
+        return False
     files = marker.get("files")
     if not isinstance(files, dict) or "model_index.json" not in files:
         return False
@@ -274,14 +372,35 @@ def is_complete(folder: Path) -> bool:
     return True
 
 
-def _write_default_weights(folder: Path) -> None:
-    """Write the embedded default pipeline into the empty `folder`.
+def default_pipeline() -> StableDiffusionPipeline:
+    """The embedded default's pipeline: the trained world base when the package ships it, else the random tiny one.
 
-    The one seam for where the weights come from: today they are random from seed 0; trained weights shipped in
-    the package will be copied here instead (and EMBEDDED_RECIPE_VERSION bumped).
+    The random fallback keeps a source checkout without the weight files working (tests, the machinery); the
+    folder marker records which of the two a saved folder holds (`weights_identity`), so they never mix.
     """
+    return load_shipped_base() if has_shipped_base() else build_tiny_pipeline(0)
+
+
+@lru_cache(maxsize=1)
+def weights_identity() -> str:
+    """What the embedded default's weights are: `world-base:<sha256 of the shipped files>` or `random:seed-0`.
+
+    Recorded in the saved folder's marker, so retrained (or newly shipped) weights replace a saved folder instead
+    of being shadowed by it.
+    """
+    if not has_shipped_base():
+        return "random:seed-0"
+    digest = hashlib.sha256()
+    for name in _SHIPPED_FILES:
+        digest.update(name.encode())
+        digest.update((shipped_base_dir() / name).read_bytes())
+    return f"world-base:{digest.hexdigest()[:16]}"
+
+
+def _write_default_weights(folder: Path) -> None:
+    """Write the embedded default pipeline into the empty `folder`: the one seam for where its weights come from."""
     with silenced_progress_bars():
-        build_tiny_pipeline(0).save_pretrained(folder, safe_serialization=True)
+        default_pipeline().save_pretrained(folder, safe_serialization=True)
 
 
 def ensure_embedded_default() -> Path:
@@ -302,6 +421,7 @@ def ensure_embedded_default() -> Path:
         marker = {
             "name": EMBEDDED_NAME,
             "recipe_version": EMBEDDED_RECIPE_VERSION,
+            "weights": weights_identity(),
             "files": _file_sizes(staging),
         }
         (staging / _MARKER).write_text(json.dumps(marker, indent=2, sort_keys=True))
