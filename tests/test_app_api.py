@@ -190,6 +190,20 @@ def test_evaluation_table_alone_and_composed(trained, app):
     assert mug["CLIP-T"] == pytest.approx(by_name["mug"]["alone"]["clip_t"], abs=1e-4)
 
 
+def test_method_comparison_on_a_shipped_folder(app):
+    _, client, _ = app
+    table, bars, markdown, summary = client.predict(
+        ["kettle"], ["lora", "sbora_fa"], 4, "params", 2, "quick-object", "default", 1, 2,
+        api_name="/compare_methods",
+    )  # fmt: skip
+    rows = [dict(zip(table["headers"], row, strict=True)) for row in table["data"]]
+    assert [(r["method"], r["concept"]) for r in rows] == [("lora", "kettle"), ("sbora_fa", "kettle")]
+    assert rows[0]["rank"] == 4 and rows[1]["rank"] > 4  # sbora_fa trains one factor: a higher rank matches
+    assert abs(rows[1]["trainable params"] / rows[0]["trainable params"] - 1) < 0.5
+    assert len(bars["data"]) == 4 and "lora r4" in summary
+    assert Path(markdown).read_text().count("|") > 10
+
+
 def test_stop_saves_and_the_queue_runs_one_job_at_a_time(app, images, trained):
     _, client, _ = app
     long_id, _ = start(client, files=images, name="long", token="zqlong", class_word="mug", steps=5000)
@@ -315,6 +329,21 @@ BAD_CALLS = [
     ("/evaluate", (["mug"], "quick-object", "paper", 1, 2), "unknown conventions preset 'paper'"),
     ("/evaluate", (["mug"], "quick-object", "default", 99, 2), "images per prompt: give 1 to 8"),
     ("/method_preset", ("bogus",), "method: choose one of"),
+    (
+        "/compare_methods",
+        ([], ["lora", "dora"], 4, "params", 2, "quick-object", "default", 1, 2),
+        "folders: pick",
+    ),
+    (
+        "/compare_methods",
+        (["../x"], ["lora", "dora"], 4, "params", 2, "quick-object", "default", 1, 2),
+        "'../x' not",
+    ),
+    (
+        "/compare_methods",
+        (["kettle"], ["lora"], 4, "params", 2, "quick-object", "default", 1, 2),
+        "two methods",
+    ),
 ]
 
 

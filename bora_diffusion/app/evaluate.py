@@ -12,8 +12,11 @@ import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from ..concept import load_concept
+from ..config import TrainConfig
 from ..errors import ConfigError
 from ..evaluation import ClipScorer, preset
+from ..evaluation.compare import RANK_RULES, CompareConcept, CompareSettings, Comparison, compare_methods
 from ..evaluation.runs import EvalConcept, EvaluationReport, RunSettings, evaluate_concepts
 from ..generate import SamplingSettings
 from . import library
@@ -139,6 +142,87 @@ def bars(report: EvaluationReport) -> list[dict]:
     for row in table(report):
         for metric, score in (("CLIP-T", row[3]), ("CLIP-I", row[4])):
             out.append({"bar": f"{row[0]} {metric} {row[2]}", "score": score, "metric": f"{metric} {row[2]}"})
+    return out
+
+
+COMPARE_COLUMNS = [
+    "method", "rank", "trainable params", "concept", "CLIP-T alone", "CLIP-I alone", "CLIP-T composed",
+    "CLIP-I composed", "retention T", "retention I",
+]  # fmt: skip
+MAX_COMPARE_STEPS = 5000
+
+
+def compare(
+    data: DataDir,
+    pipelines: Pipelines,
+    scorers: Scorers,
+    folders: Sequence[str],
+    methods: Sequence[str],
+    *,
+    known_folders: Sequence[str],
+    concepts_root,
+    rank: int,
+    rule: str,
+    steps: int,
+    prompt_set: str,
+    conventions: str,
+    images_per_prompt: int,
+    sample_steps: int,
+) -> tuple[Comparison, str]:
+    """The library's method comparison (`compare_methods`) on concept folders of the app's concepts directory:
+    each method trains the concepts at a matched budget, then each is evaluated alone and composed."""
+    folders, methods = list(folders or []), list(methods or [])
+    if not folders:
+        raise ConfigError("folders: pick at least one concept folder to train with each method")
+    unknown = [name for name in folders if name not in known_folders]
+    if unknown:
+        raise ConfigError(f"folders: {', '.join(map(repr, unknown))} not among {', '.join(known_folders)}")
+    if len(methods) < 2:
+        raise ConfigError("methods: pick at least two methods to compare")
+    if rule not in RANK_RULES:
+        raise ConfigError(f"rank rule: choose one of {', '.join(RANK_RULES)}, got {rule!r}")
+    for value, field, high in (
+        (rank, "rank", 256),
+        (steps, "steps", MAX_COMPARE_STEPS),
+        (images_per_prompt, "images per prompt", MAX_IMAGES_PER_PROMPT),
+        (sample_steps, "sampling steps", 150),
+    ):
+        if not isinstance(value, int | float) or not float(value).is_integer() or not 1 <= value <= high:
+            raise ConfigError(f"{field}: give a whole number from 1 to {high}, got {value!r}")
+    items = [CompareConcept(load_concept(concepts_root / name), concepts_root / name) for name in folders]
+    settings = CompareSettings(
+        methods=tuple(methods),
+        rank=int(rank),
+        rule=rule,
+        train=TrainConfig(steps=int(steps)),
+        run=RunSettings(
+            prompt_set=prompt_set,
+            images_per_prompt=int(images_per_prompt),
+            sampling=SamplingSettings(steps=int(sample_steps)),
+        ),
+    )
+    scorer = scorers.get(conventions)
+    out = data.new_folder("evaluations")
+    with pipelines.borrow() as pipe:
+        comparison = compare_methods(pipe, items, scorer, out, base_name=pipelines.name, settings=settings)
+    return comparison, str(out)
+
+
+def compare_table(comparison: Comparison) -> list[list]:
+    keys = [
+        "method", "rank", "trainable_params", "concept", "clip_t_alone", "clip_i_alone", "clip_t_composed",
+        "clip_i_composed", "retention_t", "retention_i",
+    ]  # fmt: skip
+    return [[_round(r[k]) if isinstance(r[k], float) else r[k] for k in keys] for r in comparison.rows()]
+
+
+def compare_bars(comparison: Comparison) -> list[dict]:
+    """One bar per method, concept and metric (alone), side by side."""
+    out = []
+    for row in comparison.rows():
+        for metric, key in (("CLIP-T", "clip_t_alone"), ("CLIP-I", "clip_i_alone")):
+            label = f"{row['method']} r{row['rank']} {row['concept']} {metric}"
+            out.append({"bar": label, "score": round(row[key], 4), "metric": f"{metric} {row['method']}"})
     return out
 
 

@@ -201,6 +201,29 @@ class Handlers:
         bars = pd.DataFrame(evaluate.bars(report), columns=["bar", "score", "metric"])
         return table, bars, str(Path(folder) / "evaluation.json"), report.summary()
 
+    def compare_methods(
+        self, folders, methods, rank, rule, steps, prompt_set, conventions, images_per_prompt, sample_steps
+    ):
+        comparison, folder = evaluate.compare(
+            self.ctx.data,
+            self.ctx.pipelines,
+            self.ctx.scorers,
+            folders or [],
+            methods or [],
+            known_folders=training.concept_folders(self.ctx.concepts_root),
+            concepts_root=self.ctx.concepts_root,
+            rank=_number(rank, "rank"),
+            rule=rule,
+            steps=_number(steps, "steps"),
+            prompt_set=prompt_set,
+            conventions=conventions,
+            images_per_prompt=_number(images_per_prompt, "images per prompt"),
+            sample_steps=_number(sample_steps, "sampling steps"),
+        )
+        table = pd.DataFrame(evaluate.compare_table(comparison), columns=evaluate.COMPARE_COLUMNS)
+        bars = pd.DataFrame(evaluate.compare_bars(comparison), columns=["bar", "score", "metric"])
+        return table, bars, str(Path(folder) / "comparison.md"), comparison.summary()
+
 
 def _number(value, field: str) -> float:
     if value is None or isinstance(value, bool):

@@ -154,6 +154,42 @@ def build(ctx: Context) -> gr.Blocks:
                 sort=None,
             )
             eval_file = gr.File(label="Report (evaluation.json)")
+            gr.Markdown(
+                "### Compare methods\nTrain the picked concept folders with each method at a matched budget "
+                "(same steps and learning rate; ranks matched by trainable parameters, or all equal), then "
+                "evaluate each method's concepts alone and composed."
+            )
+            with gr.Row():
+                cmp_folders = gr.Dropdown(
+                    folders,
+                    multiselect=True,
+                    label="Concept folders",
+                    allow_custom_value=True,
+                    elem_id="compare-folders",
+                )
+                cmp_methods = gr.Dropdown(
+                    methods,
+                    value=["lora", "sbora_fa"],
+                    multiselect=True,
+                    label="Methods",
+                    allow_custom_value=True,
+                    elem_id="compare-methods",
+                )
+                cmp_rule = gr.Radio(["params", "rank"], value="params", label="Budget rule")
+            with gr.Row():
+                cmp_rank = gr.Number(4, label="Rank (first method)", precision=0)
+                cmp_steps = gr.Number(50, label="Training steps", precision=0)
+                cmp_per_prompt = gr.Number(1, label="Images per prompt", precision=0)
+                cmp_sample_steps = gr.Number(10, label="Sampling steps", precision=0)
+            compare_btn = gr.Button("Compare methods", elem_id="compare-run")
+            cmp_msg = gr.Markdown(elem_id="compare-message")
+            cmp_table = gr.Dataframe(
+                headers=evaluate.COMPARE_COLUMNS, interactive=False, elem_id="compare-table"
+            )
+            cmp_chart = gr.BarPlot(
+                x="bar", y="score", color="metric", title="Alone, by method", height=300, x_label_angle=-30
+            )
+            cmp_file = gr.File(label="Comparison (Markdown)")
 
         # ------------------------------------------------------------------------------------------ events
         source.change(
@@ -221,4 +257,13 @@ def build(ctx: Context) -> gr.Blocks:
             concurrency_id=PIPELINES,
             concurrency_limit=workers,
         )
+        compare_btn.click(
+            g["compare_methods"],
+            [cmp_folders, cmp_methods, cmp_rank, cmp_rule, cmp_steps, prompt_set, conventions, cmp_per_prompt,
+             cmp_sample_steps],
+            [cmp_table, cmp_chart, cmp_file, cmp_msg],
+            api_name="compare_methods",
+            concurrency_id="compare",
+            concurrency_limit=1,
+        )  # fmt: skip
     return demo
