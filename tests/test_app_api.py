@@ -381,3 +381,32 @@ def test_safe_names_and_paths(tmp_path):
         with pytest.raises(ConfigError, match="outside the app's data folder"):
             inside(data.root, *escape)
     assert data.adapter_path("../../evil").parent == data.concepts
+
+
+def test_server_options_refuse_an_open_host_without_auth(capsys):
+    from bora_diffusion.app.server import main, parse_auth
+
+    for argv, message in (
+        (["--host", "0.0.0.0"], "--host 0.0.0.0 serves beyond this machine: add --auth user:password"),
+        (["--auth", "nopassword"], "--auth takes user:password"),
+        (["--auth", ":secret"], "--auth takes user:password"),
+    ):
+        with pytest.raises(SystemExit) as exit_:
+            main(argv)
+        assert exit_.value.code == 2 and message in capsys.readouterr().err
+    assert parse_auth("ann:se:cret") == ("ann", "se:cret")
+
+
+def test_auth_keeps_out_clients_without_the_password(tmp_path):
+    from bora_diffusion.app import create, launch
+
+    demo, ctx = create(data=tmp_path / "data", concepts=REPO / "concepts")
+    url = launch(demo, ctx, auth=("ann", "secret"), block=False)
+    try:
+        with pytest.raises(Exception, match="(?i)login|auth|401|403"):
+            Client(url, verbose=False).predict(api_name="/concept_folders")
+        client = Client(url, verbose=False, auth=("ann", "secret"))
+        assert client.predict(api_name="/concept_folders") == FOLDERS
+    finally:
+        ctx.jobs.shutdown()
+        demo.close()
