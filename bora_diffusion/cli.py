@@ -217,9 +217,10 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument(
         "concepts",
         nargs="+",
-        metavar="FILE=FOLDER",
+        metavar="FILE=FOLDER[@PROMPTS]",
         help="a concept adapter file and the folder of its reference images, e.g. "
-        "runs/a/kettle.safetensors=concepts/kettle (the concept folder it was trained from works)",
+        "runs/a/kettle.safetensors=concepts/kettle (the concept folder it was trained from works); "
+        "@PROMPTS gives this concept its own prompt set, e.g. runs/a/dog.safetensors=concepts/dog@quick-live",
     )
     evaluate.add_argument("--out", required=True, help="output folder: images, reports, evaluation.json")
     evaluate.add_argument("--base", default=None, help=BASE_HELP)
@@ -562,9 +563,10 @@ def _print_progress(message: str, done: int, total: int) -> None:
 
 
 def _parse_evaluated(items: list[str]):
-    """'kettle.safetensors=concepts/kettle' -> EvalConcept; the reference folder is required."""
+    """'kettle.safetensors=concepts/kettle[@quick-live]' -> EvalConcept; the reference folder is required, the
+    prompt set after '@' is optional (default: --prompts)."""
     from .errors import ConfigError
-    from .evaluation import EvalConcept
+    from .evaluation import EvalConcept, load_prompt_set, prompt_sets
 
     parsed = []
     for item in items:
@@ -574,7 +576,12 @@ def _parse_evaluated(items: list[str]):
                 f"{item!r} names no reference folder: write FILE=FOLDER, e.g. "
                 "runs/a/kettle.safetensors=concepts/kettle (the folder of the concept's own images)"
             )
-        parsed.append(EvalConcept(Path(file), Path(folder)))
+        prompt_set = None
+        head, at, tail = folder.rpartition("@")
+        if at and (tail in prompt_sets() or not Path(folder).exists()):
+            load_prompt_set(tail)  # an unknown set name fails here, listing the known ones
+            folder, prompt_set = head, tail
+        parsed.append(EvalConcept(Path(file), Path(folder), prompt_set=prompt_set))
     return parsed
 
 

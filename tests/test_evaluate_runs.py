@@ -216,12 +216,15 @@ def test_rank_rule_and_capacity(tiny_pipe):
 def test_evaluate_from_the_command_line(compared, home, tmp_path, capsys):
     files = [compared[0] / "lora" / "train" / f"{name}.safetensors" for name in NAMES]
     out = tmp_path / "eval"
-    pairs = [f"{file}={folder}" for file, folder in zip(files, FOLDERS, strict=True)]
+    pairs = [f"{files[0]}={FOLDERS[0]}", f"{files[1]}={FOLDERS[1]}@quick-object"]  # robot: its own set
     assert main(["evaluate", *pairs, "--out", str(out), "--prompts", "quick-live", *SCORING]) == 0
     printed = capsys.readouterr().out
     assert printed.count("alone     CLIP-T") == 2 and printed.count("retention T") == 2
     data = json.loads((out / "evaluation.json").read_text())
     assert data["settings"]["prompt_set"] == "quick-live" and data["settings"]["seeds"] == [0]
+    assert [c["prompt_set"] for c in data["concepts"]] == ["quick-live", "quick-object"]
+    assert data["concepts"][0]["prompts"][-1] == "a qwiv kettle in a chef outfit"  # quick-live's last
+    assert data["concepts"][1]["references"] == FOLDERS[1]
     assert data["composition"]["fused"] is True and len(data["composition"]["concepts"]) == 2
     assert data["conventions"]["backbone"] == TINY and data["weights"]["kind"] == "random"
     # Same trained files, prompts and seeds as the comparison's lora run but another prompt set: the images
@@ -235,6 +238,8 @@ def test_evaluate_from_the_command_line(compared, home, tmp_path, capsys):
     assert "nowhere does not exist" in capsys.readouterr().err
     assert main(["evaluate", f"{files[0]}={FOLDERS[0]}", "--out", str(out), "--prompts", "dreambench"]) == 2
     assert "unknown prompt set 'dreambench'" in capsys.readouterr().err
+    assert main(["evaluate", f"{files[0]}={FOLDERS[0]}@quick", "--out", str(out)]) == 2
+    assert "unknown prompt set 'quick'" in capsys.readouterr().err
 
 
 def test_run_checks_every_concept_before_generating(tiny_pipe, tiny_clip, tmp_path):
