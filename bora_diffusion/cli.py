@@ -230,6 +230,11 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument(
         "--live", action="store_true", help="compose live instead of fused into the weights (same images)"
     )
+    evaluate.add_argument(
+        "--force",
+        action="store_true",
+        help="compose even if concepts share slots (trained on separate ledgers)",
+    )
     _add_scoring_args(evaluate)
     evaluate.set_defaults(run=run_evaluate)
 
@@ -279,6 +284,11 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         default=64,
         help="training resolution in px (default 64, the embedded base's)",
+    )
+    compare.add_argument(
+        "--train-embedding",
+        action="store_true",
+        help="also train each concept token's own text embedding (textual inversion / ED-LoRA), for every method",
     )
     compare.add_argument("--resume", action="store_true", help="continue from the checkpoints in --out")
     compare.add_argument("--quiet", action="store_true", help="no training progress bar")
@@ -551,6 +561,7 @@ def _scoring(args: argparse.Namespace):
         sampling=SamplingSettings(steps=args.steps, guidance=args.guidance),
         composed=not getattr(args, "no_composed", False),
         fuse=not getattr(args, "live", False),
+        force=getattr(args, "force", False),
     )
     scorer = ClipScorer(preset(args.conventions, **overrides), device=device)
     pipe = load_base(args.base, device=device)
@@ -638,7 +649,11 @@ def run_compare(args: argparse.Namespace) -> int:
         blocks=args.blocks,
         targets=args.targets,
         train=TrainConfig(
-            steps=args.train_steps, learning_rate=args.lr, resolution=args.resolution, seed=args.seed
+            steps=args.train_steps,
+            learning_rate=args.lr,
+            resolution=args.resolution,
+            seed=args.seed,
+            train_embedding=args.train_embedding,
         ),
         run=run_settings,
     )

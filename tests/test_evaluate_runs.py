@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import csv
+import dataclasses
 import json
 from pathlib import Path
 
@@ -24,7 +25,7 @@ from test_evaluate import TINY, TINY_CONFIG
 from bora_diffusion.adapters import available
 from bora_diffusion.cli import main
 from bora_diffusion.config import AdapterConfig
-from bora_diffusion.errors import ConfigError
+from bora_diffusion.errors import ConfigError, SlotError
 from bora_diffusion.evaluation import (
     ClipScorer,
     Comparison,
@@ -38,8 +39,10 @@ from bora_diffusion.evaluation import (
     match_budgets,
     trainable_parameters,
 )
-from bora_diffusion.formats import save_adapter
+from bora_diffusion.formats import read_adapter, save_adapter
+from bora_diffusion.generate import SamplingSettings
 from bora_diffusion.inject import concepts, inject
+from bora_diffusion.slots import SlotLedger
 
 METHODS = ("lora", "sbora_fa")
 NAMES = ("kettle", "robot")
@@ -76,14 +79,15 @@ def tiny_clip(tmp_path_factory) -> str:
 
 @pytest.fixture(scope="session")
 def compared(tmp_path_factory, tiny_clip):
-    """One `bora-diffusion compare` of two methods on both example concepts (3 steps each), its output folder
-    and the home folder holding the embedded default it ran on."""
+    """One `bora-diffusion compare` of two methods on both example concepts (3 steps each, token embeddings
+    trained too), its output folder and the home folder holding the embedded default it ran on."""
     root = tmp_path_factory.mktemp("compare")
     home, out = root / "home", root / "out"
     with pytest.MonkeyPatch.context() as patch, one_thread():
         patch.setenv("BORA_DIFFUSION_HOME", str(home))
         args = ["compare", *FOLDERS, "--out", str(out), "--method", METHODS[0], "--method", METHODS[1]]
-        code = main([*args, "--rank", "2", "--train-steps", "3", "--lr", "1e-2", "--quiet", *SCORING])
+        budget = ["--rank", "2", "--train-steps", "3", "--lr", "1e-2", "--train-embedding", "--quiet"]
+        code = main([*args, *budget, *SCORING])
     assert code == 0
     return out, home
 
@@ -215,6 +219,7 @@ def test_rank_rule_and_capacity(tiny_pipe):
 
 def test_evaluate_from_the_command_line(compared, home, tmp_path, capsys):
     files = [compared[0] / "lora" / "train" / f"{name}.safetensors" for name in NAMES]
+    assert all(read_adapter(file).token_embedding is not None for file in files)  # --train-embedding reached
     out = tmp_path / "eval"
     pairs = [f"{files[0]}={FOLDERS[0]}", f"{files[1]}={FOLDERS[1]}@quick-object"]  # robot: its own set
     assert main(["evaluate", *pairs, "--out", str(out), "--prompts", "quick-live", *SCORING]) == 0
@@ -263,3 +268,27 @@ def test_run_checks_every_concept_before_generating(tiny_pipe, tiny_clip, tmp_pa
     assert not (tmp_path / "o").exists()  # nothing was generated
     with pytest.raises(ConfigError, match="images_per_prompt"):
         RunSettings(images_per_prompt=0)
+
+
+def test_overlapping_slots_fail_before_anything_is_generated_unless_forced(tiny_pipe, tiny_clip, tmp_path):
+    """Two concepts trained on separate ledgers with one seed hold the same slots: composing them is refused
+    before the alone setting spends its time, and `force` composes them anyway."""
+    scorer = ClipScorer(Conventions(backbone=tiny_clip, weights=None), device="cpu")
+    config = AdapterConfig(method="sbora_fa", rank=2)
+    files = []
+    for name, token, class_word in (("kettle", "qwiv", "kettle"), ("robot", "bxj", "robot")):
+        unet = copy.deepcopy(tiny_pipe.unet)
+        inject(unet, config, name=name, ledger=SlotLedger(seed=0))  # a fresh ledger each: identical slots
+        path = tmp_path / f"{name}.safetensors"
+        files.append(
+            save_adapter(path, unet, name, config, base_name="t", token=token, class_word=class_word)
+        )
+    specs = [EvalConcept(file, folder) for file, folder in zip(files, FOLDERS, strict=True)]
+    fast = RunSettings(images_per_prompt=1, sampling=SamplingSettings(steps=1))
+    with pytest.raises(SlotError, match="overlapping slots"):
+        evaluate_concepts(tiny_pipe, specs, scorer, tmp_path / "refused", base_name="t", settings=fast)
+    assert not (tmp_path / "refused").exists() and concepts(tiny_pipe.unet) == []
+    forced = dataclasses.replace(fast, force=True)
+    report = evaluate_concepts(tiny_pipe, specs, scorer, tmp_path / "forced", base_name="t", settings=forced)
+    assert report.concept("kettle").composed is not None
+    assert report.composition["pairs"][0]["overlap"] == 2  # the clash is on record

@@ -99,7 +99,8 @@ class EvalConcept:
 @dataclass(frozen=True)
 class RunSettings:
     """How images are drawn: the prompt set, N images per prompt with seeds `seed .. seed + N - 1`, the sampler
-    settings, and whether the composed setting runs (with 2+ concepts) fused into the weights or live."""
+    settings, and whether the composed setting runs (with 2+ concepts) fused into the weights or live. `force`
+    composes concepts whose slots overlap (trained on separate ledgers) instead of refusing them."""
 
     prompt_set: str = "quick-object"
     images_per_prompt: int = 4
@@ -107,6 +108,7 @@ class RunSettings:
     sampling: SamplingSettings = dataclasses.field(default_factory=SamplingSettings)
     composed: bool = True
     fuse: bool = True
+    force: bool = False
 
     def __post_init__(self) -> None:
         load_prompt_set(self.prompt_set)  # an unknown name fails here, with the known ones listed
@@ -364,6 +366,11 @@ def evaluate_concepts(
         )
     prepared = _prepare(concepts, settings)
     composed = settings.composed and len(prepared) > 1
+    if composed:  # overlapping slots fail now, not after every concept was generated alone
+        try:
+            compose(pipe, [(item.spec.file, item.spec.scale) for item in prepared], force=settings.force)
+        finally:
+            eject(pipe.unet)
     settings_run = ["alone", "composed"] if composed else ["alone"]
     total = 2 * len(prepared) * len(settings_run)
     done = 0
@@ -434,9 +441,8 @@ def _generate_and_score(
     Returns the scores per concept and the composition report (slot overlap and interference)."""
     generated: dict[str, list[Path]] = {}
     try:
-        composition = compose(
-            pipe, files, fuse=settings.fuse
-        )  # the pipeline: tokens with trained embeddings need its text encoder
+        # The pipeline, not its UNet: a concept's trained token embedding goes into its text encoder.
+        composition = compose(pipe, files, fuse=settings.fuse, force=settings.force)
         for item in items:
             name = item.info.name
             step(
