@@ -131,6 +131,10 @@ def _walk_through(browser_app, page, artifacts) -> None:
     _, client, _, root = browser_app
     images = draw_images(root / "upload", count=3)
 
+    # A mistake is shown in the page in words, and the page keeps working.
+    page.locator("#train-start").click()
+    expect(page.get_by_text("name: give the new concept a name").first).to_be_visible(timeout=TIMEOUT_MS)
+
     # Train: upload, name, token, class word, a short run with samples; the bar must reach the end.
     _upload(page, images)
     page.locator("#train-name textarea, #train-name input").first.fill("mug")
