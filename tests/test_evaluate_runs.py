@@ -25,6 +25,7 @@ from test_evaluate import TINY, TINY_CONFIG
 from bora_diffusion.adapters import available
 from bora_diffusion.cli import main
 from bora_diffusion.config import AdapterConfig
+from bora_diffusion.embeddings import add_token
 from bora_diffusion.errors import ConfigError, SlotError
 from bora_diffusion.evaluation import (
     ClipScorer,
@@ -265,6 +266,13 @@ def test_run_checks_every_concept_before_generating(tiny_pipe, tiny_clip, tmp_pa
     with pytest.raises(ConceptFileError, match="also the name"):
         twice = [EvalConcept(tokened, FOLDERS[0]), EvalConcept(tokened, FOLDERS[1])]
         evaluate_concepts(tiny_pipe, twice, scorer, tmp_path / "o", base_name="t")
+    add_token(
+        tiny_pipe.tokenizer, tiny_pipe.text_encoder, "zq", init_word="kettle"
+    )  # left by an earlier concept
+    with pytest.raises(ConfigError, match="already holds token 'zq'"):
+        evaluate_concepts(
+            tiny_pipe, [EvalConcept(tokened, FOLDERS[0])], scorer, tmp_path / "o", base_name="t"
+        )
     assert not (tmp_path / "o").exists()  # nothing was generated
     with pytest.raises(ConfigError, match="images_per_prompt"):
         RunSettings(images_per_prompt=0)

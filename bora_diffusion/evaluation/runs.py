@@ -341,6 +341,18 @@ def _prepare(concepts: Sequence[EvalConcept], settings: RunSettings) -> list[_Pr
     return prepared
 
 
+def _check_leftover_tokens(pipe, prepared: Sequence[_Prepared]) -> None:
+    """A token an earlier concept added to this pipeline's tokenizer keeps its trained embedding; a file without
+    one would then be prompted through the other concept's vector. Refuse that instead of scoring it."""
+    added = {token.lower() for token in getattr(pipe.tokenizer, "get_added_vocab", dict)()}
+    for item in prepared:
+        if item.info.token_embedding is None and item.token.lower() in added:
+            raise ConfigError(
+                f"{item.spec.file}: this pipeline's tokenizer already holds token {item.token!r} with an embedding "
+                "added by an earlier concept, and this file has none of its own; evaluate on a freshly loaded base"
+            )
+
+
 def evaluate_concepts(
     pipe,
     concepts: Sequence[EvalConcept],
@@ -365,6 +377,7 @@ def evaluate_concepts(
             "setting has exactly the concepts it names"
         )
     prepared = _prepare(concepts, settings)
+    _check_leftover_tokens(pipe, prepared)
     composed = settings.composed and len(prepared) > 1
     if composed:  # overlapping slots fail now, not after every concept was generated alone
         try:
