@@ -366,8 +366,12 @@ def evaluate_concepts(
     """Generate and score every concept alone and, with two or more concepts and `settings.composed`, inside
     the composition of all of them; write images, per-image reports and `<out_dir>/evaluation.json`.
 
-    `pipe` must be a base pipeline without concepts (each setting loads its files onto it and takes them off
-    again, so the pipeline is left as it came). `base_name` is recorded, e.g. `pipeline.base_name(base)`.
+    `pipe` must be a base pipeline without concepts: each setting loads its files onto it and takes them off
+    again, so its UNet is left bit-identical. Trained token embeddings that files bring stay in its tokenizer and
+    text encoder (a tokenizer cannot drop a token); a later file with the same token replaces the vector, and a
+    file without one is refused rather than prompted through another concept's vector. `base_name` is recorded,
+    e.g. `pipeline.base_name(base)`. Raises before generating anything when a file, reference folder or prompt
+    set is wrong, or when the concepts' slots overlap (unless `settings.force`).
     """
     out_dir = Path(out_dir)
     present = model_concepts(pipe.unet)
