@@ -205,7 +205,11 @@ def test_method_comparison_on_a_shipped_folder(app):
 
 
 def test_stop_saves_and_the_queue_runs_one_job_at_a_time(app, images, trained):
-    _, client, _ = app
+    ctx, client, _ = app
+    first, _ = start(
+        client, files=images[:1], name="deleted-meanwhile", token="zqdel", class_word="mug", steps=1
+    )
+    assert wait_for_job(client, first)["status"] == "done"
     long_id, _ = start(client, files=images, name="long", token="zqlong", class_word="mug", steps=5000)
     short_id, short = start(
         client, source="folder", folder="robot", name="robot-lora", method="lora", steps=2
@@ -213,9 +217,12 @@ def test_stop_saves_and_the_queue_runs_one_job_at_a_time(app, images, trained):
     assert short["status"] == "queued" and short["queue_position"] == 1
     while client.predict(long_id, api_name="/train_status")["step"] < 3:
         pass
+    client.predict("deleted-meanwhile", api_name="/delete_concept")  # its slots must stay free afterwards
     client.predict(long_id, api_name="/train_stop")
     stopped = wait_for_job(client, long_id)
     assert stopped["status"] == "stopped" and 3 <= stopped["step"] < 5000
+    ledger = SlotLedger.load(ctx.data.concepts / "slots.json").concepts()
+    assert "long" in ledger and "kettle" in ledger and "deleted-meanwhile" not in ledger
     info = client.predict("long", api_name="/inspect_concept")
     assert info["training"]["stopped_at"] == stopped["step"] == info["training"]["steps"]
     assert wait_for_job(client, short_id)["status"] == "done"

@@ -25,7 +25,7 @@ from ..errors import BoraError, ConfigError
 from ..formats import save_adapter
 from ..inject import concepts as concepts_in
 from ..inject import remove
-from ..slots import SlotLedger
+from ..slots import SPACES, SlotLedger
 from ..train import Trainer
 from .models import Pipelines
 from .storage import DataDir
@@ -179,6 +179,18 @@ class JobQueue:
         for job in list(self.jobs.values()):
             self.wait(job.id, timeout)
 
+    def _save_slots(self, name: str, ledger: SlotLedger) -> None:
+        """Add the slots concept `name` took to slots.json as it is now: a concept deleted while this job ran
+        stays deleted (saving the job's whole, older copy of the ledger would bring its slots back)."""
+        path = self.data.concepts / LEDGER
+        spaces = ledger.to_dict()["spaces"]
+        with self.ledger_lock:
+            current = SlotLedger.load(path) if path.exists() else SlotLedger(seed=ledger.seed)
+            for space in SPACES:
+                for layer, indices in ledger.slots(name, space).items():
+                    current.record(name, space, layer, spaces[space][layer]["size"], indices)
+            current.save(path)
+
     def release_slots(self, name: str) -> None:
         """Free the slots a deleted concept owned, so a new concept can take them."""
         path = self.data.concepts / LEDGER
@@ -248,8 +260,7 @@ class JobQueue:
             if job.name in concepts_in(pipe.unet):
                 remove(pipe.unet, job.name)  # the next job starts from the plain base again
             self.pipelines.drop_train_pipe_if_changed(vocabulary)
-        with self.ledger_lock:
-            ledger.save(out_dir / LEDGER)
+        self._save_slots(job.name, ledger)
         self.data.update_sidecar(
             job.name,
             images=str(job.concept.folder),
