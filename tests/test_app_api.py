@@ -152,12 +152,18 @@ def test_a_concept_with_its_own_token_embedding_trains_and_generates(app, images
         gallery, _, _ = client.predict(["embedded-token"], "", "live", "a zqemb mug", "", 0, 2, 7.5, 1,
                                        api_name="/generate")  # fmt: skip
         assert len(gallery) == 1
+    lora, embedding = client.predict("embedded-token", "diffusers", api_name="/export_concept")
+    assert Path(lora).name == "embedded-token_diffusers.safetensors"
+    assert Path(embedding).name == "embedded-token_diffusers.embedding.safetensors"
+    with safe_open(embedding, "pt") as handle:
+        assert handle.metadata()["token"] == "zqemb"
 
 
 def test_export_both_layouts_as_downloads(trained, app):
     _, client, _ = app
-    diffusers = client.predict("mug", "diffusers", api_name="/export_concept")
-    kohya = client.predict("mug", "kohya", api_name="/export_concept")
+    # No token embedding: one file each.
+    [diffusers] = client.predict("mug", "diffusers", api_name="/export_concept")
+    [kohya] = client.predict("mug", "kohya", api_name="/export_concept")
     with safe_open(diffusers, "pt") as handle:
         assert all(key.startswith("unet.") for key in handle.keys())  # noqa: SIM118 (a safe_open handle is no dict)
     with safe_open(kohya, "pt") as handle:

@@ -153,8 +153,8 @@ class Handlers:
         self.ctx.jobs.release_slots(name)
         return f"Deleted {name!r}: {', '.join(removed)}"
 
-    def export_concept(self, name: str, layout: str) -> str:
-        return str(library.export(self.ctx.data, name, layout))
+    def export_concept(self, name: str, layout: str) -> list[str]:
+        return [str(path) for path in library.export(self.ctx.data, name, layout)]
 
     # ---------------------------------------------------------------------------------------------- compose
     def check_interference(self, names, weights: str) -> tuple[str, pd.DataFrame]:

@@ -12,7 +12,14 @@ from pathlib import Path
 import torch
 
 from ..errors import AdapterFileError, ConfigError
-from ..formats import AdapterFile, export_diffusers, export_kohya, read_adapter
+from ..formats import (
+    AdapterFile,
+    embedding_path,
+    export_diffusers,
+    export_embedding,
+    export_kohya,
+    read_adapter,
+)
 from .storage import DataDir, inside, safe_name
 
 LAYOUTS = ("diffusers", "kohya")
@@ -120,12 +127,15 @@ def delete(data: DataDir, name: str) -> list[str]:
     return removed
 
 
-def export(data: DataDir, name: str, layout: str) -> Path:
-    """Write the concept as a LoRA file in `layout` under exports/ and return it (for a download)."""
+def export(data: DataDir, name: str, layout: str) -> list[Path]:
+    """Write the concept as a LoRA file in `layout` under exports/, plus its trained token embedding as a
+    textual-inversion file when it has one (the LoRA alone would lose the token); return the files."""
     if layout not in LAYOUTS:
         raise ConfigError(f"layout: choose one of {', '.join(LAYOUTS)}, got {layout!r}")
     info = adapter(data, name)
     folder = data.new_folder("exports")
     target = folder / f"{safe_name(info.path.stem)}_{layout}.safetensors"
     writer = export_kohya if layout == "kohya" else export_diffusers
-    return writer(info, target, dtype=torch.float32)
+    files = [writer(info, target, dtype=torch.float32)]
+    embedding = export_embedding(info, embedding_path(target), dtype=torch.float32)
+    return files + ([embedding] if embedding is not None else [])

@@ -92,7 +92,7 @@ def build(ctx: Context) -> gr.Blocks:
                 export = gr.Button("Export")
                 delete = gr.Button("Delete", variant="stop")
             library_msg = gr.Markdown()
-            exported = gr.File(label="Exported LoRA")
+            exported = gr.File(label="Exported LoRA (and token embedding)", file_count="multiple")
             inspected = gr.JSON(label="Concept file")
 
         with gr.Tab("Compose & generate", id="compose") as compose_tab:
