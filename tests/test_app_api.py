@@ -25,7 +25,9 @@ from gradio_client.exceptions import AppError  # noqa: E402
 STEPS = 6
 FOLDERS = sorted(p.parent.name for p in (REPO / "concepts").glob("*/concept.toml"))
 # gradio 6.31 itself trips over pandas 3 deprecations on every dataframe it sends.
-pytestmark = pytest.mark.filterwarnings("ignore::pandas.errors.Pandas4Warning")
+pytestmark = pytest.mark.filterwarnings(
+    "ignore:.*no_silent_downcasting.*:Warning", "ignore:The copy keyword is deprecated:Warning"
+)
 
 
 def start(client, *, source="upload", files=(), folder="", name="", token="", class_word="", method="sbora_fa",

@@ -32,7 +32,9 @@ FLAGS = [
 STEPS = 6
 TIMEOUT_MS = 600_000  # a training job on a loaded, shared 2-core machine; alone it ends in seconds
 
-pytestmark = pytest.mark.filterwarnings("ignore::pandas.errors.Pandas4Warning")
+pytestmark = pytest.mark.filterwarnings(
+    "ignore:.*no_silent_downcasting.*:Warning", "ignore:The copy keyword is deprecated:Warning"
+)
 
 
 def _require_browser():
