@@ -425,3 +425,17 @@ def test_auth_keeps_out_clients_without_the_password(tmp_path):
     finally:
         ctx.jobs.shutdown()
         demo.close()
+
+
+def test_missing_clip_weights_say_how_to_start_the_app():
+    from bora_diffusion.app.evaluate import ClipChoice, Scorers
+    from bora_diffusion.evaluation import WeightsError, resolve_weights
+
+    try:
+        resolve_weights("ViT-B-32", "openai")
+    except WeightsError:
+        pass
+    else:
+        pytest.skip("ViT-B-32/openai weights are cached on this machine")
+    with pytest.raises(WeightsError, match="restart it with --clip BACKBONE:/path/to/weights.pt"):
+        Scorers(ClipChoice()).get("default")

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from ..concept import load_concept
 from ..config import TrainConfig
 from ..errors import ConfigError
-from ..evaluation import ClipScorer, preset
+from ..evaluation import ClipScorer, WeightsError, preset
 from ..evaluation.compare import RANK_RULES, CompareConcept, CompareSettings, Comparison, compare_methods
 from ..evaluation.runs import EvalConcept, EvaluationReport, RunSettings, evaluate_concepts
 from ..generate import SamplingSettings
@@ -56,7 +56,13 @@ class Scorers:
         key = (conventions.backbone, conventions.weights)
         with self._lock:
             if key not in self._by_model:
-                self._by_model[key] = ClipScorer(conventions, device="cpu")
+                try:
+                    self._by_model[key] = ClipScorer(conventions, device="cpu")
+                except WeightsError as error:
+                    raise WeightsError(
+                        f"{error} | In the app: restart it with --clip BACKBONE:/path/to/weights.pt (a local "
+                        "file), or --clip BACKBONE:random for a smoke run whose scores mean nothing"
+                    ) from None
             return self._by_model[key].with_conventions(conventions)
 
 
