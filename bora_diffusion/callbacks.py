@@ -23,6 +23,9 @@ class TrainState:
     loss: float = math.nan  # mean loss of the last step
     lr: float = 0.0
     seconds: float = 0.0  # wall time since (re)start
+    # Set by a callback (e.g. the app's stop button) to end the run after this step: the adapter is saved and a
+    # checkpoint written as at the end of a full run, so `train(resume=True)` later continues from here.
+    stop: bool = False
 
 
 class Callback:

@@ -134,6 +134,8 @@ class Trainer:
             state.step, state.loss, state.lr = step, sum(losses) / len(losses), schedule.get_last_lr()[0]
             state.seconds = time.perf_counter() - start
             self._emit("on_step_end", state)
+            if state.stop:
+                break
             if not accelerator.is_main_process:  # under `accelerate launch`, one process writes files
                 continue
             if config.checkpoint_every and step % config.checkpoint_every == 0 and step < config.steps:
@@ -150,7 +152,7 @@ class Trainer:
         accelerator.wait_for_everyone()
         path = self.out_dir / f"{self.name}.safetensors"
         if accelerator.is_main_process:
-            self._save_adapter(path)
+            self._save_adapter(path, stopped_at=step if step < config.steps else None)
             self._checkpoint(step, optimizer, schedule, generator)
         accelerator.wait_for_everyone()
         self._emit("on_train_end", state, path)
@@ -319,7 +321,10 @@ class Trainer:
         generator.set_state(state["generator"])
         return int(state["step"])
 
-    def _save_adapter(self, path: Path) -> Path:
+    def _save_adapter(self, path: Path, stopped_at: int | None = None) -> Path:
+        training = self.config.to_dict()
+        if stopped_at is not None:  # a callback stopped the run early; `steps` stays the planned total
+            training["stopped_at"] = stopped_at
         return save_adapter(
             path,
             self.pipe.unet,
@@ -328,7 +333,7 @@ class Trainer:
             base_name=self.base_name,
             token=self.concept.token,
             class_word=self.concept.class_word,
-            training=self.config.to_dict(),
+            training=training,
             token_embedding=self.embedding,
         )
 

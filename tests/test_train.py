@@ -149,3 +149,34 @@ def test_resume_refuses_other_settings(tiny_pipe, _tiny_pipe_master, tmp_path):
         Trainer(
             copy.deepcopy(_tiny_pipe_master), concept, adapter, other, out_dir=tmp_path / "out", base_name="t"
         ).train(resume=True)
+
+
+class StopAfter(Callback):
+    """Asks the trainer to stop after `step`, as the app's stop button does."""
+
+    def __init__(self, step: int):
+        self.step = step
+
+    def on_step_end(self, state):
+        state.stop = state.step == self.step
+
+
+def test_a_stop_request_saves_the_adapter_and_a_checkpoint_that_resumes_exactly(
+    tiny_pipe, _tiny_pipe_master, tmp_path
+):
+    concept = make_concept(tmp_path / "imgs", "thing", 0)
+    adapter = AdapterConfig(method="lora", rank=2)
+    config = TrainConfig(**{**FAST, "checkpoint_every": 0})
+    straight = Trainer(tiny_pipe, concept, adapter, config, out_dir=tmp_path / "a", base_name="tiny").train()
+
+    def trainer(**kwargs):
+        pipe = copy.deepcopy(_tiny_pipe_master)
+        return Trainer(pipe, concept, adapter, config, out_dir=tmp_path / "b", base_name="tiny", **kwargs)
+
+    stopped = trainer(callbacks=[StopAfter(4)]).train()
+    assert read_adapter(stopped).training["stopped_at"] == 4
+    assert [p.name for p in (tmp_path / "b/checkpoints/thing").iterdir()] == ["step-000004"]
+    resumed = trainer().train(resume=True)
+    a, b = read_adapter(straight), read_adapter(resumed)
+    assert "stopped_at" not in b.training
+    assert all(torch.equal(a.tensors[k], b.tensors[k]) for k in a.tensors)

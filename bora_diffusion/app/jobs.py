@@ -2,13 +2,13 @@
 
 A job outlives the browser tab that started it: the page (or an API client) polls `status(job_id)`, which is a
 plain snapshot (step, ETA, it/s, loss curve, sample images, error) that any number of readers can take. "Stop
-and save" sets a flag the callback checks after every step; the job then writes the adapter as trained so far,
-with the step it reached recorded in the file's training settings.
+and save" sets a flag the callback passes to the trainer after every step (`TrainState.stop`); the trainer then
+saves the adapter as trained so far, with the step it reached as `stopped_at` in the file's training settings,
+and a checkpoint from which the run can resume.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import queue
 import threading
@@ -22,7 +22,6 @@ from ..callbacks import Callback, TrainState
 from ..concept import Concept
 from ..config import AdapterConfig, TrainConfig
 from ..errors import BoraError, ConfigError
-from ..formats import save_adapter
 from ..inject import concepts as concepts_in
 from ..inject import remove
 from ..slots import SPACES, SlotLedger
@@ -36,10 +35,6 @@ QUEUED, RUNNING, DONE, STOPPED = "queued", "running", "done", "stopped"
 FAILED, CANCELLED = "failed", "cancelled"
 FINISHED = (DONE, STOPPED, FAILED, CANCELLED)
 LEDGER = "slots.json"
-
-
-class StopRequested(Exception):
-    """Raised by the progress callback to end a run early; the job saves what was trained."""
 
 
 @dataclass
@@ -102,7 +97,7 @@ class _Progress(Callback):
         job.step, job.seconds = state.step, state.seconds
         job.loss.append((state.step, round(float(state.loss), 6)))
         if job.stop.is_set():
-            raise StopRequested
+            state.stop = True  # the trainer saves the adapter and a resumable checkpoint after this step
 
     def on_sample(self, state, images, prompts) -> None:
         folder = Path(self.job.adapter_path).parent / "samples" / self.job.name
@@ -243,19 +238,6 @@ class JobQueue:
         )
         try:
             trainer.train()
-        except StopRequested:
-            pipe.unet.eval()
-            trained = dataclasses.replace(job.config, steps=max(job.step, 1))
-            save_adapter(
-                job.adapter_path,
-                pipe.unet,
-                job.name,
-                job.adapter,
-                base_name=self.pipelines.name,
-                token=job.concept.token,
-                class_word=job.concept.class_word,
-                training={**trained.to_dict(), "stopped_at": job.step, "planned_steps": job.config.steps},
-            )
         finally:
             if job.name in concepts_in(pipe.unet):
                 remove(pipe.unet, job.name)  # the next job starts from the plain base again
