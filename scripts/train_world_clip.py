@@ -2,6 +2,7 @@
 
     nice -n 5 .venv/bin/python scripts/train_world_clip.py [--steps 1500] [--seed 0] [--threads 1]
         [--out bora_diffusion/world/weights/world-clip.safetensors] [--eval-images 500]
+        [--init FILE --hard-weight 3 --hard-negatives 3 --lr 5e-4 --warmup 50]   (a second stage)
 
 Seeded and reproducible on CPU: one numpy Generator draws every batch, torch draws the initialization from
 the same seed, and one thread keeps float reductions in a fixed order. The written file is what is measured:
@@ -19,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from bora_diffusion.world.clip import WEIGHTS_FILE, WorldClip, build_model, save_world_clip
+from bora_diffusion.world.clip import WEIGHTS_FILE, WorldClip, build_model, compact_state, save_world_clip
 from bora_diffusion.world.clip_eval import evaluate, held_out_scenes
 from bora_diffusion.world.clip_training import (
     TrainSettings,
@@ -37,6 +38,9 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=TrainSettings.batch_size)
     parser.add_argument("--hard-negatives", type=int, default=TrainSettings.hard_negatives)
     parser.add_argument("--lr", type=float, default=TrainSettings.learning_rate)
+    parser.add_argument("--warmup", type=int, default=TrainSettings.warmup)
+    parser.add_argument("--hard-weight", type=float, default=TrainSettings.hard_weight)
+    parser.add_argument("--init", type=Path, help="continue from this world-clip file (a second stage)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--out", type=Path, default=WEIGHTS_FILE)
@@ -53,6 +57,8 @@ def main() -> None:
     )
     vocabulary = training_vocabulary()
     model = build_model(vocab_size=len(vocabulary.ids), seed=args.seed).train()
+    if args.init is not None:
+        model.load_state_dict(compact_state(args.init, vocabulary))
     opt = optimizer(model, settings)
     rng = np.random.default_rng(args.seed)
     started = time.time()
@@ -75,6 +81,7 @@ def main() -> None:
     metadata = {
         "settings": json.dumps(asdict(settings)),
         "seed": str(args.seed),
+        "init": "" if args.init is None else args.init.name,
         "train_seconds": f"{elapsed:.0f}",
         "threads": str(args.threads),
     }

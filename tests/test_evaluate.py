@@ -226,12 +226,13 @@ def test_presets_relate_to_the_raw_cosine_end_to_end(scorer):
 
 def test_presets_state_the_published_recipes():
     cd, mos, default = PRESETS["custom-diffusion"], PRESETS["mix-of-show"], PRESETS["default"]
-    for conventions in (cd, mos, default):
+    for conventions in (cd, mos):
         assert (conventions.backbone, conventions.weights, conventions.pairing) == (
             "ViT-B-32",
             "openai",
             "all_pairs",
         )
+    assert (default.backbone, default.weights, default.pairing) == ("world-clip", "embedded", "all_pairs")
     assert (cd.text_scale, cd.text_clip_at_zero, cd.prefix, cd.token_rule) == (2.5, True, "", "remove")
     assert (cd.image_scale, cd.image_clip_at_zero) == (1.0, False)
     assert (mos.text_scale, mos.text_clip_at_zero, mos.prefix, mos.token_rule) == (

@@ -3,13 +3,14 @@
 Papers report "CLIP-T" and "CLIP-I" numbers that cannot be compared unless five choices match, and they rarely
 say which they made: the backbone (and its weights), the scale (1, 2.5 or 100), a text prefix, what happens to the
 concept token in the prompt, and how generated x reference pairs are averaged. `Conventions` holds them all, each
-report records them, and two presets reproduce the published recipes:
+report records them; the default reads with the world CLIP that ships in the package, and two presets reproduce
+the published recipes:
 
 ================  ==================  =====================  =====================
 field             default             ``custom-diffusion``   ``mix-of-show``
 ================  ==================  =====================  =====================
-backbone          ViT-B-32            ViT-B-32               ViT-B-32
-weights           openai              openai                 openai
+backbone          world-clip          ViT-B-32               ViT-B-32
+weights           embedded            openai                 openai
 text score        cos                 2.5 * max(cos, 0)      2.5 * max(cos, 0)
 prefix            (none)              (none)                 "A photo depicts "
 token rule        class_word          remove                 class_word
@@ -30,8 +31,10 @@ Where they come from:
   prints averages a per-image dict zipped against the flattened pair list, so only the pairs with the *first*
   reference count; we average all pairs, which is what the script intends.
 - The default keeps the raw cosine (no scale, no clipping: negative similarities stay visible), substitutes the
-  class word (the prompt then says what the image should show) and adds no prefix. It uses the same backbone and
-  weights as both papers, so only the stated formula differs.
+  class word (the prompt then says what the image should show) and adds no prefix. Its backbone is the small
+  CLIP trained on the world (`bora_diffusion/world/clip.py`), shipped in the package like the embedded base
+  model, so scoring works offline out of the box; `preset("default", backbone="ViT-B-32", weights="openai")`
+  scores the same formula on the papers' backbone when those weights are cached.
 
 Text scoring takes the prompt each image was generated with, applies the token rule, then prepends the prefix;
 the exact strings handed to the tokenizer are kept in the report. CLIP's 77-token context truncates longer texts,
@@ -75,16 +78,17 @@ PAIRINGS = ("all_pairs", "nearest")
 class Conventions:
     """Every choice behind a CLIP-T / CLIP-I number (see the module docstring for the presets and sources).
 
-    `backbone` is an open_clip architecture ("ViT-B-32", "ViT-L-14", or one registered with
+    `backbone` is an open_clip architecture ("ViT-B-32", "ViT-L-14", "world-clip" or one registered with
     `open_clip.add_model_config`); the OpenAI spelling "ViT-B/32" is accepted and recorded as "ViT-B-32".
-    `weights` is a pretrained tag of that architecture ("openai", "laion2b_s34b_b79k"...), a local checkpoint file,
+    `weights` is a pretrained tag of that architecture ("openai", "laion2b_s34b_b79k"...; "embedded" for the
+    shipped world-clip), a local checkpoint file,
     or None for a random initialization (seed 0; for tests and smoke runs only, the scores mean nothing).
     A text score is `text_scale * cos`, clipped at zero first when `text_clip_at_zero`; an image pair score is
     `image_scale * cos`, clipped likewise; `pairing` says how pairs become one number.
     """
 
-    backbone: str = "ViT-B-32"
-    weights: str | None = "openai"
+    backbone: str = "world-clip"
+    weights: str | None = "embedded"
     text_scale: float = 1.0
     text_clip_at_zero: bool = False
     prefix: str = ""
@@ -154,8 +158,12 @@ class Conventions:
 
 PRESETS: Mapping[str, Conventions] = {
     "default": Conventions(),
-    "custom-diffusion": Conventions(text_scale=2.5, text_clip_at_zero=True, token_rule="remove"),
+    "custom-diffusion": Conventions(
+        backbone="ViT-B-32", weights="openai", text_scale=2.5, text_clip_at_zero=True, token_rule="remove"
+    ),
     "mix-of-show": Conventions(
+        backbone="ViT-B-32",
+        weights="openai",
         text_scale=2.5,
         text_clip_at_zero=True,
         prefix="A photo depicts ",

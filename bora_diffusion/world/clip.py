@@ -32,6 +32,7 @@ __all__ = [
     "CompactVocabulary",
     "WorldClip",
     "build_model",
+    "compact_state",
     "image_tensor",
     "load_world_clip",
     "model_config",
@@ -143,6 +144,18 @@ def save_world_clip(
     save_file(state, str(tmp), metadata={"arch": ARCH, **(metadata or {})})
     tmp.replace(path)
     return path
+
+
+def compact_state(path: str | Path, vocabulary: CompactVocabulary) -> dict[str, torch.Tensor]:
+    """A world-clip file as the fp32 state dict of a compact-vocabulary model (to continue training it)."""
+    from safetensors.torch import load_file
+
+    state = load_file(str(path))
+    ids, rows = state.pop(_IDS_KEY), state.pop(_ROWS_KEY)
+    if tuple(ids.tolist()) != vocabulary.ids:
+        raise ValueError(f"{path} was trained on another vocabulary than the world's current one")
+    state[_TABLE_KEY] = rows
+    return {key: value.float() for key, value in state.items()}
 
 
 def load_world_clip(path: str | Path = WEIGHTS_FILE) -> torch.nn.Module:

@@ -46,6 +46,9 @@ class TrainSettings:
     steps: int = 1500
     batch_size: int = 128
     hard_negatives: int = 2
+    # How much more often shape and layout are the changed attribute of a hard negative: random batches already
+    # separate colors and backgrounds, so these two are what hard negatives must teach.
+    hard_weight: float = 1.0
     learning_rate: float = 1e-3
     warmup: int = 100
     weight_decay: float = 0.05
@@ -110,7 +113,14 @@ def make_batch(rng: np.random.Generator, settings: TrainSettings, vocabulary: Co
     scenes = [sample_scene(rng) for _ in range(settings.batch_size)]
     images = [Image.fromarray(_augment(scene.render(), scene.render, rng, settings)) for scene in scenes]
     captions = [scene.caption() for scene in scenes]
-    negatives = [text for scene in scenes for text in distractors(scene, rng, settings.hard_negatives)]
+    weights = (
+        None
+        if settings.hard_weight == 1.0
+        else {"shape": settings.hard_weight, "layout": settings.hard_weight}
+    )
+    negatives = [
+        text for scene in scenes for text in distractors(scene, rng, settings.hard_negatives, weights)
+    ]
     tokens = tokenize_captions(captions + negatives)  # [B * (1 + K), L]
     return Batch(images=image_tensor(images), tokens=vocabulary.encode(tokens))
 

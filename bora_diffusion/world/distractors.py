@@ -12,6 +12,7 @@ A changed caption is a distractor only if it describes a different picture: "a r
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Mapping
 
 import numpy as np
 
@@ -19,6 +20,11 @@ from .scenes import Scene
 from .vocabulary import BACKGROUND_TEXTURES, COLORS, PLACES, RELATIONS, SHAPES, SIZES
 
 __all__ = ["attribute_variants", "attributes", "distractors"]
+
+
+def _kind(attribute: str) -> str:
+    """ "shape 1" -> "shape"; "layout" and the background attributes are their own kinds."""
+    return attribute if attribute.startswith(("background", "layout")) else attribute.split()[0]
 
 
 def attributes(scene: Scene) -> list[str]:
@@ -63,12 +69,21 @@ def attribute_variants(scene: Scene, attribute: str) -> list[tuple[str, str]]:
     return [(value, _with(scene, attribute, value).caption()) for value in _values(scene, attribute)]
 
 
-def distractors(scene: Scene, rng: np.random.Generator, count: int) -> list[str]:
+def distractors(
+    scene: Scene, rng: np.random.Generator, count: int, weights: Mapping[str, float] | None = None
+) -> list[str]:
     """`count` captions, each wrong in one attribute of `scene`, the attributes distinct while there are enough
-    (then repeating attributes with other values); no caption twice, never the true one."""
+    (then repeating attributes with other values); no caption twice, never the true one.
+
+    `weights` maps an attribute kind ("shape", "color", "size", "layout", "background color", "background
+    texture") to how much more often it is picked first (default 1 each: a uniform order)."""
     truth = scene.caption()
     names = attributes(scene)
-    order = [names[i] for i in rng.permutation(len(names))]
+    if weights is None:
+        order = [names[i] for i in rng.permutation(len(names))]
+    else:
+        p = np.asarray([weights.get(_kind(name), 1.0) for name in names], dtype=np.float64)
+        order = [names[i] for i in rng.choice(len(names), size=len(names), replace=False, p=p / p.sum())]
     out: list[str] = []
     while len(out) < count:
         for attribute in order:
