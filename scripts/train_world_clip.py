@@ -4,6 +4,16 @@
         [--out bora_diffusion/world/weights/world-clip.safetensors] [--eval-images 500]
         [--init FILE --hard-weight 3 --hard-negatives 3 --lr 5e-4 --warmup 50]   (a second stage)
 
+The shipped weights are four stages of this script, each --init from the previous one's file (A, B, C):
+
+    --steps 1200 --seed 0 --out A
+    --init A --steps 1000 --hard-weight 3 --hard-negatives 3 --lr 5e-4 --warmup 50 --seed 1 --out B
+    --init B --steps 900 --hard-weight 5 --hard-negatives 3 --lr 5e-4 --warmup 50 --seed 2 --out C
+    --init C --steps 700 --hard-weight 5 --hard-negatives 3 --lr 4e-4 --warmup 50 --seed 3
+
+(4483 s in all on a shared 2-core CPU.) Held-out: caption retrieval among 1 + 5 one-attribute distractors
+82.6% (chance 16.7%), attribute classification 86.8% (shape 50.3%, layout 77.8%, the rest 99-100%).
+
 Seeded and reproducible on CPU: one numpy Generator draws every batch, torch draws the initialization from
 the same seed, and one thread keeps float reductions in a fixed order. The written file is what is measured:
 the evaluation loads it back (fp16 weights, sparse token table) before scoring.
