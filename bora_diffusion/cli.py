@@ -317,11 +317,15 @@ def _add_scoring_args(parser: argparse.ArgumentParser) -> None:
         default="default",
         help="metric conventions: default (raw cosine, token -> class word), custom-diffusion or mix-of-show",
     )
-    parser.add_argument("--backbone", help="open_clip architecture instead of the conventions' (ViT-B-32)")
+    parser.add_argument(
+        "--backbone",
+        help="open_clip architecture instead of the conventions' (default: the shipped world-clip; "
+        "custom-diffusion and mix-of-show: ViT-B-32)",
+    )
     parser.add_argument(
         "--weights",
-        help="CLIP weights instead of the conventions' (openai): a pretrained tag cached locally, a checkpoint "
-        "file, or 'none' for a random CLIP (smoke runs; the scores mean nothing)",
+        help="CLIP weights instead of the conventions' (world-clip: embedded; the presets: openai, cached "
+        "locally): a pretrained tag, a checkpoint file, or 'none' for a random CLIP (smoke runs)",
     )
     parser.add_argument("--device", help="cuda or cpu (default: cuda when available)")
 

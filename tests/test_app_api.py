@@ -438,4 +438,6 @@ def test_missing_clip_weights_say_how_to_start_the_app():
     else:
         pytest.skip("ViT-B-32/openai weights are cached on this machine")
     with pytest.raises(WeightsError, match="restart it with --clip BACKBONE:/path/to/weights.pt"):
-        Scorers(ClipChoice()).get("default")
+        Scorers(ClipChoice()).get(
+            "custom-diffusion"
+        )  # ViT-B-32/openai (the default is the shipped world CLIP)

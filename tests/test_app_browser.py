@@ -120,7 +120,8 @@ def _upload(page, images: list[Path]) -> None:
     for attempt in range(2):
         page.locator("#train-files input[type=file]").set_input_files([str(p) for p in images])
         try:
-            page.get_by_text(images[-1].name).first.wait_for(timeout=30_000 if attempt == 0 else TIMEOUT_MS)
+            shown = page.locator("#train-files").get_by_text(images[-1].name).filter(visible=True).first
+            shown.wait_for(timeout=30_000 if attempt == 0 else TIMEOUT_MS)
             return
         except Exception:
             if attempt:

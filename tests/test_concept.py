@@ -76,7 +76,8 @@ def load_script():
 
 # ------------------------------------------------------------------------------------------------- the examples
 def test_shipped_examples_load_cleanly():
-    concepts = load_concepts(sorted(p for p in EXAMPLES.iterdir() if p.is_dir()))  # default CLIP tokenizer
+    folders = [EXAMPLES / "kettle", EXAMPLES / "robot"]  # the drawn examples (test_world_concepts: the rest)
+    concepts = load_concepts(folders)  # default CLIP tokenizer
     assert [c.name for c in concepts] == ["kettle", "robot"]
     for concept in concepts:
         assert len(concept.images) == 8

@@ -29,7 +29,8 @@ MAX_IMAGES_PER_PROMPT = 8
 
 @dataclass(frozen=True)
 class ClipChoice:
-    """Which CLIP the app scores with; None keeps the preset's own (ViT-B-32 / openai)."""
+    """Which CLIP the app scores with; None keeps the preset's own (the shipped world CLIP for
+    "default", ViT-B-32 / openai for the published presets)."""
 
     backbone: str | None = None
     weights: str | None = None

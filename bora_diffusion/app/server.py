@@ -39,8 +39,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--clip",
         default=None,
-        help="CLIP for evaluation as BACKBONE[:WEIGHTS] (default ViT-B-32:openai, cached locally); "
-        "WEIGHTS 'random' gives a random init for smoke runs",
+        help="CLIP for evaluation as BACKBONE[:WEIGHTS] (default: the conventions' own, the shipped world CLIP "
+        "for 'default', ViT-B-32:openai cached locally for the published presets); WEIGHTS 'random' gives a "
+        "random init for smoke runs",
     )
     return parser
 
