@@ -25,7 +25,7 @@ def test_methods_runs_each_method_and_keeps_files(tmp_path, capsys):
     rows = [line.split() for line in text.splitlines() if line.startswith(("sbora_fa", "dora"))]
     assert [row[0] for row in rows] == ["sbora_fa", "dora"]
     assert all(row[-1] == "bit-exact" for row in rows)
-    assert rows[0][1] == "32" and rows[0][2] == "2,560"  # 32 projections; FA trains r * out per layer
+    assert rows[0][1] == "56" and rows[0][2] == "8,448"  # world base: 56 projections; FA trains r * out per layer
     assert sorted(p.name for p in out.iterdir()) == ["dora.safetensors", "sbora_fa.safetensors"]
 
     assert main(["inspect", str(out / "sbora_fa.safetensors")]) == 0
@@ -53,7 +53,7 @@ def test_compose_generate_and_slots_from_the_command_line(tmp_path, capsys):
         == 0
     )
     out = capsys.readouterr().out
-    assert "2 concepts fused (check x1, check-2 x0.5) on 32 layers" in out
+    assert "2 concepts fused (check x1, check-2 x0.5) on 56 layers" in out
     assert json.loads(report.read_text())["concepts"]["check-2"]["scale"] == 0.5
     assert (tmp_path / "fused" / "model_index.json").exists()
     # The saved folder is a plain diffusers pipeline: it loads as a base without any adapter code.
@@ -101,7 +101,7 @@ def test_export_then_import_round_trips_through_the_command_line(tmp_path, capsy
         assert f"{layout} LoRA: {exported}" in capsys.readouterr().out
         native = tmp_path / f"back-{layout}.safetensors"
         assert main(["import", str(exported), str(native), "--name", "back", "--token", "qwiv"]) == 0
-        assert f"imported 32 UNet layer(s) at rank 4 from {layout} file" in capsys.readouterr().out
+        assert f"imported 56 UNet layer(s) at rank 4 from {layout} file" in capsys.readouterr().out
         info = read_adapter(native)
         assert (info.config.method, info.name, info.token) == ("lora", "back", "qwiv")
     assert main(["export", str(tmp_path / "dora.safetensors"), str(tmp_path / "x.safetensors")]) == 2
