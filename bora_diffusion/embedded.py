@@ -6,8 +6,9 @@ a small VAE, a 2-layer CLIP text encoder and the real 49,408-token OpenAI CLIP t
 merges file that open_clip ships. `ensure_embedded_default()` saves it once under the bora-diffusion home folder
 so every later load is a plain `from_pretrained(folder)`, exactly like a downloaded base.
 
-The weights are random today. `_write_default_weights` is the single place that decides where they come from, so
-shipping trained weights inside the package later changes that one function and `EMBEDDED_RECIPE_VERSION`.
+Its weights are the world base trained by `scripts/train_world_base.py` and shipped in `world/weights/base/` (fp16,
+the token table reduced to its trained rows); without those files (a bare checkout) it falls back to random
+weights from seed 0. `_write_default_weights` is the single place that decides which.
 """
 
 from __future__ import annotations
