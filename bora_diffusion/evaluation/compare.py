@@ -45,6 +45,7 @@ from ..errors import ConfigError
 from ..inject import concepts as model_concepts
 from ..inject import eject, find_targets, inject, remove, wrappers
 from ..train import ConceptLike, train_concepts
+from .report import check_version
 from .runs import EvalConcept, EvaluationReport, RunSettings, SettingScores, evaluate_concepts
 from .scorer import ClipScorer
 
@@ -347,11 +348,7 @@ class Comparison:
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> Comparison:
         """Read back `to_dict` (e.g. a saved comparison.json, to redraw the table or chart without rerunning)."""
-        version = data.get("comparison_version")
-        if version != COMPARISON_VERSION:
-            raise ConfigError(
-                f"comparison version {version!r} is not {COMPARISON_VERSION}: read it with the version that wrote it"
-            )
+        check_version(data, "comparison_version", COMPARISON_VERSION, "comparison")
         reports = data["reports"]
         return cls(
             settings=CompareSettings.from_dict(data["settings"]),

@@ -27,6 +27,15 @@ REPORT_VERSION = 1
 METRICS = ("clip-t", "clip-i")
 
 
+def check_version(data: Mapping[str, Any], key: str, expected: int, what: str) -> None:
+    """Refuse a saved report (of any kind: `what`) written in another format version than this code reads."""
+    version = data.get(key)
+    if version != expected:
+        raise ConfigError(
+            f"{what} version {version!r} is not {expected}: read it with the version that wrote it"
+        )
+
+
 @dataclass(frozen=True)
 class AlignmentReport:
     """One CLIP-T or CLIP-I measurement.
@@ -117,11 +126,7 @@ class AlignmentReport:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> AlignmentReport:
-        version = data.get("report_version")
-        if version != REPORT_VERSION:
-            raise ConfigError(
-                f"report version {version!r} is not {REPORT_VERSION}: read it with the version that wrote it"
-            )
+        check_version(data, "report_version", REPORT_VERSION, "report")
         per_image = data["per_image"]
         clip_t = data["metric"] == "clip-t"
         return cls(

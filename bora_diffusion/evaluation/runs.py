@@ -44,6 +44,7 @@ from .conventions import Conventions
 from .errors import EvaluationError
 from .images import check_images, reference_images
 from .prompt_sets import fill_prompts, load_prompt_set
+from .report import check_version
 from .scorer import ClipScorer
 
 __all__ = [
@@ -254,12 +255,7 @@ class EvaluationReport:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> EvaluationReport:
-        version = data.get("report_version")
-        if version != REPORT_VERSION:
-            raise ConfigError(
-                f"evaluation report version {version!r} is not {REPORT_VERSION}: read it with the version that "
-                "wrote it"
-            )
+        check_version(data, "report_version", REPORT_VERSION, "evaluation report")
         return cls(
             base_model=data["base_model"],
             conventions=Conventions.from_dict(data["conventions"]),
