@@ -120,7 +120,8 @@ def _upload(page, images: list[Path]) -> None:
     for attempt in range(2):
         page.locator("#train-files input[type=file]").set_input_files([str(p) for p in images])
         try:
-            shown = page.locator("#train-files").get_by_text(images[-1].name).filter(visible=True).first
+            # Gradio renders a file name as two spans ("mug_2", ".png"); its accessible label is the whole name.
+            shown = page.locator(f'#train-files [aria-label="{images[-1].name}"]').first
             shown.wait_for(timeout=30_000 if attempt == 0 else TIMEOUT_MS)
             return
         except Exception:
