@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import itertools
 import json
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -88,6 +89,8 @@ def compose(
     """
     unet = getattr(model, "unet", model)
     infos = [read_adapter(path) for path, _ in files]
+    if not force:
+        check_slots(infos)  # before anything is loaded: a refused composition leaves the model untouched
     for info in infos:
         if info.token_embedding is None:
             continue
@@ -105,13 +108,6 @@ def compose(
         loaded[name] = load_adapter(info, unet, name=name)
         set_scale(unet, name, scale)
     pairs = interference(unet, list(loaded))
-    clashes = [p for p in pairs if p.overlap]
-    if clashes and not force:
-        shown = "; ".join(f"{p.layer}: {p.first} and {p.second} share {p.overlap}" for p in clashes[:3])
-        raise SlotError(
-            f"{len(clashes)} layer(s) have overlapping slots ({shown}{'; ...' if len(clashes) > 3 else ''}); "
-            "train the concepts on one slot ledger so their slots are disjoint, or pass force to sum them anyway"
-        )
     set_active(unet, list(loaded))
     if fuse:
         merge(unet)
@@ -131,6 +127,26 @@ def compose(
         pairs=pairs,
     )
     return report
+
+
+def check_slots(infos: Sequence[AdapterFile]) -> None:
+    """Raise SlotError naming the layers where two of these files own the same slot indices in the same space
+    (read from the files alone, so nothing has to be loaded to refuse them)."""
+    clashes = []
+    for a, b in itertools.combinations(infos, 2):
+        if a.slot_space is None or a.slot_space != b.slot_space:
+            continue
+        slots_a, slots_b = a.slots(), b.slots()
+        for layer in sorted(set(slots_a) & set(slots_b)):
+            shared = len(set(slots_a[layer].tolist()) & set(slots_b[layer].tolist()))
+            if shared:
+                clashes.append(f"{layer}: {a.name} and {b.name} share {shared}")
+    if clashes:
+        shown = "; ".join(clashes[:3])
+        raise SlotError(
+            f"{len(clashes)} layer(s) have overlapping slots ({shown}{'; ...' if len(clashes) > 3 else ''}); "
+            "train the concepts on one slot ledger so their slots are disjoint, or pass force to sum them anyway"
+        )
 
 
 @torch.no_grad()
