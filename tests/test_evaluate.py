@@ -17,6 +17,7 @@ import pytest
 import torch
 from PIL import Image
 
+from bora_diffusion.concept import fill
 from bora_diffusion.errors import BoraError, ConfigError
 from bora_diffusion.evaluation import (
     PRESETS,
@@ -317,7 +318,7 @@ def test_generated_folder_manifest(tmp_path):
 
 # ----------------------------------------------------------------------------------------------- prompt sets
 def test_prompt_sets():
-    assert set(prompt_sets()) == {"dreambench-object", "dreambench-live", "quick-object", "quick-live"}
+    assert set(prompt_sets()) == {"dreambench-object", "dreambench-live", "quick-object", "quick-live", "world"}
     for kind in ("object", "live"):
         full, quick = load_prompt_set(f"dreambench-{kind}"), load_prompt_set(f"quick-{kind}")
         assert len(full) == 25 and len(set(full)) == 25
@@ -333,6 +334,18 @@ def test_prompt_sets():
     assert fill_prompts(load_prompt_set("quick-live")[:1], "qwiv", "dog") == ["a qwiv dog on the beach"]
     with pytest.raises(ConfigError, match="did you mean 'quick-live'"):
         load_prompt_set("quick_live")
+
+
+def test_world_prompt_set_speaks_the_world_captions_language():
+    """The world CLIP knows only the world's words: with the token left out, every world prompt must be made of
+    them, or CLIP-T on the embedded default would score words it has never seen."""
+    from bora_diffusion.world.vocabulary import WORDS
+
+    templates = load_prompt_set("world")
+    assert len(templates) == 6
+    for template in templates:
+        words = fill(template, "", "star").split()
+        assert words and set(words) <= set(WORDS), template
 
 
 # ---------------------------------------------------------------------------------------------------- errors

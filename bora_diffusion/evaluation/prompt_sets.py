@@ -6,6 +6,8 @@
   images per prompt.
 - ``quick-object`` / ``quick-live``: 4 prompts from the matching DreamBench set, for smoke runs and validation
   during training; subsets, so a quick score is a score on part of the full protocol.
+- ``world``: 6 prompts for concepts of the embedded world (backgrounds and companion objects, in the world's
+  caption grammar), the set the world CLIP can read; `scripts/bench_quality.py` scores with it.
 
 The sets are plain text files in `prompts/` (one template per line, "#" starts a comment), so a set can be read
 and diffed without Python.
@@ -21,7 +23,7 @@ from ..errors import ConfigError
 
 __all__ = ["fill_prompts", "load_prompt_set", "prompt_sets"]
 
-_SETS = ("dreambench-object", "dreambench-live", "quick-object", "quick-live")
+_SETS = ("dreambench-object", "dreambench-live", "quick-object", "quick-live", "world")
 
 
 def prompt_sets() -> tuple[str, ...]:
