@@ -302,7 +302,14 @@ def _add_scoring_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--prompts",
         default="quick-object",
-        help="prompt set: quick-object (default, 4 prompts), quick-live, dreambench-object (25), dreambench-live (25)",
+        help="prompt set: quick-object (default, 4 prompts), quick-live, dreambench-object (25), dreambench-live "
+        "(25), world (6, for the embedded world's concepts)",
+    )
+    parser.add_argument(
+        "--no-base",
+        action="store_true",
+        help="skip the base before tuning (by default the same prompts and seeds are drawn and scored on the "
+        "bare base first, and each concept's gain over it is reported)",
     )
     parser.add_argument(
         "--images", type=int, default=4, help="images per prompt, seeds SEED..SEED+N-1 (default 4)"
@@ -563,6 +570,7 @@ def _scoring(args: argparse.Namespace):
         images_per_prompt=args.images,
         seed=args.seed,
         sampling=SamplingSettings(steps=args.steps, guidance=args.guidance),
+        before=not args.no_base,
         composed=not getattr(args, "no_composed", False),
         fuse=not getattr(args, "live", False),
         force=getattr(args, "force", False),
@@ -620,9 +628,16 @@ def run_evaluate(args: argparse.Namespace) -> int:
         progress=_print_progress,
     )
     for result in report.concepts:
+        if result.base is not None:
+            print(
+                f"{result.name:<12} base      CLIP-T {result.base.clip_t:.4f}  CLIP-I {result.base.clip_i:.4f}"
+            )
         line = (
-            f"{result.name:<12} alone     CLIP-T {result.alone.clip_t:.4f}  CLIP-I {result.alone.clip_i:.4f}"
+            f"{result.name if result.base is None else '':<12} alone     CLIP-T {result.alone.clip_t:.4f}  "
         )
+        line += f"CLIP-I {result.alone.clip_i:.4f}"
+        if result.base is not None:
+            line += f"  gain T {result.gain('clip_t'):+.4f} I {result.gain('clip_i'):+.4f}"
         print(line)
         if result.composed is not None:
             retention_t, retention_i = result.retention("clip_t"), result.retention("clip_i")

@@ -165,13 +165,14 @@ def test_means_are_the_scorers_on_the_images_written(compared, tiny_clip):
     out, _ = compared
     report = EvaluationReport.load(out / "sbora_fa" / "eval" / "evaluation.json")
     scorer = ClipScorer(Conventions(backbone=tiny_clip, weights=None), device="cpu")
-    for setting in ("alone", "composed"):
+    expected_concepts = {"base": [], "alone": ["robot"], "composed": sorted(NAMES)}
+    for setting in ("base", "alone", "composed"):
         result = report.concept("robot")
         folder = out / "sbora_fa" / "eval" / getattr(result, setting).folder
         manifest = json.loads((folder / "manifest.json").read_text())
         assert [entry["seed"] for entry in manifest["images"]] == [0] * 4  # 4 prompts x 1 seed
         assert manifest["setting"] == setting
-        assert sorted(manifest["concepts"]) == (sorted(NAMES) if setting == "composed" else ["robot"])
+        assert sorted(manifest["concepts"]) == expected_concepts[setting]
         images = [folder / entry["file"] for entry in manifest["images"]]
         text = scorer.text_alignment(
             images, [e["prompt"] for e in manifest["images"]], tokens={"bxj": "robot"}
@@ -185,6 +186,33 @@ def test_means_are_the_scorers_on_the_images_written(compared, tiny_clip):
         scores = np.array([entry["score"] for entry in per_image["per_image"]])
         assert getattr(result, setting).clip_i_sem == pytest.approx(scores.std(ddof=1) / 2, rel=1e-9)
         assert getattr(result, setting).clip_t_sem == pytest.approx(np.std(text.scores, ddof=1) / 2, rel=1e-9)
+
+
+def test_the_base_before_tuning_is_scored_once_and_read_against(compared):
+    """compare scores the bare base first (one folder for every method), and each report's gain is alone - base."""
+    out, _ = compared
+    assert sorted(p.name for p in (out / "base").iterdir()) == sorted(NAMES)
+    reports = {m: EvaluationReport.load(out / m / "eval" / "evaluation.json") for m in METHODS}
+    for name in NAMES:
+        bases = {m: reports[m].concept(name).base for m in METHODS}
+        assert bases[METHODS[0]] == bases[METHODS[1]] and bases[METHODS[0]].images == 4
+        assert (out / METHODS[0] / "eval" / bases[METHODS[0]].folder).resolve() == (
+            out / "base" / name
+        ).resolve()
+        for report in reports.values():
+            concept = report.concept(name)
+            assert concept.gain("clip_i") == pytest.approx(
+                concept.alone.clip_i - concept.base.clip_i, abs=1e-12
+            )
+    # The base images carry the token but no adapter: the trained models drew something else from the same seed.
+    base_pixels = np.asarray(Image.open(out / "base" / "robot" / "p00-s0.png"), dtype=np.int16)
+    alone_pixels = np.asarray(
+        Image.open(out / "sbora_fa" / "eval" / "alone" / "robot" / "p00-s0.png"), dtype=np.int16
+    )
+    assert np.abs(base_pixels - alone_pixels).max() > 0
+    table = (out / "comparison.md").read_text()
+    base_rows = [line for line in table.splitlines() if line.startswith("| base (before tuning) |")]
+    assert len(base_rows) == 1 and f"{reports['lora'].concept('kettle').base.clip_i:.4f}" in base_rows[0]
 
 
 def test_matched_ranks_are_the_nearest_in_trainable_parameters(compared, tiny_pipe):
@@ -226,6 +254,7 @@ def test_evaluate_from_the_command_line(compared, home, tmp_path, capsys):
     assert main(["evaluate", *pairs, "--out", str(out), "--prompts", "quick-live", *SCORING]) == 0
     printed = capsys.readouterr().out
     assert printed.count("alone     CLIP-T") == 2 and printed.count("retention T") == 2
+    assert printed.count("base      CLIP-T") == 2 and printed.count("gain T") == 2
     data = json.loads((out / "evaluation.json").read_text())
     assert data["settings"]["prompt_set"] == "quick-live" and data["settings"]["seeds"] == [0]
     assert [c["prompt_set"] for c in data["concepts"]] == ["quick-live", "quick-object"]
@@ -300,3 +329,58 @@ def test_overlapping_slots_fail_before_anything_is_generated_unless_forced(tiny_
     report = evaluate_concepts(tiny_pipe, specs, scorer, tmp_path / "forced", base_name="t", settings=forced)
     assert report.concept("kettle").composed is not None
     assert report.composition["pairs"][0]["overlap"] == 2  # the clash is on record
+
+
+def test_the_base_is_not_scored_through_a_token_an_earlier_concept_added(tiny_pipe, tiny_clip, tmp_path):
+    """Before tuning means the base tokenizer's reading of the token; once a concept has added the token to this
+    pipeline that reading is gone, so the before-tuning setting is refused (and runs without it)."""
+    scorer = ClipScorer(Conventions(backbone=tiny_clip, weights=None), device="cpu")
+    unet = copy.deepcopy(tiny_pipe.unet)
+    config = AdapterConfig(method="lora", rank=2)
+    inject(unet, config, name="kettle")
+    width = tiny_pipe.text_encoder.get_input_embeddings().weight.shape[1]
+    file = save_adapter(
+        tmp_path / "k.safetensors",
+        unet,
+        "kettle",
+        config,
+        base_name="t",
+        token="zqb",
+        class_word="kettle",
+        token_embedding=torch.zeros(width),
+    )
+    add_token(tiny_pipe.tokenizer, tiny_pipe.text_encoder, "zqb", init_word="kettle")
+    fast = RunSettings(images_per_prompt=1, sampling=SamplingSettings(steps=1))
+    spec = [EvalConcept(file, FOLDERS[0])]
+    with pytest.raises(ConfigError, match="already holds token 'zqb'.*before tuning"):
+        evaluate_concepts(tiny_pipe, spec, scorer, tmp_path / "refused", base_name="t", settings=fast)
+    assert not (tmp_path / "refused").exists()
+    report = evaluate_concepts(
+        tiny_pipe,
+        spec,
+        scorer,
+        tmp_path / "o",
+        base_name="t",
+        settings=dataclasses.replace(fast, before=False),
+    )
+    assert report.concepts[0].base is None and report.concepts[0].gain("clip_i") is None
+    assert not (tmp_path / "o" / "base").exists()
+
+
+def test_the_overview_shows_references_and_every_setting(compared, tmp_path, home):
+    """evaluate writes overview.png: per concept a references row, then base, alone and composed rows, one
+    first-seed image per prompt, each tile the generated image enlarged to 128 px."""
+    files = [compared[0] / "lora" / "train" / f"{name}.safetensors" for name in NAMES]
+    out = tmp_path / "eval"
+    pairs = [f"{file}={folder}" for file, folder in zip(files, FOLDERS, strict=True)]
+    assert main(["evaluate", *pairs, "--out", str(out), *SCORING]) == 0
+    sheet = Image.open(out / "overview.png")
+    prompts = len(EvaluationReport.load(out / "evaluation.json").concepts[0].prompts)
+    assert sheet.size == (prompts * 128, 2 * 4 * (128 + 16))  # 2 concepts x (references + 3 settings)
+    tile = np.asarray(sheet.convert("RGB"))[3 * 144 + 16 : 4 * 144, 0:128]  # row 3: kettle composed
+    image = (
+        Image.open(out / "composed" / "kettle" / "p00-s0.png")
+        .convert("RGB")
+        .resize((128, 128), Image.NEAREST)
+    )
+    assert np.array_equal(tile, np.asarray(image))

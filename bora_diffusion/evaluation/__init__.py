@@ -48,6 +48,7 @@ from .runs import (
     EvaluationReport,
     RunSettings,
     SettingScores,
+    evaluate_base,
     evaluate_concepts,
 )
 from .scorer import ClipScorer, Progress
@@ -79,6 +80,7 @@ __all__ = [
     "WeightsSource",
     "WeightsUnavailableError",
     "compare_methods",
+    "evaluate_base",
     "evaluate_concepts",
     "fill_prompts",
     "generated_images",

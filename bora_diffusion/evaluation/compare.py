@@ -46,7 +46,7 @@ from ..inject import concepts as model_concepts
 from ..inject import eject, find_targets, inject, remove, wrappers
 from ..train import ConceptLike, train_concepts
 from .report import check_version
-from .runs import EvalConcept, EvaluationReport, RunSettings, SettingScores, evaluate_concepts
+from .runs import EvalConcept, EvaluationReport, RunSettings, SettingScores, evaluate_base, evaluate_concepts
 from .scorer import ClipScorer
 
 __all__ = [
@@ -304,6 +304,8 @@ class Comparison:
                         "trainable_params": budget.trainable_params,
                         "param_ratio": round(budget.ratio, 4),
                         "concept": concept.name,
+                        "clip_t_base": concept.base.clip_t if concept.base else None,
+                        "clip_i_base": concept.base.clip_i if concept.base else None,
                         "clip_t_alone": concept.alone.clip_t,
                         "clip_i_alone": concept.alone.clip_i,
                         "clip_t_composed": composed.clip_t if composed else None,
@@ -391,6 +393,12 @@ class Comparison:
         head = ["method", "rank", "params"] + [f"{n} {m}" for n in names for m in ("CLIP-T", "CLIP-I")]
         head += ["mean CLIP-T", "mean CLIP-I"]
         lines += [_md_row(head), _md_row(["---"] * len(head))]
+        if first.concepts and all(concept.base is not None for concept in first.concepts):
+            cells = ["base (before tuning)", "-", "0"]
+            for concept in first.concepts:
+                cells += [_cell(concept.base, "clip_t"), _cell(concept.base, "clip_i")]
+            cells += [f"{value:.4f}" for value in _means(first, "base")]
+            lines.append(_md_row(cells))
         for result in self.results:
             b, report = result.budget, result.report
             cells = [b.method, str(b.rank), f"{b.trainable_params:,} ({b.ratio:.2f}x)"]
@@ -485,6 +493,21 @@ def compare_methods(
         targets=settings.targets,
         blocks=settings.blocks,
     )
+    # The base before tuning is the same for every method (same prompts, seeds and base): scored once, first,
+    # while the pipeline's tokenizer still reads the tokens as the base does (training adds trained ones).
+    base = (
+        evaluate_base(
+            pipe,
+            [(item.concept, item.references) for item in concepts],
+            scorer,
+            out_dir,
+            base_name=base_name,
+            settings=settings.run,
+        )
+        if settings.run.before
+        else {}
+    )
+    run = dataclasses.replace(settings.run, before=False)
     results = []
     total = 2 * len(budgets)
     for index, budget in enumerate(budgets):
@@ -507,8 +530,17 @@ def compare_methods(
             scorer,
             folder / "eval",
             base_name=base_name,
-            settings=settings.run,
+            settings=run,
         )
+        if base:
+            # The base images live beside the methods' folders; the report points at them from where it is.
+            up = os.path.relpath(out_dir, folder / "eval")
+            concepts_with_base = tuple(
+                dataclasses.replace(c, base=dataclasses.replace(base[c.name], folder=f"{up}/base/{c.name}"))
+                for c in report.concepts
+            )
+            report = dataclasses.replace(report, concepts=concepts_with_base, settings=settings.run)
+            report.save(folder / "eval" / "evaluation.json")
         results.append(MethodResult(budget, report))
     if progress is not None:
         progress("done", total, total)

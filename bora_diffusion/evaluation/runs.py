@@ -5,6 +5,10 @@ is filled with its token and class word, every prompt is generated with N fixed 
 against its prompt (CLIP-T, prompt fidelity) and against the concept's reference images (CLIP-I, subject
 fidelity), and the means are reported.
 
+Before tuning: the same prompts and seeds are first generated on the bare base (`RunSettings.before`), token
+and all, so every score has the number it is read against: a concept's **gain** is alone - base (the base draws
+its class word, or nothing in particular, where the token stands).
+
 Multi-concept: the same prompts and seeds are generated a second time with *all* the given concepts composed
 into the base (`bora_diffusion.merge.compose`), so every composed image has a twin in the alone setting that
 differs only by the other concepts being present. A concept's **retention** is composed score / alone score:
@@ -14,9 +18,11 @@ this when the alone score is positive, so retention is null otherwise (raw cosin
 
 Images, each setting's manifest and the per-image `AlignmentReport`s land under the output folder::
 
-    <out>/alone/<concept>/       p00-s0.png ... manifest.json grid.png clip_t.json clip_i.json
+    <out>/base/<concept>/        p00-s0.png ... manifest.json grid.png clip_t.json clip_i.json
+    <out>/alone/<concept>/       the same, generated with the concept's file loaded
     <out>/composed/<concept>/    the same, generated with every concept composed
     <out>/evaluation.json        the `EvaluationReport`: means, retention, conventions, settings, provenance
+    <out>/overview.png           references, then base / alone / composed images per concept (first seed)
 
 Nothing is printed; `progress(message, done, total)` is called before each generation and scoring step.
 """
@@ -33,13 +39,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..atomic import write_text
+from PIL import Image, ImageDraw
+
+from ..atomic import atomic_path, write_text
+from ..concept import Concept
 from ..errors import ConfigError
 from ..formats import AdapterFile, read_adapter
 from ..generate import SamplingSettings, generate
 from ..inject import concepts as model_concepts
 from ..inject import eject
-from ..merge import compose
+from ..merge import check_slots, compose
 from .conventions import Conventions
 from .errors import EvaluationError
 from .images import check_images, reference_images
@@ -56,13 +65,16 @@ __all__ = [
     "RunProgress",
     "RunSettings",
     "SettingScores",
+    "evaluate_base",
     "evaluate_concepts",
+    "overview",
     "standard_error",
 ]
 
 REPORT_VERSION = 1
-# "alone": the concept's file is the only adapter on the base; "composed": every concept of the run is on it.
-SETTINGS = ("alone", "composed")
+# "base": no adapter (before tuning); "alone": the concept's file is the only adapter on the base; "composed":
+# every concept of the run is on it.
+SETTINGS = ("base", "alone", "composed")
 # progress(message, done, total): done steps out of total (generation and scoring steps of the whole run).
 RunProgress = Callable[[str, int, int], None]
 
@@ -100,13 +112,15 @@ class EvalConcept:
 @dataclass(frozen=True)
 class RunSettings:
     """How images are drawn: the prompt set, N images per prompt with seeds `seed .. seed + N - 1`, the sampler
-    settings, and whether the composed setting runs (with 2+ concepts) fused into the weights or live. `force`
-    composes concepts whose slots overlap (trained on separate ledgers) instead of refusing them."""
+    settings, whether the base before tuning is scored too (`before`), and whether the composed setting runs
+    (with 2+ concepts) fused into the weights or live. `force` composes concepts whose slots overlap (trained on
+    separate ledgers) instead of refusing them."""
 
     prompt_set: str = "quick-object"
     images_per_prompt: int = 4
     seed: int = 0
     sampling: SamplingSettings = dataclasses.field(default_factory=SamplingSettings)
+    before: bool = True
     composed: bool = True
     fuse: bool = True
     force: bool = False
@@ -154,7 +168,8 @@ class SettingScores:
 
 @dataclass(frozen=True)
 class ConceptResult:
-    """One concept: who it is, what it was prompted with, and its scores alone and (optionally) composed."""
+    """One concept: who it is, what it was prompted with, and its scores before tuning, alone and composed (the
+    first and last optional)."""
 
     name: str
     token: str
@@ -167,6 +182,13 @@ class ConceptResult:
     prompts: tuple[str, ...]
     alone: SettingScores
     composed: SettingScores | None = None
+    base: SettingScores | None = None
+
+    def gain(self, metric: str) -> float | None:
+        """alone - base for "clip_t" or "clip_i": what tuning changed; None without a base setting."""
+        if metric not in ("clip_t", "clip_i"):
+            raise ConfigError(f"metric must be 'clip_t' or 'clip_i', got {metric!r}")
+        return None if self.base is None else getattr(self.alone, metric) - getattr(self.base, metric)
 
     def retention(self, metric: str) -> float | None:
         """composed / alone for "clip_t" or "clip_i"; None without a composed setting or when the alone score
@@ -182,14 +204,16 @@ class ConceptResult:
         data = dataclasses.asdict(self)
         data["prompts"] = list(self.prompts)
         data["retention"] = {"clip_t": self.retention("clip_t"), "clip_i": self.retention("clip_i")}
+        data["gain"] = {"clip_t": self.gain("clip_t"), "clip_i": self.gain("clip_i")}
         return data
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> ConceptResult:
-        values = {key: value for key, value in data.items() if key != "retention"}
+        values = {key: value for key, value in data.items() if key not in ("retention", "gain")}
         values["prompts"] = tuple(values["prompts"])
         values["alone"] = SettingScores(**values["alone"])
-        values["composed"] = SettingScores(**values["composed"]) if values.get("composed") else None
+        for setting in ("composed", "base"):
+            values[setting] = SettingScores(**values[setting]) if values.get(setting) else None
         return cls(**values)
 
 
@@ -221,6 +245,8 @@ class EvaluationReport:
         parts = []
         for r in self.concepts:
             text = f"{r.name}: T {r.alone.clip_t:.4f} I {r.alone.clip_i:.4f}"
+            if r.base is not None:
+                text += f" (base T {r.base.clip_t:.4f} I {r.base.clip_i:.4f})"
             if r.composed is not None:
                 text += (
                     f" | composed T {r.composed.clip_t:.4f} I {r.composed.clip_i:.4f}"
@@ -243,6 +269,7 @@ class EvaluationReport:
             "weights": dict(self.weights),
             "settings": self.settings.to_dict(),
             "retention_rule": "composed mean / alone mean, same prompts and seeds; null when alone <= 0",
+            "gain_rule": "alone mean - base mean (no adapter), same prompts and seeds",
             "concepts": [result.to_dict() for result in self.concepts],
             "composition": dict(self.composition) if self.composition is not None else None,
             "environment": dict(self.environment),
@@ -379,13 +406,13 @@ def evaluate_concepts(
     prepared = _prepare(concepts, settings)
     _check_leftover_tokens(pipe, prepared)
     composed = settings.composed and len(prepared) > 1
-    if composed:  # overlapping slots fail now, not after every concept was generated alone
-        try:
-            compose(pipe, [(item.spec.file, item.spec.scale) for item in prepared], force=settings.force)
-        finally:
-            eject(pipe.unet)
+    if composed and not settings.force:  # overlapping slots fail now, not after the other settings' images
+        check_slots([item.info for item in prepared])
+    before = [_BaseItem.of(item) for item in prepared] if settings.before else []
+    if before:
+        _check_base_tokens(pipe, before)
     settings_run = ["alone", "composed"] if composed else ["alone"]
-    total = 2 * len(prepared) * len(settings_run)
+    total = 2 * len(prepared) * len(settings_run) + 2 * len(before)
     done = 0
 
     def step(message: str) -> None:
@@ -394,6 +421,7 @@ def evaluate_concepts(
             progress(message, done, total)
         done += 1
 
+    base = _score_base(pipe, before, scorer, out_dir, settings, base_name, step)
     alone: dict[str, SettingScores] = {}
     for item in prepared:
         files = [(item.spec.file, item.spec.scale)]
@@ -423,6 +451,7 @@ def evaluate_concepts(
             prompts=item.prompts,
             alone=alone[item.info.name],
             composed=together.get(item.info.name),
+            base=base.get(item.info.name),
         )
         for item in prepared
     )
@@ -436,7 +465,40 @@ def evaluate_concepts(
         environment=scorer._environment(),
     )
     report.save(out_dir / "evaluation.json")
+    with atomic_path(out_dir / "overview.png") as tmp:
+        overview(report, out_dir).save(tmp, format="PNG")
     return report
+
+
+def overview(report: EvaluationReport, out_dir: str | os.PathLike[str]) -> Image.Image:
+    """Before and after at a glance: per concept a row of its references, then one row per setting (base,
+    alone, composed) with each prompt's first-seed image, labelled with the setting's CLIP-T / CLIP-I. Tiles
+    are drawn at least 128 px (nearest-neighbour, so small models' pixels stay visible)."""
+    out_dir = Path(out_dir)
+    seed = report.settings.seed
+    rows: list[tuple[str, list[Path]]] = []
+    for concept in report.concepts:
+        references = reference_images(concept.references)[: len(concept.prompts)]
+        rows.append((f"{concept.name}: references", references))
+        for setting in SETTINGS:
+            scores = getattr(concept, setting)
+            if scores is None:
+                continue
+            folder = out_dir / scores.folder
+            label = f"{setting}: T {scores.clip_t:.3f} I {scores.clip_i:.3f}"
+            rows.append((label, [folder / f"p{p:02d}-s{seed}.png" for p in range(len(concept.prompts))]))
+    first = Image.open(rows[1][1][0])
+    tile = max(128, first.width)
+    label_h, columns = 16, max(len(paths) for _, paths in rows)
+    sheet = Image.new("RGB", (columns * tile, len(rows) * (tile + label_h)), "white")
+    draw = ImageDraw.Draw(sheet)
+    for r, (label, paths) in enumerate(rows):
+        top = r * (tile + label_h)
+        draw.text((2, top + 2), label, fill="black")
+        for c, path in enumerate(paths):
+            image = Image.open(path).convert("RGB").resize((tile, tile), Image.NEAREST)
+            sheet.paste(image, (c * tile, top + label_h))
+    return sheet
 
 
 def _generate_and_score(
@@ -483,21 +545,140 @@ def _generate_and_score(
     for item in items:
         name = item.info.name
         step(f"{setting}/{name}: score CLIP-T and CLIP-I")
-        images = generated[name]
-        prompts = [
-            prompt for prompt in item.prompts for _ in settings.seeds
-        ]  # generate's order: prompt-major
-        folder = out_dir / setting / name
-        text = scorer.text_alignment(images, prompts, tokens={item.token: item.class_word})
-        image = scorer.image_alignment(images, list(item.references))
-        text.save(folder / "clip_t.json")
-        image.save(folder / "clip_i.json")
-        scores[name] = SettingScores(
-            clip_t=text.mean,
-            clip_i=image.mean,
-            images=len(images),
-            folder=str(folder.relative_to(out_dir)),
-            clip_t_sem=standard_error(text.scores),
-            clip_i_sem=standard_error(image.scores),
+        scores[name] = _score(
+            scorer,
+            generated[name],
+            item.prompts,
+            settings,
+            item.token,
+            item.class_word,
+            item.references,
+            out_dir / setting / name,
+            out_dir,
         )
     return scores, composition.to_dict()
+
+
+@dataclass(frozen=True)
+class _BaseItem:
+    """What the before-tuning setting needs of a concept: its prompts and references, no adapter file."""
+
+    name: str
+    token: str
+    class_word: str
+    prompts: tuple[str, ...]
+    references: tuple[Path, ...]
+
+    @classmethod
+    def of(cls, item: _Prepared) -> _BaseItem:
+        return cls(item.info.name, item.token, item.class_word, item.prompts, item.references)
+
+
+def _check_base_tokens(pipe, items: Sequence[_BaseItem]) -> None:
+    """The base must read a concept's token as the base tokenizer does; a token an earlier concept added to this
+    pipeline would be read through that concept's trained vector instead."""
+    added = {token.lower() for token in getattr(pipe.tokenizer, "get_added_vocab", dict)()}
+    for item in items:
+        if item.token.lower() in added:
+            raise ConfigError(
+                f"this pipeline's tokenizer already holds token {item.token!r}, added by an earlier concept, so "
+                "its images before tuning would use that concept's embedding; score the base on a freshly "
+                "loaded pipeline, or turn the before-tuning setting off"
+            )
+
+
+def _score_base(
+    pipe,
+    items: Sequence[_BaseItem],
+    scorer: ClipScorer,
+    out_dir: Path,
+    settings: RunSettings,
+    base_name: str,
+    step: Callable[[str], None],
+) -> dict[str, SettingScores]:
+    """Generate every item's prompts x seeds on the bare base into `<out_dir>/base/<name>/`, then score them."""
+    generated: dict[str, list[Path]] = {}
+    for item in items:
+        step(f"base/{item.name}: generate {len(item.prompts)} prompts x {settings.images_per_prompt} seeds")
+        record = {"base_model": base_name, "setting": "base", "concept": item.name, "concepts": {}}
+        result = generate(
+            pipe,
+            list(item.prompts),
+            settings.seeds,
+            out_dir / "base" / item.name,
+            settings=settings.sampling,
+            record=record,
+        )
+        generated[item.name] = result.images
+    scores: dict[str, SettingScores] = {}
+    for item in items:
+        step(f"base/{item.name}: score CLIP-T and CLIP-I")
+        scores[item.name] = _score(
+            scorer,
+            generated[item.name],
+            item.prompts,
+            settings,
+            item.token,
+            item.class_word,
+            item.references,
+            out_dir / "base" / item.name,
+            out_dir,
+        )
+    return scores
+
+
+def _score(
+    scorer: ClipScorer,
+    images: Sequence[Path],
+    prompts: Sequence[str],
+    settings: RunSettings,
+    token: str,
+    class_word: str,
+    references: Sequence[Path],
+    folder: Path,
+    out_dir: Path,
+) -> SettingScores:
+    """CLIP-T and CLIP-I of one concept's images (in `generate`'s prompt-major order); the per-image reports
+    land in `folder`."""
+    per_image_prompts = [prompt for prompt in prompts for _ in settings.seeds]
+    text = scorer.text_alignment(images, per_image_prompts, tokens={token: class_word})
+    image = scorer.image_alignment(images, list(references))
+    text.save(folder / "clip_t.json")
+    image.save(folder / "clip_i.json")
+    return SettingScores(
+        clip_t=text.mean,
+        clip_i=image.mean,
+        images=len(images),
+        folder=str(folder.relative_to(out_dir)),
+        clip_t_sem=standard_error(text.scores),
+        clip_i_sem=standard_error(image.scores),
+    )
+
+
+def evaluate_base(
+    pipe,
+    concepts: Sequence[tuple[Concept, str | os.PathLike[str]]],
+    scorer: ClipScorer,
+    out_dir: str | os.PathLike[str],
+    *,
+    base_name: str,
+    settings: RunSettings = RunSettings(),
+) -> dict[str, SettingScores]:
+    """The before-tuning setting alone, for (concept, reference folder) pairs that have no trained file yet
+    (e.g. before a comparison trains them): each concept's prompts with the same seeds on the bare base, scored
+    against its references. `evaluate_concepts` runs the same setting itself when `settings.before`."""
+    out_dir = Path(out_dir)
+    present = model_concepts(pipe.unet)
+    if present:
+        raise ConfigError(
+            f"the pipeline holds concepts ({', '.join(present)}); score the base on a clean one"
+        )
+    templates = load_prompt_set(settings.prompt_set)
+    items = []
+    for concept, folder in concepts:
+        references = tuple(reference_images(folder))
+        check_images(references, [str(path) for path in references])
+        prompts = tuple(fill_prompts(templates, concept.token, concept.class_word))
+        items.append(_BaseItem(concept.name, concept.token, concept.class_word, prompts, references))
+    _check_base_tokens(pipe, items)
+    return _score_base(pipe, items, scorer, out_dir, settings, base_name, lambda message: None)
