@@ -50,6 +50,8 @@ def main() -> None:
     parser.add_argument("--lr", type=float, default=TrainSettings.learning_rate)
     parser.add_argument("--warmup", type=int, default=TrainSettings.warmup)
     parser.add_argument("--hard-weight", type=float, default=TrainSettings.hard_weight)
+    parser.add_argument("--identity-pairs", type=int, default=TrainSettings.identity_pairs)
+    parser.add_argument("--identity-weight", type=float, default=TrainSettings.identity_weight)
     parser.add_argument("--init", type=Path, help="continue from this world-clip file (a second stage)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=1)
@@ -64,6 +66,10 @@ def main() -> None:
         batch_size=args.batch_size,
         hard_negatives=args.hard_negatives,
         learning_rate=args.lr,
+        warmup=args.warmup,
+        hard_weight=args.hard_weight,
+        identity_pairs=args.identity_pairs,
+        identity_weight=args.identity_weight,
     )
     vocabulary = training_vocabulary()
     model = build_model(vocab_size=len(vocabulary.ids), seed=args.seed).train()
@@ -76,7 +82,7 @@ def main() -> None:
         for group in opt.param_groups:
             group["lr"] = learning_rate(step, settings)
         batch = make_batch(rng, settings, vocabulary)
-        loss, accuracy = clip_loss(model, batch)
+        loss, accuracy = clip_loss(model, batch, settings.identity_weight)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)

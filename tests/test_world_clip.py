@@ -10,7 +10,16 @@ from bora_diffusion.evaluation import ClipScorer, Conventions
 from bora_diffusion.world import sample_scene
 from bora_diffusion.world.clip import WEIGHTS_FILE, WorldClip, build_model, save_world_clip, tokenizer
 from bora_diffusion.world.clip_eval import evaluate, held_out_scenes
-from bora_diffusion.world.clip_training import encode_text, tokenize_captions, training_vocabulary
+from bora_diffusion.world.clip_training import (
+    Batch,
+    TrainSettings,
+    clip_loss,
+    encode_text,
+    make_batch,
+    second_view,
+    tokenize_captions,
+    training_vocabulary,
+)
 from bora_diffusion.world.distractors import attribute_variants, attributes, distractors
 
 shipped = pytest.mark.skipif(not WEIGHTS_FILE.is_file(), reason="no shipped world-clip weights")
@@ -83,3 +92,32 @@ def test_scorer_default_backbone_is_the_shipped_world_clip():
     wrong_captions = [distractors(scene, rng, 1)[0] for scene in scenes]
     wrong = scorer.text_alignment(images, wrong_captions)
     assert right.mean > wrong.mean
+
+
+def test_a_second_view_keeps_the_objects_and_changes_the_background():
+    rng = np.random.default_rng(7)
+    for _ in range(50):
+        scene = sample_scene(rng)
+        view = second_view(scene, rng)
+        assert [(t.shape, t.color, t.size) for t in view.things] == [
+            (t.shape, t.color, t.size) for t in scene.things
+        ]
+        assert view.background.color != scene.background.color
+        assert view.background.color not in {t.color for t in scene.things}
+        assert view.layout == scene.layout
+
+
+def test_identity_views_add_an_image_to_image_term_and_nothing_else():
+    """The batch carries P second views after the B captioned images; with weight 0 the loss is exactly the
+    caption loss of the B images, and the identity term adds a positive InfoNCE on top."""
+    vocabulary = training_vocabulary()
+    settings = TrainSettings(batch_size=6, hard_negatives=1, identity_pairs=3, identity_weight=1.0)
+    batch = make_batch(np.random.default_rng(0), settings, vocabulary)
+    assert batch.images.shape[0] == 9 and batch.pairs == 3 and batch.tokens.shape[0] == 12
+    model = build_model(vocab_size=len(vocabulary.ids), seed=0).eval()  # eval: per-image features
+    with torch.no_grad():
+        without, accuracy = clip_loss(model, batch, identity_weight=0.0)
+        plain, plain_accuracy = clip_loss(model, Batch(images=batch.images[:6], tokens=batch.tokens))
+        weighted, _ = clip_loss(model, batch, identity_weight=1.0)
+    assert without.item() == pytest.approx(plain.item(), abs=1e-5) and accuracy == plain_accuracy
+    assert weighted.item() > without.item() + 0.1  # ln(3) ~ 1.1 for an untrained model

@@ -7,10 +7,18 @@ loss: the model is paid only for seeing which object has which color, which is a
 
 Images are augmented toward what a small diffusion model produces: some drawn at 32 px and upsampled, some
 blurred, all with a little noise; captions stay exact.
+
+Identity views (`identity_pairs`, `identity_weight`): image alignment (CLIP-I) asks whether two pictures show
+the same object, but captions spend as many words on the background as on the objects, so caption training
+alone makes two pictures of one object on different backgrounds look unrelated. The first `identity_pairs`
+scenes of a batch are drawn a second time with the same objects on another background, moved and turned a
+little, and an image-to-image InfoNCE term (SimCLR's, Chen et al. 2020) pulls the two views together against
+the other pairs: the embedding learns what stays when the background changes.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -23,7 +31,7 @@ from PIL import Image, ImageFilter
 
 from .clip import CompactVocabulary, image_tensor, tokenizer
 from .distractors import distractors
-from .scenes import sample_scene
+from .scenes import Scene, sample_background, sample_scene
 from .vocabulary import WORDS
 
 __all__ = [
@@ -34,6 +42,7 @@ __all__ = [
     "learning_rate",
     "make_batch",
     "optimizer",
+    "second_view",
     "tokenize_captions",
     "training_vocabulary",
 ]
@@ -55,14 +64,17 @@ class TrainSettings:
     low_res: float = 0.25  # share of images drawn at 32 px and upsampled
     blur: float = 0.25  # share of images blurred
     noise: float = 4.0  # std of added pixel noise, 0..255 scale
+    identity_pairs: int = 0  # scenes per batch also drawn as a second view (see the module doc)
+    identity_weight: float = 0.0  # weight of the image-to-image term in the loss
 
 
 @dataclass(frozen=True)
 class Batch:
-    images: torch.Tensor  # [B, 3, 64, 64]
+    images: torch.Tensor  # [B + P, 3, H, W]: the B captioned scenes, then P second views of the first P
     tokens: (
         torch.Tensor
     )  # [B * (1 + K), L]: the B true captions, then K hard negatives per image, compact ids
+    pairs: int = 0  # P
 
 
 def training_vocabulary() -> CompactVocabulary:
@@ -122,7 +134,28 @@ def make_batch(rng: np.random.Generator, settings: TrainSettings, vocabulary: Co
         text for scene in scenes for text in distractors(scene, rng, settings.hard_negatives, weights)
     ]
     tokens = tokenize_captions(captions + negatives)  # [B * (1 + K), L]
-    return Batch(images=image_tensor(images), tokens=vocabulary.encode(tokens))
+    for scene in scenes[: settings.identity_pairs]:
+        view = second_view(scene, rng)
+        images.append(Image.fromarray(_augment(view.render(), view.render, rng, settings)))
+    return Batch(images=image_tensor(images), tokens=vocabulary.encode(tokens), pairs=settings.identity_pairs)
+
+
+def second_view(scene: Scene, rng: np.random.Generator) -> Scene:
+    """The same objects on another background, shifted together by up to 0.08 of the side, each turned by up to
+    15 degrees and scaled by 0.85-1.15: what a second photo of the same things would change."""
+    dx, dy = (float(v) for v in rng.uniform(-0.08, 0.08, size=2))
+    things = tuple(
+        dataclasses.replace(
+            thing,
+            x=thing.x + dx,
+            y=thing.y + dy,
+            angle=thing.angle + float(rng.uniform(-15, 15)),
+            extent=thing.extent * float(rng.uniform(0.85, 1.15)),
+        )
+        for thing in scene.things
+    )
+    colors = frozenset(thing.color for thing in things) | {scene.background.color}
+    return dataclasses.replace(scene, things=things, background=sample_background(rng, avoid=colors))
 
 
 def encode_text(model: torch.nn.Module, tokens: torch.Tensor) -> torch.Tensor:
@@ -139,19 +172,28 @@ def encode_text(model: torch.nn.Module, tokens: torch.Tensor) -> torch.Tensor:
     return pooled @ model.text_projection  # [N, embed]
 
 
-def clip_loss(model: torch.nn.Module, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
+def clip_loss(
+    model: torch.nn.Module, batch: Batch, identity_weight: float = 0.0
+) -> tuple[torch.Tensor, torch.Tensor]:
     """(loss, image-to-caption accuracy among all candidates): symmetric InfoNCE, with the hard negatives as
-    extra candidates for the images."""
-    image = F.normalize(model.encode_image(batch.images), dim=-1)  # [B, D]
+    extra candidates for the images, plus `identity_weight` x the identity views' image-to-image InfoNCE."""
+    features = F.normalize(model.encode_image(batch.images), dim=-1)  # [B + P, D]
+    count = features.shape[0] - batch.pairs
+    image = features[:count]  # [B, D]
     text = F.normalize(encode_text(model, batch.tokens), dim=-1)  # [B * (1 + K), D]
-    count = image.shape[0]
     scale = model.logit_scale.exp().clamp(max=100.0)
     logits = scale * image @ text.T  # [B, B * (1 + K)]: every image against every caption
     target = torch.arange(count)
     loss_image = F.cross_entropy(logits, target)
     loss_text = F.cross_entropy(logits[:, :count].T, target)  # [B, B]: true captions against images
     accuracy = (logits.argmax(1) == target).float().mean()
-    return (loss_image + loss_text) / 2, accuracy
+    loss = (loss_image + loss_text) / 2
+    if batch.pairs and identity_weight > 0:
+        views = scale * features[: batch.pairs] @ features[count:].T  # [P, P]: first views x second views
+        pair_target = torch.arange(batch.pairs)
+        identity = (F.cross_entropy(views, pair_target) + F.cross_entropy(views.T, pair_target)) / 2
+        loss = loss + identity_weight * identity
+    return loss, accuracy
 
 
 def learning_rate(step: int, settings: TrainSettings) -> float:
