@@ -14,6 +14,7 @@ from bora_diffusion.world.clip_training import (
     Batch,
     TrainSettings,
     clip_loss,
+    colorless_caption,
     encode_text,
     make_batch,
     second_view,
@@ -121,3 +122,19 @@ def test_identity_views_add_an_image_to_image_term_and_nothing_else():
         weighted, _ = clip_loss(model, batch, identity_weight=1.0)
     assert without.item() == pytest.approx(plain.item(), abs=1e-5) and accuracy == plain_accuracy
     assert weighted.item() > without.item() + 0.1  # ln(3) ~ 1.1 for an untrained model
+
+
+def test_a_colorless_caption_drops_object_colors_and_nothing_else():
+    from bora_diffusion.world.vocabulary import COLORS
+
+    rng = np.random.default_rng(3)
+    dropped_all = 0
+    for _ in range(60):
+        scene = sample_scene(rng)
+        full, partial = scene.caption().split(), colorless_caption(scene, rng).split()
+        missing = len(full) - len(partial)
+        assert 1 <= missing <= len(scene.things)
+        assert [w for w in full if w not in COLORS] == [w for w in partial if w not in COLORS]
+        assert partial[-2:] == full[-2:]  # "... <color> background": the background keeps its color
+        dropped_all += missing == len(scene.things) == 2
+    assert dropped_all > 0

@@ -8,6 +8,12 @@ loss: the model is paid only for seeing which object has which color, which is a
 Images are augmented toward what a small diffusion model produces: some drawn at 32 px and upsampled, some
 blurred, all with a little noise; captions stay exact.
 
+Partial captions (`partial_captions`): a concept prompt puts the token where a color would be ("a large zorp
+star on a green background"), and CLIP-T scores it with the token turned into its class word: "a large star on
+a green background", a caption with no color, which a model trained only on complete captions never read. So a
+share of the true captions drop the color of one object or of all of them; the caption still has to beat every
+hard negative, all of which say something false.
+
 Identity views (`identity_pairs`, `identity_weight`): image alignment (CLIP-I) asks whether two pictures show
 the same object, but captions spend as many words on the background as on the objects, so caption training
 alone makes two pictures of one object on different backgrounds look unrelated. The first `identity_pairs`
@@ -38,6 +44,7 @@ __all__ = [
     "Batch",
     "TrainSettings",
     "clip_loss",
+    "colorless_caption",
     "encode_text",
     "learning_rate",
     "make_batch",
@@ -64,6 +71,9 @@ class TrainSettings:
     low_res: float = 0.25  # share of images drawn at 32 px and upsampled
     blur: float = 0.25  # share of images blurred
     noise: float = 4.0  # std of added pixel noise, 0..255 scale
+    partial_captions: float = (
+        0.0  # share of captions that leave the objects' colors unsaid (see the module doc)
+    )
     identity_pairs: int = 0  # scenes per batch also drawn as a second view (see the module doc)
     identity_weight: float = 0.0  # weight of the image-to-image term in the loss
 
@@ -124,7 +134,10 @@ def make_batch(rng: np.random.Generator, settings: TrainSettings, vocabulary: Co
     """One training batch drawn from `rng` alone."""
     scenes = [sample_scene(rng) for _ in range(settings.batch_size)]
     images = [Image.fromarray(_augment(scene.render(), scene.render, rng, settings)) for scene in scenes]
-    captions = [scene.caption() for scene in scenes]
+    captions = [
+        colorless_caption(scene, rng) if rng.random() < settings.partial_captions else scene.caption()
+        for scene in scenes
+    ]
     weights = (
         None
         if settings.hard_weight == 1.0
@@ -138,6 +151,17 @@ def make_batch(rng: np.random.Generator, settings: TrainSettings, vocabulary: Co
         view = second_view(scene, rng)
         images.append(Image.fromarray(_augment(view.render(), view.render, rng, settings)))
     return Batch(images=image_tensor(images), tokens=vocabulary.encode(tokens), pairs=settings.identity_pairs)
+
+
+def colorless_caption(scene: Scene, rng: np.random.Generator) -> str:
+    """The scene's caption without the color of one of its objects, or (one time in three) of all of them."""
+    caption = scene.caption()
+    things = (
+        list(scene.things) if rng.random() < 1 / 3 else [scene.things[int(rng.integers(len(scene.things)))]]
+    )
+    for thing in things:
+        caption = caption.replace(thing.phrase(), f"{thing.size} {thing.shape}", 1)
+    return caption
 
 
 def second_view(scene: Scene, rng: np.random.Generator) -> Scene:
