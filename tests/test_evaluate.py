@@ -318,7 +318,13 @@ def test_generated_folder_manifest(tmp_path):
 
 # ----------------------------------------------------------------------------------------------- prompt sets
 def test_prompt_sets():
-    assert set(prompt_sets()) == {"dreambench-object", "dreambench-live", "quick-object", "quick-live", "world"}
+    assert set(prompt_sets()) == {
+        "dreambench-object",
+        "dreambench-live",
+        "quick-object",
+        "quick-live",
+        "world",
+    }
     for kind in ("object", "live"):
         full, quick = load_prompt_set(f"dreambench-{kind}"), load_prompt_set(f"quick-{kind}")
         assert len(full) == 25 and len(set(full)) == 25
