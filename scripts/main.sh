@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# The main job on the embedded default base model, offline, on the CPU: train the two example concepts on
-# disjoint slots, check how they interfere, and generate a grid with both fused into one model.
+# The main job on the embedded default (the shipped world base), offline, on the CPU: train three world concepts
+# on disjoint slots, check how they interfere, score them before tuning, alone and all three fused into one
+# model, and draw them together in one picture.
 # Rerunning resumes from the checkpoints in outputs/demo. Extra arguments go to `bora-diffusion train`.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -8,9 +9,17 @@ bash scripts/setup.sh
 source scripts/env.sh
 out=outputs/demo
 bd=.venv/bin/bora-diffusion
+concepts=(bolt-circle notched-ring spiral-star)
 
-$bd train concepts/kettle concepts/robot --out "$out" --steps 100 --checkpoint-every 50 --resume "$@"
-$bd compose "$out/kettle.safetensors" "$out/robot.safetensors" --report "$out/interference.json"
-$bd generate "$out/kettle.safetensors" "$out/robot.safetensors" --fuse --steps 20 --seed 0 --seed 1 --seed 2 \
-    --prompt "a photo of qwiv kettle" --prompt "a photo of bxj robot" \
-    --prompt "a photo of qwiv kettle next to bxj robot" --out "$out/images"
+$bd train "${concepts[@]/#/concepts/}" --out "$out" --checkpoint-every 100 --resume "$@"
+files=("${concepts[@]/#/$out/}")
+files=("${files[@]/%/.safetensors}")
+$bd compose "${files[@]}" --report "$out/interference.json"
+pairs=()
+for name in "${concepts[@]}"; do pairs+=("$out/$name.safetensors=concepts/$name"); done
+$bd evaluate "${pairs[@]}" --prompts world --images 2 --steps 20 --guidance 5 --out "$out/eval"
+$bd generate "${files[@]}" --fuse --steps 20 --guidance 5 --seed 0 --seed 1 --seed 2 --seed 3 \
+    --prompt "a large huzd circle above a small vlek ring on a white background" \
+    --prompt "a small zorp star to the left of a large huzd circle on a striped blue background" \
+    --out "$out/together"
+echo "before / after: $out/eval/overview.png   together: $out/together/grid.png   scores: $out/eval/evaluation.json"
