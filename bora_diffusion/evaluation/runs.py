@@ -386,8 +386,9 @@ def evaluate_concepts(
     settings: RunSettings = RunSettings(),
     progress: RunProgress | None = None,
 ) -> EvaluationReport:
-    """Generate and score every concept alone and, with two or more concepts and `settings.composed`, inside
-    the composition of all of them; write images, per-image reports and `<out_dir>/evaluation.json`.
+    """Generate and score every concept's prompts on the bare base (with `settings.before`), with the concept
+    alone and, with two or more concepts and `settings.composed`, inside the composition of all of them; write
+    images, per-image reports, `<out_dir>/evaluation.json` and `<out_dir>/overview.png`.
 
     `pipe` must be a base pipeline without concepts: each setting loads its files onto it and takes them off
     again, so its UNet is left bit-identical. Trained token embeddings that files bring stay in its tokenizer and
