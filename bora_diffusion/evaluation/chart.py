@@ -125,7 +125,15 @@ def bar_panels(
                     draw.line([(cx, hi), (cx, lo)], fill="black")
                     draw.line([(cx - cap, hi), (cx + cap, hi)], fill="black")
                     draw.line([(cx - cap, lo), (cx + cap, lo)], fill="black")
-            draw.text((x0 + (g + 0.5) * group_w, y_bottom + 8), group, fill="black", font=small, anchor="ma")
+            label = group
+            if draw.textlength(label, font=small) > group_w - 4 and "_" in label:
+                label = label.replace(
+                    "_", "_\n", 1
+                )  # "sbora_fa" -> "sbora_" over "fa": neighbours stay apart
+            x = x0 + (g + 0.5) * group_w
+            draw.multiline_text(
+                (x, y_bottom + 6), label, fill="black", font=small, anchor="ma", align="center"
+            )
         draw.line([(x0, zero), (x0 + plot_w, zero)], fill="black")
         draw.line([(x0, y_top), (x0, y_bottom)], fill="black")
     legend_y = top + _PANEL_H
