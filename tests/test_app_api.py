@@ -174,14 +174,15 @@ def test_export_both_layouts_as_downloads(trained, app):
     assert any(key.endswith(".alpha") for key in keys)
 
 
-def test_evaluation_table_alone_and_composed(trained, app):
+def test_evaluation_table_base_alone_and_composed(trained, app):
     _, client, _ = app
     table, bars, report_file, summary = client.predict(
         ["mug", "kettle"], "quick-object", "default", 1, 2, api_name="/evaluate"
     )
     rows = [dict(zip(table["headers"], row, strict=True)) for row in table["data"]]
     assert sorted((r["concept"], r["setting"]) for r in rows) == [
-        ("kettle", "alone"), ("kettle", "composed"), ("mug", "alone"), ("mug", "composed"),
+        ("kettle", "alone"), ("kettle", "base"), ("kettle", "composed"),
+        ("mug", "alone"), ("mug", "base"), ("mug", "composed"),
     ]  # fmt: skip
     report = json.loads(Path(report_file).read_text())
     assert report["conventions"]["weights"] is None  # the random test CLIP is recorded as such

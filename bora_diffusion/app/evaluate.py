@@ -1,8 +1,8 @@
 """Evaluate & compare: the library's evaluation run (`evaluation.runs.evaluate_concepts`) on picked concepts.
 
-Each picked concept is generated and scored alone, and with two or more also composed with the others, so one
-table compares methods (each row names its concept's method) and shows what composing costs each concept
-(retention). The CLIP model is loaded once per backbone and kept; the app's `--clip` option picks backbone and
+Each picked concept's prompts are generated and scored on the base before tuning, with the concept alone, and
+with two or more also composed with the others, so one table shows what training gained, compares methods (each
+row names its concept's method) and shows what composing costs each concept (retention). The CLIP model is loaded once per backbone and kept; the app's `--clip` option picks backbone and
 weights (nothing is downloaded here, so the weights must be cached or a local file).
 """
 
@@ -120,17 +120,18 @@ def run(
 
 
 def table(report: EvaluationReport) -> list[list]:
-    """One row per concept and setting (alone, composed), in COLUMNS order."""
+    """One row per concept and setting (base before tuning, alone, composed), in COLUMNS order."""
     rows = []
     for result in report.concepts:
-        for setting, scores in (("alone", result.alone), ("composed", result.composed)):
+        settings = (("base", result.base), ("alone", result.alone), ("composed", result.composed))
+        for setting, scores in settings:
             if scores is None:
                 continue
             composed = setting == "composed"
             rows.append(
                 [
                     result.name,
-                    result.method,
+                    "-" if setting == "base" else result.method,
                     setting,
                     round(scores.clip_t, 4),
                     round(scores.clip_i, 4),

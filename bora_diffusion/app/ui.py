@@ -125,8 +125,9 @@ def build(ctx: Context) -> gr.Blocks:
 
         with gr.Tab("Evaluate & compare", id="evaluate") as evaluate_tab:
             gr.Markdown(
-                "Each concept is generated with the prompt set and scored alone (CLIP-T against its prompt, CLIP-I "
-                "against its own images); with two or more, also composed, with the share each keeps (retention)."
+                "Each concept's prompts are generated on the base before tuning and with the concept alone, and "
+                "scored (CLIP-T against the prompt, CLIP-I against the concept's own images); with two or more, "
+                "also composed, with the share each keeps (retention)."
             )
             with gr.Row():
                 eval_pick = gr.Dropdown(
