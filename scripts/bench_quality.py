@@ -31,6 +31,7 @@ import platform
 import statistics
 import sys
 import time
+import tomllib
 from pathlib import Path
 from typing import Any
 
@@ -65,8 +66,6 @@ def world_concepts() -> list[Path]:
 
 
 def _class_word(folder: Path) -> str:
-    import tomllib
-
     return tomllib.loads((folder / "concept.toml").read_text(encoding="utf-8")).get("class_word", "")
 
 
@@ -94,7 +93,7 @@ def summary_rows(base: dict[str, SettingScores], comparison: Comparison) -> list
         }
         row["delta_t"], row["delta_i"] = row["clip_t"] - base_t, row["clip_i"] - base_i
         # Per concept: how far above its own base score the tuned model got (the personalization gain).
-        row["gain_i_min"] = min(concepts[n].alone.clip_i - base[n].clip_i for n in names)
+        row["gain_i_min"] = min(concepts[n].gain("clip_i") for n in names)
         if all(concepts[n].composed is not None for n in names):
             row["clip_t_composed"] = statistics.fmean(concepts[n].composed.clip_t for n in names)
             row["clip_i_composed"] = statistics.fmean(concepts[n].composed.clip_i for n in names)
