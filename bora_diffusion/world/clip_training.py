@@ -71,9 +71,8 @@ class TrainSettings:
     low_res: float = 0.25  # share of images drawn at 32 px and upsampled
     blur: float = 0.25  # share of images blurred
     noise: float = 4.0  # std of added pixel noise, 0..255 scale
-    partial_captions: float = (
-        0.0  # share of captions that leave the objects' colors unsaid (see the module doc)
-    )
+    # Share of captions that leave the objects' colors unsaid (see the module doc).
+    partial_captions: float = 0.0
     identity_pairs: int = 0  # scenes per batch also drawn as a second view (see the module doc)
     identity_weight: float = 0.0  # weight of the image-to-image term in the loss
 
