@@ -321,6 +321,10 @@ class _Prepared:
     references: tuple[Path, ...]
 
     @property
+    def name(self) -> str:
+        return self.info.name
+
+    @property
     def token(self) -> str:
         return self.info.token or ""
 
@@ -364,10 +368,15 @@ def _prepare(concepts: Sequence[EvalConcept], settings: RunSettings) -> list[_Pr
     return prepared
 
 
+def _added_tokens(pipe) -> set[str]:
+    """The tokens earlier concepts added to this pipeline's tokenizer (lower case)."""
+    return {token.lower() for token in getattr(pipe.tokenizer, "get_added_vocab", dict)()}
+
+
 def _check_leftover_tokens(pipe, prepared: Sequence[_Prepared]) -> None:
     """A token an earlier concept added to this pipeline's tokenizer keeps its trained embedding; a file without
     one would then be prompted through the other concept's vector. Refuse that instead of scoring it."""
-    added = {token.lower() for token in getattr(pipe.tokenizer, "get_added_vocab", dict)()}
+    added = _added_tokens(pipe)
     for item in prepared:
         if item.info.token_embedding is None and item.token.lower() in added:
             raise ConfigError(
@@ -422,7 +431,7 @@ def evaluate_concepts(
             progress(message, done, total)
         done += 1
 
-    base = _score_base(pipe, before, scorer, out_dir, settings, base_name, step)
+    base, _ = _generate_and_score(pipe, [], before, scorer, out_dir, "base", settings, base_name, step)
     alone: dict[str, SettingScores] = {}
     for item in prepared:
         files = [(item.spec.file, item.spec.scale)]
@@ -505,59 +514,58 @@ def overview(report: EvaluationReport, out_dir: str | os.PathLike[str]) -> Image
 def _generate_and_score(
     pipe,
     files: list[tuple[Path, float]],
-    items: Sequence[_Prepared],
+    items: Sequence[_Prepared | _BaseItem],
     scorer: ClipScorer,
     out_dir: Path,
     setting: str,
     settings: RunSettings,
     base_name: str,
     step: Callable[[str], None],
-) -> tuple[dict[str, SettingScores], dict[str, Any]]:
-    """Load `files` onto the base, generate each item's prompts x seeds, take the files off, then score.
-    Returns the scores per concept and the composition report (slot overlap and interference)."""
+) -> tuple[dict[str, SettingScores], dict[str, Any] | None]:
+    """Load `files` onto the base (none: the bare base), generate each item's prompts x seeds, take the files off,
+    then score. Returns the scores per concept and the composition report (slot overlap and interference; None
+    without files)."""
     generated: dict[str, list[Path]] = {}
+    composition = None
     try:
-        # The pipeline, not its UNet: a concept's trained token embedding goes into its text encoder.
-        composition = compose(pipe, files, fuse=settings.fuse, force=settings.force)
+        if files:
+            # The pipeline, not its UNet: a concept's trained token embedding goes into its text encoder.
+            composition = compose(pipe, files, fuse=settings.fuse, force=settings.force)
         for item in items:
-            name = item.info.name
             step(
-                f"{setting}/{name}: generate {len(item.prompts)} prompts x {settings.images_per_prompt} seeds"
+                f"{setting}/{item.name}: generate {len(item.prompts)} prompts x {settings.images_per_prompt} seeds"
             )
-            record = {
-                "base_model": base_name,
-                "setting": setting,
-                "concept": name,
-                "fused": settings.fuse,
-                "concepts": composition.concepts,
-            }
+            record = {"base_model": base_name, "setting": setting, "concept": item.name}
+            if composition is None:
+                record["concepts"] = {}
+            else:
+                record |= {"fused": settings.fuse, "concepts": composition.concepts}
             result = generate(
                 pipe,
                 list(item.prompts),
                 settings.seeds,
-                out_dir / setting / name,
+                out_dir / setting / item.name,
                 settings=settings.sampling,
                 record=record,
             )
-            generated[name] = result.images
+            generated[item.name] = result.images
     finally:
         eject(pipe.unet)  # unmerges and removes every adapter: the base is bit-identical again
     scores: dict[str, SettingScores] = {}
     for item in items:
-        name = item.info.name
-        step(f"{setting}/{name}: score CLIP-T and CLIP-I")
-        scores[name] = _score(
+        step(f"{setting}/{item.name}: score CLIP-T and CLIP-I")
+        scores[item.name] = _score(
             scorer,
-            generated[name],
+            generated[item.name],
             item.prompts,
             settings,
             item.token,
             item.class_word,
             item.references,
-            out_dir / setting / name,
+            out_dir / setting / item.name,
             out_dir,
         )
-    return scores, composition.to_dict()
+    return scores, None if composition is None else composition.to_dict()
 
 
 @dataclass(frozen=True)
@@ -572,13 +580,13 @@ class _BaseItem:
 
     @classmethod
     def of(cls, item: _Prepared) -> _BaseItem:
-        return cls(item.info.name, item.token, item.class_word, item.prompts, item.references)
+        return cls(item.name, item.token, item.class_word, item.prompts, item.references)
 
 
 def _check_base_tokens(pipe, items: Sequence[_BaseItem]) -> None:
     """The base must read a concept's token as the base tokenizer does; a token an earlier concept added to this
     pipeline would be read through that concept's trained vector instead."""
-    added = {token.lower() for token in getattr(pipe.tokenizer, "get_added_vocab", dict)()}
+    added = _added_tokens(pipe)
     for item in items:
         if item.token.lower() in added:
             raise ConfigError(
@@ -586,46 +594,6 @@ def _check_base_tokens(pipe, items: Sequence[_BaseItem]) -> None:
                 "its images before tuning would use that concept's embedding; score the base on a freshly "
                 "loaded pipeline, or turn the before-tuning setting off"
             )
-
-
-def _score_base(
-    pipe,
-    items: Sequence[_BaseItem],
-    scorer: ClipScorer,
-    out_dir: Path,
-    settings: RunSettings,
-    base_name: str,
-    step: Callable[[str], None],
-) -> dict[str, SettingScores]:
-    """Generate every item's prompts x seeds on the bare base into `<out_dir>/base/<name>/`, then score them."""
-    generated: dict[str, list[Path]] = {}
-    for item in items:
-        step(f"base/{item.name}: generate {len(item.prompts)} prompts x {settings.images_per_prompt} seeds")
-        record = {"base_model": base_name, "setting": "base", "concept": item.name, "concepts": {}}
-        result = generate(
-            pipe,
-            list(item.prompts),
-            settings.seeds,
-            out_dir / "base" / item.name,
-            settings=settings.sampling,
-            record=record,
-        )
-        generated[item.name] = result.images
-    scores: dict[str, SettingScores] = {}
-    for item in items:
-        step(f"base/{item.name}: score CLIP-T and CLIP-I")
-        scores[item.name] = _score(
-            scorer,
-            generated[item.name],
-            item.prompts,
-            settings,
-            item.token,
-            item.class_word,
-            item.references,
-            out_dir / "base" / item.name,
-            out_dir,
-        )
-    return scores
 
 
 def _score(
@@ -682,4 +650,7 @@ def evaluate_base(
         prompts = tuple(fill_prompts(templates, concept.token, concept.class_word))
         items.append(_BaseItem(concept.name, concept.token, concept.class_word, prompts, references))
     _check_base_tokens(pipe, items)
-    return _score_base(pipe, items, scorer, out_dir, settings, base_name, lambda message: None)
+    scores, _ = _generate_and_score(
+        pipe, [], items, scorer, out_dir, "base", settings, base_name, lambda _: None
+    )
+    return scores
