@@ -21,6 +21,7 @@ from . import __version__
 from .errors import BoraError
 
 METHODS = "lora, dora, sbora_fa, sbora_fb, ortho, bora_block, bora_bidim"
+GUIDANCE_HELP = "classifier-free guidance scale (default: 3 on the embedded base, 7.5 on others)"
 BASE_HELP = "base model: 'embedded' (default, tiny, offline), a local diffusers folder, or a hub id"
 
 
@@ -193,9 +194,7 @@ def build_parser() -> argparse.ArgumentParser:
     generate.add_argument("--seed", type=int, action="append", help="a seed (repeatable; default 0 1 2 3)")
     generate.add_argument("--negative", default="", help="negative prompt")
     generate.add_argument("--steps", type=int, default=25, help="denoising steps (default 25)")
-    generate.add_argument(
-        "--guidance", type=float, default=7.5, help="classifier-free guidance scale (default 7.5)"
-    )
+    generate.add_argument("--guidance", type=float, help=GUIDANCE_HELP)
     generate.add_argument("--fuse", action="store_true", help="fuse the concepts into the weights (faster)")
     generate.add_argument(
         "--out", required=True, help="output folder for the images, manifest.json and grid.png"
@@ -318,7 +317,7 @@ def _add_scoring_args(parser: argparse.ArgumentParser) -> None:
         "--seed", type=int, default=0, help="first seed (default 0); compare also trains with it"
     )
     parser.add_argument("--steps", type=int, default=25, help="denoising steps per image (default 25)")
-    parser.add_argument("--guidance", type=float, default=7.5, help="classifier-free guidance (default 7.5)")
+    parser.add_argument("--guidance", type=float, help=GUIDANCE_HELP)
     parser.add_argument(
         "--conventions",
         default="default",
@@ -482,7 +481,7 @@ def run_generate(args: argparse.Namespace) -> int:
     from .pipeline import base_name
 
     pipe, report = _composed(args, fuse=args.fuse)
-    settings = SamplingSettings(steps=args.steps, guidance=args.guidance, negative_prompt=args.negative)
+    settings = SamplingSettings(steps=args.steps, guidance=_guidance(args), negative_prompt=args.negative)
     record = {"base_model": base_name(args.base), "fused": args.fuse, "concepts": report.concepts}
     result = generate(
         pipe, args.prompt, args.seed or [0, 1, 2, 3], args.out, settings=settings, record=record
@@ -550,6 +549,12 @@ def run_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _guidance(args: argparse.Namespace) -> float:
+    from .pipeline import default_guidance
+
+    return default_guidance(args.base) if args.guidance is None else args.guidance
+
+
 def _scoring(args: argparse.Namespace):
     """(device, pipeline, scorer, run settings) from the shared options; the scorer loads before the base, so
     missing CLIP weights fail before anything else is loaded."""
@@ -569,7 +574,7 @@ def _scoring(args: argparse.Namespace):
         prompt_set=args.prompts,
         images_per_prompt=args.images,
         seed=args.seed,
-        sampling=SamplingSettings(steps=args.steps, guidance=args.guidance),
+        sampling=SamplingSettings(steps=args.steps, guidance=_guidance(args)),
         before=not args.no_base,
         composed=not getattr(args, "no_composed", False),
         fuse=not getattr(args, "live", False),

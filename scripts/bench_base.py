@@ -1,7 +1,7 @@
 """Does the embedded base follow prompts? The world CLIP reads its generations of held-out captions.
 
     source scripts/env.sh
-    .venv/bin/python scripts/bench_base.py [--images 200] [--steps 20] [--guidance 5] [--json out.json]
+    .venv/bin/python scripts/bench_base.py [--images 200] [--steps 20] [--guidance 3] [--json out.json]
 
 Draws `--images` held-out world scenes (the evaluation seed, never trained on), generates each scene's caption
 once with the base (seed = the scene's index), and scores the generations exactly as the world CLIP's own
@@ -21,6 +21,7 @@ from pathlib import Path
 import torch
 
 from bora_diffusion.embedded import default_pipeline
+from bora_diffusion.pipeline import EMBEDDED_GUIDANCE
 from bora_diffusion.world.clip import WorldClip
 from bora_diffusion.world.clip_eval import evaluate, held_out_scenes
 
@@ -29,7 +30,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--images", type=int, default=200)
     parser.add_argument("--steps", type=int, default=20, help="DDIM steps")
-    parser.add_argument("--guidance", type=float, default=5.0)
+    parser.add_argument("--guidance", type=float, default=EMBEDDED_GUIDANCE)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--json", type=Path, help="write the two reports here")
     args = parser.parse_args(argv)

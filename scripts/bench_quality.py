@@ -52,7 +52,7 @@ from bora_diffusion.evaluation import (
 )
 from bora_diffusion.evaluation.chart import bar_panels
 from bora_diffusion.generate import SamplingSettings
-from bora_diffusion.pipeline import base_name, load_base
+from bora_diffusion.pipeline import EMBEDDED_GUIDANCE, base_name, load_base
 from bora_diffusion.world.vocabulary import SHAPES
 
 REPO = Path(__file__).resolve().parent.parent
@@ -191,7 +191,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--images", type=int, default=4, help="seeds per prompt")
     parser.add_argument("--sampling-steps", type=int, default=20)
-    parser.add_argument("--guidance", type=float, default=SamplingSettings.guidance)
+    parser.add_argument("--guidance", type=float, default=EMBEDDED_GUIDANCE)
     parser.add_argument("--base", default=None, help="default: the embedded world base")
     parser.add_argument("--out", type=Path, default=REPO / "outputs" / "bench_quality")
     parser.add_argument("--threads", type=int, default=2)

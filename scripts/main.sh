@@ -17,8 +17,8 @@ files=("${files[@]/%/.safetensors}")
 $bd compose "${files[@]}" --report "$out/interference.json"
 pairs=()
 for name in "${concepts[@]}"; do pairs+=("$out/$name.safetensors=concepts/$name"); done
-$bd evaluate "${pairs[@]}" --prompts world --images 2 --steps 20 --guidance 5 --out "$out/eval"
-$bd generate "${files[@]}" --fuse --steps 20 --guidance 5 --seed 0 --seed 1 --seed 2 --seed 3 \
+$bd evaluate "${pairs[@]}" --prompts world --images 2 --steps 20 --out "$out/eval"
+$bd generate "${files[@]}" --fuse --steps 20 --seed 0 --seed 1 --seed 2 --seed 3 \
     --prompt "a large huzd circle above a small vlek ring on a white background" \
     --prompt "a small zorp star to the left of a large huzd circle on a striped blue background" \
     --out "$out/together"

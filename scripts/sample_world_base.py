@@ -20,6 +20,7 @@ from diffusers import StableDiffusionPipeline
 from PIL import Image, ImageDraw
 
 from bora_diffusion.embedded import default_pipeline
+from bora_diffusion.pipeline import EMBEDDED_GUIDANCE
 from bora_diffusion.world import sample_scene
 
 PROMPTS_SEED = 4242  # scenes for the rows; never the training streams' seeds (0 and 1)
@@ -53,7 +54,7 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=8)
     parser.add_argument("--seeds", type=int, default=4)
     parser.add_argument("--steps", type=int, default=20)
-    parser.add_argument("--guidance", type=float, default=5.0)
+    parser.add_argument("--guidance", type=float, default=EMBEDDED_GUIDANCE)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--scale", type=int, default=2, help="pixel repeat of each 64 px tile in the PNG")
     args = parser.parse_args()

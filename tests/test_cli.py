@@ -82,6 +82,7 @@ def test_compose_generate_and_slots_from_the_command_line(tmp_path, capsys):
     assert (
         manifest["concepts"]["check"]["file"] == str(fa) and manifest["base_model"] == "embedded:tiny-sd-v1"
     )
+    assert manifest["settings"]["guidance"] == 3.0  # no --guidance: the embedded base's own default
 
     ledger = SlotLedger(seed=2)
     ledger.allocate("dog", "in", {"layer.a": 64}, 4)

@@ -29,7 +29,7 @@ from bora_diffusion.embedded import (
     is_complete,
 )
 from bora_diffusion.errors import ConfigError
-from bora_diffusion.pipeline import base_name, load_base
+from bora_diffusion.pipeline import EMBEDDED_GUIDANCE, SD_GUIDANCE, base_name, default_guidance, load_base
 
 
 def _state_equal(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> bool:
@@ -324,3 +324,13 @@ def test_base_name(tmp_path: Path, use_built_home: Path) -> None:
     assert base_name(str(snapshot)) == "someone/some-model"
     with pytest.raises(ConfigError, match="does not exist"):
         base_name(str(tmp_path / "missing"))
+
+
+def test_default_guidance_is_the_embedded_bases_own_and_sds_elsewhere(
+    tmp_path: Path, use_built_home: Path
+) -> None:
+    assert default_guidance(None) == default_guidance(str(embedded_dir())) == EMBEDDED_GUIDANCE == 3.0
+    assert default_guidance("stable-diffusion-v1-5/stable-diffusion-v1-5") == SD_GUIDANCE == 7.5
+    local = tmp_path / "my-base"
+    local.mkdir()
+    assert default_guidance(str(local)) == 7.5

@@ -19,6 +19,7 @@ from ..evaluation import ClipScorer, WeightsError, preset
 from ..evaluation.compare import RANK_RULES, CompareConcept, CompareSettings, Comparison, compare_methods
 from ..evaluation.runs import EvalConcept, EvaluationReport, RunSettings, evaluate_concepts
 from ..generate import SamplingSettings
+from ..pipeline import default_guidance
 from . import library
 from .models import Pipelines
 from .storage import DataDir
@@ -101,7 +102,7 @@ def run(
     settings = RunSettings(
         prompt_set=prompt_set,
         images_per_prompt=int(images_per_prompt),
-        sampling=SamplingSettings(steps=int(steps)),
+        sampling=SamplingSettings(steps=int(steps), guidance=default_guidance(pipelines.base)),
         composed=len(specs) > 1,
         fuse=fuse,
     )
@@ -206,7 +207,7 @@ def compare(
         run=RunSettings(
             prompt_set=prompt_set,
             images_per_prompt=int(images_per_prompt),
-            sampling=SamplingSettings(steps=int(sample_steps)),
+            sampling=SamplingSettings(steps=int(sample_steps), guidance=default_guidance(pipelines.base)),
         ),
     )
     scorer = scorers.get(conventions)

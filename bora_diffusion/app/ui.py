@@ -12,6 +12,7 @@ import gradio as gr
 from ..adapters import available
 from ..evaluation import PRESETS as CONVENTIONS
 from ..evaluation import prompt_sets
+from ..pipeline import default_guidance
 from . import compose, evaluate, library
 from .handlers import Context, Handlers, guard
 
@@ -116,7 +117,7 @@ def build(ctx: Context) -> gr.Blocks:
             with gr.Row():
                 seed = gr.Number(0, label="Seed", precision=0)
                 gen_steps = gr.Number(25, label="Steps", precision=0, elem_id="compose-steps")
-                guidance = gr.Number(7.5, label="Guidance")
+                guidance = gr.Number(default_guidance(ctx.pipelines.base), label="Guidance")
                 count = gr.Number(4, label="Images", precision=0)
             run = gr.Button("Generate", variant="primary", elem_id="compose-generate")
             gallery = gr.Gallery(label="Images", columns=4, elem_id="compose-gallery")
