@@ -555,6 +555,12 @@ def _guidance(args: argparse.Namespace) -> float:
     return default_guidance(args.base) if args.guidance is None else args.guidance
 
 
+def _scores_text(scores) -> str:
+    """ "CLIP-T 0.2810  CLIP-I 0.3340  identity 0.83" (identity only in runs of two or more concepts)."""
+    text = f"CLIP-T {scores.clip_t:.4f}  CLIP-I {scores.clip_i:.4f}"
+    return text if scores.identity is None else f"{text}  identity {scores.identity:.2f}"
+
+
 def _scoring(args: argparse.Namespace):
     """(device, pipeline, scorer, run settings) from the shared options; the scorer loads before the base, so
     missing CLIP weights fail before anything else is loaded."""
@@ -634,20 +640,15 @@ def run_evaluate(args: argparse.Namespace) -> int:
     )
     for result in report.concepts:
         if result.base is not None:
-            print(
-                f"{result.name:<12} base      CLIP-T {result.base.clip_t:.4f}  CLIP-I {result.base.clip_i:.4f}"
-            )
-        line = (
-            f"{result.name if result.base is None else '':<12} alone     CLIP-T {result.alone.clip_t:.4f}  "
-        )
-        line += f"CLIP-I {result.alone.clip_i:.4f}"
+            print(f"{result.name:<12} base      {_scores_text(result.base)}")
+        line = f"{result.name if result.base is None else '':<12} alone     {_scores_text(result.alone)}"
         if result.base is not None:
             line += f"  gain T {result.gain('clip_t'):+.4f} I {result.gain('clip_i'):+.4f}"
         print(line)
         if result.composed is not None:
             retention_t, retention_i = result.retention("clip_t"), result.retention("clip_i")
             print(
-                f"{'':<12} composed  CLIP-T {result.composed.clip_t:.4f}  CLIP-I {result.composed.clip_i:.4f}  "
+                f"{'':<12} composed  {_scores_text(result.composed)}  "
                 f"retention T {'n/a' if retention_t is None else f'{retention_t:.3f}'} "
                 f"I {'n/a' if retention_i is None else f'{retention_i:.3f}'}"
             )

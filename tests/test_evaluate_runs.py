@@ -180,6 +180,10 @@ def test_means_are_the_scorers_on_the_images_written(compared, tiny_clip):
         image = scorer.image_alignment(images, REPO / "concepts" / "robot")
         assert getattr(result, setting).clip_t == pytest.approx(text.mean, abs=1e-9)
         assert getattr(result, setting).clip_i == pytest.approx(image.mean, abs=1e-9)
+        # Identity: the share of robot's images whose CLIP-I is higher against robot's references than kettle's.
+        kettle = scorer.image_alignment(images, REPO / "concepts" / "kettle")
+        own_best = np.mean(np.array(image.scores) > np.array(kettle.scores))
+        assert getattr(result, setting).identity == pytest.approx(own_best, abs=1e-12)
         per_image = json.loads((folder / "clip_i.json").read_text())
         assert per_image["reference_count"] == 8 and per_image["image_count"] == 4
         # The standard error over images is the sample standard deviation of the per-image scores / sqrt(4).

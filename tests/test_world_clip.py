@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
 
+from bora_diffusion.errors import ConfigError
 from bora_diffusion.evaluation import ClipScorer, Conventions
+from bora_diffusion.evaluation.identity import identity_shares
+from bora_diffusion.evaluation.images import reference_images
 from bora_diffusion.world import sample_scene
 from bora_diffusion.world.clip import WEIGHTS_FILE, WorldClip, build_model, save_world_clip, tokenizer
 from bora_diffusion.world.clip_eval import evaluate, held_out_scenes
@@ -24,6 +29,7 @@ from bora_diffusion.world.clip_training import (
 from bora_diffusion.world.distractors import attribute_variants, attributes, distractors
 
 shipped = pytest.mark.skipif(not WEIGHTS_FILE.is_file(), reason="no shipped world-clip weights")
+REPO = Path(__file__).resolve().parents[1]
 
 
 def _scenes(count: int, seed: int = 0):
@@ -138,3 +144,18 @@ def test_a_colorless_caption_drops_object_colors_and_nothing_else():
         assert partial[-2:] == full[-2:]  # "... <color> background": the background keeps its color
         dropped_all += missing == len(scene.things) == 2
     assert dropped_all > 0
+
+
+@shipped
+def test_identity_tells_two_shipped_concepts_apart_and_sees_a_swap():
+    """Each concept's own references match it best (identity 1), and images of the other concept score 0: what a
+    composed model that drew the wrong concept would get. (Not every pair of shipped concepts is this far apart
+    for the world CLIP: docs/benchmarks.md lists each concept's identity among all six.)"""
+    scorer = ClipScorer(device="cpu")
+    names = ("bolt-circle", "eye-heart")
+    references = {name: reference_images(REPO / "concepts" / name) for name in names}
+    assert identity_shares(scorer, references, references) == {name: 1.0 for name in names}
+    swapped = {names[0]: references[names[1]], names[1]: references[names[0]]}
+    assert identity_shares(scorer, swapped, references) == {name: 0.0 for name in names}
+    with pytest.raises(ConfigError, match="two or more concepts"):
+        identity_shares(scorer, {names[0]: references[names[0]]}, references)

@@ -24,7 +24,17 @@ from . import library
 from .models import Pipelines
 from .storage import DataDir
 
-COLUMNS = ["concept", "method", "setting", "CLIP-T", "CLIP-I", "retention T", "retention I", "images"]
+COLUMNS = [
+    "concept",
+    "method",
+    "setting",
+    "CLIP-T",
+    "CLIP-I",
+    "retention T",
+    "retention I",
+    "identity",
+    "images",
+]
 MAX_IMAGES_PER_PROMPT = 8
 
 
@@ -138,6 +148,7 @@ def table(report: EvaluationReport) -> list[list]:
                     round(scores.clip_i, 4),
                     _round(result.retention("clip_t")) if composed else None,
                     _round(result.retention("clip_i")) if composed else None,
+                    _round(scores.identity),
                     scores.images,
                 ]
             )

@@ -291,7 +291,8 @@ class Comparison:
         return self.results[0].report.names if self.results else ()
 
     def rows(self) -> list[dict[str, Any]]:
-        """One row per method and concept (the CSV): budget, CLIP-T / CLIP-I alone and composed, retention."""
+        """One row per method and concept (the CSV): budget, CLIP-T / CLIP-I before tuning, alone and composed,
+        retention, identity."""
         rows = []
         for result in self.results:
             budget = result.budget
@@ -312,6 +313,9 @@ class Comparison:
                         "clip_i_composed": composed.clip_i if composed else None,
                         "retention_t": concept.retention("clip_t"),
                         "retention_i": concept.retention("clip_i"),
+                        "identity_base": concept.base.identity if concept.base else None,
+                        "identity_alone": concept.alone.identity,
+                        "identity_composed": composed.identity if composed else None,
                         "clip_t_alone_sem": concept.alone.clip_t_sem,
                         "clip_i_alone_sem": concept.alone.clip_i_sem,
                         "clip_t_composed_sem": composed.clip_t_sem if composed else None,
@@ -391,13 +395,14 @@ class Comparison:
             "",
         ]
         head = ["method", "rank", "params"] + [f"{n} {m}" for n in names for m in ("CLIP-T", "CLIP-I")]
-        head += ["mean CLIP-T", "mean CLIP-I"]
+        head += ["mean CLIP-T", "mean CLIP-I", "identity"]
         lines += [_md_row(head), _md_row(["---"] * len(head))]
         if first.concepts and all(concept.base is not None for concept in first.concepts):
             cells = ["base (before tuning)", "-", "0"]
             for concept in first.concepts:
                 cells += [_cell(concept.base, "clip_t"), _cell(concept.base, "clip_i")]
             cells += [f"{value:.4f}" for value in _means(first, "base")]
+            cells.append(_mean_identity(first, "base"))
             lines.append(_md_row(cells))
         for result in self.results:
             b, report = result.budget, result.report
@@ -405,11 +410,17 @@ class Comparison:
             for concept in report.concepts:
                 cells += [_cell(concept.alone, "clip_t"), _cell(concept.alone, "clip_i")]
             cells += [f"{value:.4f}" for value in _means(report, "alone")]
+            cells.append(_mean_identity(report, "alone"))
             lines.append(_md_row(cells))
         if first.concepts and first.concepts[0].composed is not None:
-            lines += ["", f"**All {len(names)} concepts composed** (retention = composed / alone)", ""]
+            lines += [
+                "",
+                f"**All {len(names)} concepts composed** (retention = composed / alone; identity = share of images "
+                f"matching their own concept's references best, chance {1 / len(names):.2f})",
+                "",
+            ]
             head = ["method"] + [f"{n} {m}" for n in names for m in ("CLIP-T", "CLIP-I")]
-            head += ["mean CLIP-T", "mean CLIP-I", "retention T", "retention I"]
+            head += ["mean CLIP-T", "mean CLIP-I", "retention T", "retention I", "identity"]
             lines += [_md_row(head), _md_row(["---"] * len(head))]
             for result in self.results:
                 report = result.report
@@ -418,6 +429,7 @@ class Comparison:
                     cells += [_cell(concept.composed, "clip_t"), _cell(concept.composed, "clip_i")]
                 cells += [f"{value:.4f}" for value in _means(report, "composed")]
                 cells += [_mean_retention(report, "clip_t"), _mean_retention(report, "clip_i")]
+                cells.append(_mean_identity(report, "composed"))
                 lines.append(_md_row(cells))
         notes = [f"{r.budget.method}: {r.budget.note}" for r in self.results if r.budget.note]
         if notes:
@@ -454,6 +466,12 @@ def _means(report: EvaluationReport, setting: str) -> tuple[float, float]:
         sum(s.clip_t for s in scores) / len(scores),
         sum(s.clip_i for s in scores) / len(scores),
     )
+
+
+def _mean_identity(report: EvaluationReport, setting: str) -> str:
+    """The concepts' mean identity in `setting`; "-" in a run of one concept."""
+    values = [getattr(concept, setting).identity for concept in report.concepts]
+    return "-" if None in values else f"{sum(values) / len(values):.2f}"
 
 
 def _mean_retention(report: EvaluationReport, metric: str) -> str:

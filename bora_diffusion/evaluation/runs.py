@@ -15,6 +15,9 @@ differs only by the other concepts being present. A concept's **retention** is c
 1.0 means composing cost it nothing, 0.8 that it kept 80 % of its alignment. This is the single-concept
 evaluation after merging of Mix-of-Show (arXiv 2305.18292) and SBoRA (arXiv 2407.05413). A ratio only means
 this when the alone score is positive, so retention is null otherwise (raw cosines can be negative).
+Retention cannot see bleeding (a style the concepts share raises every concept's CLIP-I), so with two or more
+concepts each setting also gets each concept's **identity** (`identity.py`): the share of its images that match
+its own references best among all the concepts' references.
 
 Images, each setting's manifest and the per-image `AlignmentReport`s land under the output folder::
 
@@ -51,6 +54,7 @@ from ..inject import eject
 from ..merge import check_slots, compose
 from .conventions import Conventions
 from .errors import EvaluationError
+from .identity import identity_shares
 from .images import check_images, reference_images
 from .prompt_sets import fill_prompts, load_prompt_set
 from .report import check_version
@@ -156,6 +160,8 @@ class SettingScores:
     `clip_t_sem` / `clip_i_sem` are the standard errors of the means over the generated images (sample standard
     deviation of the per-image scores / sqrt(images)); None with a single image. Images are the random draws of
     an evaluation, so this is the spread another set of seeds would show; it says when two methods tie.
+    `identity` is the share of the images that match this concept's references best among every concept's of
+    the run (`identity.identity_shares`); None in a run of one concept.
     """
 
     clip_t: float
@@ -164,6 +170,7 @@ class SettingScores:
     folder: str
     clip_t_sem: float | None = None
     clip_i_sem: float | None = None
+    identity: float | None = None
 
 
 @dataclass(frozen=True)
@@ -244,12 +251,12 @@ class EvaluationReport:
         """One line: each concept's CLIP-T / CLIP-I alone (and composed, with retention), then the conventions."""
         parts = []
         for r in self.concepts:
-            text = f"{r.name}: T {r.alone.clip_t:.4f} I {r.alone.clip_i:.4f}"
+            text = f"{r.name}: T {r.alone.clip_t:.4f} I {r.alone.clip_i:.4f}{_identity(r.alone)}"
             if r.base is not None:
                 text += f" (base T {r.base.clip_t:.4f} I {r.base.clip_i:.4f})"
             if r.composed is not None:
                 text += (
-                    f" | composed T {r.composed.clip_t:.4f} I {r.composed.clip_i:.4f}"
+                    f" | composed T {r.composed.clip_t:.4f} I {r.composed.clip_i:.4f}{_identity(r.composed)}"
                     f" (retention T {_ratio(r.retention('clip_t'))} I {_ratio(r.retention('clip_i'))})"
                 )
             parts.append(text)
@@ -270,6 +277,8 @@ class EvaluationReport:
             "settings": self.settings.to_dict(),
             "retention_rule": "composed mean / alone mean, same prompts and seeds; null when alone <= 0",
             "gain_rule": "alone mean - base mean (no adapter), same prompts and seeds",
+            "identity_rule": "share of a concept's images whose CLIP-I is highest against its own references "
+            "among every concept's of the run; null with one concept",
             "concepts": [result.to_dict() for result in self.concepts],
             "composition": dict(self.composition) if self.composition is not None else None,
             "environment": dict(self.environment),
@@ -303,6 +312,10 @@ def standard_error(scores: Sequence[float]) -> float | None:
     if len(scores) < 2:
         return None
     return statistics.stdev(scores) / math.sqrt(len(scores))
+
+
+def _identity(scores: SettingScores) -> str:
+    return "" if scores.identity is None else f" identity {scores.identity:.2f}"
 
 
 def _ratio(value: float | None) -> str:
@@ -431,21 +444,28 @@ def evaluate_concepts(
             progress(message, done, total)
         done += 1
 
-    base, _ = _generate_and_score(pipe, [], before, scorer, out_dir, "base", settings, base_name, step)
+    base, _, base_images = _generate_and_score(
+        pipe, [], before, scorer, out_dir, "base", settings, base_name, step
+    )
     alone: dict[str, SettingScores] = {}
+    alone_images: dict[str, list[Path]] = {}
     for item in prepared:
         files = [(item.spec.file, item.spec.scale)]
-        scores, _ = _generate_and_score(
+        scores, _, images = _generate_and_score(
             pipe, files, [item], scorer, out_dir, "alone", settings, base_name, step
         )
-        alone[item.info.name] = scores[item.info.name]
+        alone |= scores
+        alone_images |= images
     together: dict[str, SettingScores] = {}
     composition: dict[str, Any] | None = None
     if composed:
         files = [(item.spec.file, item.spec.scale) for item in prepared]
-        together, composition = _generate_and_score(
+        together, composition, together_images = _generate_and_score(
             pipe, files, prepared, scorer, out_dir, "composed", settings, base_name, step
         )
+        together = _with_identity(scorer, together, together_images, prepared)
+    base = _with_identity(scorer, base, base_images, prepared)
+    alone = _with_identity(scorer, alone, alone_images, prepared)
     if progress is not None:
         progress("done", total, total)
     results = tuple(
@@ -521,10 +541,10 @@ def _generate_and_score(
     settings: RunSettings,
     base_name: str,
     step: Callable[[str], None],
-) -> tuple[dict[str, SettingScores], dict[str, Any] | None]:
+) -> tuple[dict[str, SettingScores], dict[str, Any] | None, dict[str, list[Path]]]:
     """Load `files` onto the base (none: the bare base), generate each item's prompts x seeds, take the files off,
-    then score. Returns the scores per concept and the composition report (slot overlap and interference; None
-    without files)."""
+    then score. Returns the scores per concept, the composition report (slot overlap and interference; None
+    without files) and the generated images per concept."""
     generated: dict[str, list[Path]] = {}
     composition = None
     try:
@@ -565,7 +585,20 @@ def _generate_and_score(
             out_dir / setting / item.name,
             out_dir,
         )
-    return scores, None if composition is None else composition.to_dict()
+    return scores, None if composition is None else composition.to_dict(), generated
+
+
+def _with_identity(
+    scorer: ClipScorer,
+    scores: dict[str, SettingScores],
+    images: Mapping[str, Sequence[Path]],
+    items: Sequence[_Prepared | _BaseItem],
+) -> dict[str, SettingScores]:
+    """`scores` with each concept's identity among `items` filled in; unchanged with fewer than two concepts."""
+    if len(scores) < 2:
+        return scores
+    shares = identity_shares(scorer, images, {item.name: item.references for item in items})
+    return {name: dataclasses.replace(value, identity=shares[name]) for name, value in scores.items()}
 
 
 @dataclass(frozen=True)
@@ -650,7 +683,7 @@ def evaluate_base(
         prompts = tuple(fill_prompts(templates, concept.token, concept.class_word))
         items.append(_BaseItem(concept.name, concept.token, concept.class_word, prompts, references))
     _check_base_tokens(pipe, items)
-    scores, _ = _generate_and_score(
+    scores, _, images = _generate_and_score(
         pipe, [], items, scorer, out_dir, "base", settings, base_name, lambda _: None
     )
-    return scores
+    return _with_identity(scorer, scores, images, items)
