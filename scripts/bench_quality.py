@@ -80,7 +80,14 @@ def summary_rows(base: dict[str, SettingScores], comparison: Comparison) -> list
     base_t = statistics.fmean(base[n].clip_t for n in names)
     base_i = statistics.fmean(base[n].clip_i for n in names)
     rows: list[dict[str, Any]] = [
-        {"model": "base (before tuning)", "rank": None, "params": 0, "clip_t": base_t, "clip_i": base_i}
+        {
+            "model": "base (before tuning)",
+            "rank": None,
+            "params": 0,
+            "clip_t": base_t,
+            "clip_i": base_i,
+            "identity": _mean_identity([base[n] for n in names]),
+        }
     ]
     for result in comparison.results:
         concepts = {c.name: c for c in result.report.concepts}
@@ -90,6 +97,7 @@ def summary_rows(base: dict[str, SettingScores], comparison: Comparison) -> list
             "params": result.budget.trainable_params,
             "clip_t": statistics.fmean(concepts[n].alone.clip_t for n in names),
             "clip_i": statistics.fmean(concepts[n].alone.clip_i for n in names),
+            "identity": _mean_identity([concepts[n].alone for n in names]),
         }
         row["delta_t"], row["delta_i"] = row["clip_t"] - base_t, row["clip_i"] - base_i
         # Per concept: how far above its own base score the tuned model got (the personalization gain).
@@ -97,6 +105,7 @@ def summary_rows(base: dict[str, SettingScores], comparison: Comparison) -> list
         if all(concepts[n].composed is not None for n in names):
             row["clip_t_composed"] = statistics.fmean(concepts[n].composed.clip_t for n in names)
             row["clip_i_composed"] = statistics.fmean(concepts[n].composed.clip_i for n in names)
+            row["identity_composed"] = _mean_identity([concepts[n].composed for n in names])
             # Ratio of the means: per-concept ratios blow up when a concept's alone score is near zero.
             row["retention_i"] = row["clip_i_composed"] / row["clip_i"] if row["clip_i"] > 0 else None
             row["retention_t"] = row["clip_t_composed"] / row["clip_t"] if row["clip_t"] > 0 else None
@@ -106,6 +115,11 @@ def summary_rows(base: dict[str, SettingScores], comparison: Comparison) -> list
             row["retention_i_worst"] = names[retention.index(row["retention_i_min"])] if known else None
         rows.append(row)
     return rows
+
+
+def _mean_identity(scores: list[SettingScores]) -> float | None:
+    values = [s.identity for s in scores]
+    return None if None in values else statistics.fmean(values)
 
 
 def _fmt(value: Any, spec: str = ".3f", signed: bool = False) -> str:
@@ -123,27 +137,32 @@ def markdown(rows: list[dict[str, Any]], comparison: Comparison, concepts: int, 
         "",
         "**Each concept alone** (gain = tuned - base, same prompts and seeds)",
         "",
-        "| model | rank | params | CLIP-T | CLIP-I | CLIP-T vs base | CLIP-I vs base | worst concept's CLIP-I gain |",
-        "|" + "---|" * 8,
+        "| model | rank | params | CLIP-T | CLIP-I | CLIP-T vs base | CLIP-I vs base | worst concept's CLIP-I gain "
+        "| identity |",
+        "|" + "---|" * 9,
     ]
     for row in rows:
         cells = [row["model"], "-" if row["rank"] is None else str(row["rank"]), f"{row['params']:,}"]
         cells += [_fmt(row["clip_t"]), _fmt(row["clip_i"]), _fmt(row.get("delta_t"), signed=True)]
         cells += [_fmt(row.get("delta_i"), signed=True), _fmt(row.get("gain_i_min"), signed=True)]
+        cells.append(_fmt(row.get("identity"), ".2f"))
         lines.append("| " + " | ".join(cells) + " |")
     lines += [
         "",
         f"**All {concepts} composed into one model** (fused). Retention = composed mean / alone mean; the lora row is "
-        "naive LoRA summing, the slot methods sum disjoint slots of one ledger.",
+        "naive LoRA summing, the slot methods sum disjoint slots of one ledger. Identity = share of a concept's "
+        f"images that match its own references best among the {concepts} concepts' (chance {1 / concepts:.2f}).",
         "",
-        "| model | CLIP-T composed | CLIP-I composed | retention T | retention I | worst concept's retention I |",
-        "|" + "---|" * 6,
+        "| model | CLIP-T composed | CLIP-I composed | retention T | retention I | worst concept's retention I "
+        "| identity alone | identity composed |",
+        "|" + "---|" * 8,
     ]
     for row in rows[1:]:
         worst = row.get("retention_i_min")
         cells = [row["model"], _fmt(row.get("clip_t_composed")), _fmt(row.get("clip_i_composed"))]
         cells += [_fmt(row.get("retention_t")), _fmt(row.get("retention_i"))]
         cells.append("-" if worst is None else f"{worst:.3f} ({row['retention_i_worst']})")
+        cells += [_fmt(row.get("identity"), ".2f"), _fmt(row.get("identity_composed"), ".2f")]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
