@@ -63,6 +63,7 @@ def main() -> None:
     parser.add_argument("--partial-captions", type=float, default=TrainSettings.partial_captions)
     parser.add_argument("--identity-pairs", type=int, default=TrainSettings.identity_pairs)
     parser.add_argument("--identity-weight", type=float, default=TrainSettings.identity_weight)
+    parser.add_argument("--novel-pairs", type=int, default=TrainSettings.novel_pairs)
     parser.add_argument("--init", type=Path, help="continue from this world-clip file (a second stage)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=1)
@@ -82,6 +83,7 @@ def main() -> None:
         partial_captions=args.partial_captions,
         identity_pairs=args.identity_pairs,
         identity_weight=args.identity_weight,
+        novel_pairs=args.novel_pairs,
     )
     vocabulary = training_vocabulary()
     model = build_model(vocab_size=len(vocabulary.ids), seed=args.seed).train()

@@ -27,6 +27,7 @@ from bora_diffusion.world.clip_training import (
     training_vocabulary,
 )
 from bora_diffusion.world.distractors import attribute_variants, attributes, distractors
+from bora_diffusion.world.random_objects import random_object_views
 
 shipped = pytest.mark.skipif(not WEIGHTS_FILE.is_file(), reason="no shipped world-clip weights")
 REPO = Path(__file__).resolve().parents[1]
@@ -159,3 +160,29 @@ def test_identity_tells_two_shipped_concepts_apart_and_sees_a_swap():
     assert identity_shares(scorer, swapped, references) == {name: 0.0 for name in names}
     with pytest.raises(ConfigError, match="two or more concepts"):
         identity_shares(scorer, {names[0]: references[names[0]]}, references)
+
+
+def test_random_objects_join_the_identity_term_as_pairs_and_nothing_else():
+    """Q random objects add 2Q images after the captioned ones (first views, then second views): with weight 0
+    the loss is exactly the caption loss, with weight 1 the identity term adds a positive InfoNCE over them."""
+    vocabulary = training_vocabulary()
+    settings = TrainSettings(batch_size=6, hard_negatives=1, novel_pairs=2, identity_weight=1.0)
+    batch = make_batch(np.random.default_rng(0), settings, vocabulary)
+    assert batch.images.shape[0] == 10 and batch.novel_pairs == 2 and batch.tokens.shape[0] == 12
+    model = build_model(vocab_size=len(vocabulary.ids), seed=0).eval()
+    with torch.no_grad():
+        without, _ = clip_loss(model, batch, identity_weight=0.0)
+        plain, _ = clip_loss(model, Batch(images=batch.images[:6], tokens=batch.tokens))
+        weighted, _ = clip_loss(model, batch, identity_weight=1.0)
+    assert without.item() == pytest.approx(plain.item(), abs=1e-5)
+    assert weighted.item() > without.item() + 0.1  # ln(2) ~ 0.7 for an untrained model
+
+
+def test_random_objects_are_seeded_and_two_views_show_one_object():
+    first, second = random_object_views(np.random.default_rng(3))
+    again = random_object_views(np.random.default_rng(3))
+    for view, same in zip((first, second), again, strict=True):
+        assert np.array_equal(np.asarray(view), np.asarray(same))
+    assert not np.array_equal(np.asarray(first), np.asarray(second))
+    other = random_object_views(np.random.default_rng(4))[0]
+    assert not np.array_equal(np.asarray(first), np.asarray(other))

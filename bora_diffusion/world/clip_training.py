@@ -19,7 +19,9 @@ the same object, but captions spend as many words on the background as on the ob
 alone makes two pictures of one object on different backgrounds look unrelated. The first `identity_pairs`
 scenes of a batch are drawn a second time with the same objects on another background, moved and turned a
 little, and an image-to-image InfoNCE term (SimCLR's, Chen et al. 2020) pulls the two views together against
-the other pairs: the embedding learns what stays when the background changes.
+the other pairs: the embedding learns what stays when the background changes. `novel_pairs` more pairs per
+batch show random multi-colored objects (`random_objects.py`), two views each, in the same term: world
+objects are one flat color each, and without these the embedding cannot tell patterned objects apart.
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ from PIL import Image, ImageFilter
 
 from .clip import CompactVocabulary, image_tensor, tokenizer
 from .distractors import distractors
+from .random_objects import random_object_views
 from .scenes import Scene, sample_background, sample_scene
 from .vocabulary import WORDS
 
@@ -75,15 +78,19 @@ class TrainSettings:
     partial_captions: float = 0.0
     identity_pairs: int = 0  # scenes per batch also drawn as a second view (see the module doc)
     identity_weight: float = 0.0  # weight of the image-to-image term in the loss
+    novel_pairs: int = 0  # random multi-colored objects per batch, two views each, in the identity term
 
 
 @dataclass(frozen=True)
 class Batch:
-    images: torch.Tensor  # [B + P, 3, H, W]: the B captioned scenes, then P second views of the first P
+    # [B + P + 2Q, 3, H, W]: the B captioned scenes, P second views of the first P, then Q random objects' first
+    # views and their Q second views
+    images: torch.Tensor
     tokens: (
         torch.Tensor
     )  # [B * (1 + K), L]: the B true captions, then K hard negatives per image, compact ids
     pairs: int = 0  # P
+    novel_pairs: int = 0  # Q
 
 
 def training_vocabulary() -> CompactVocabulary:
@@ -149,7 +156,22 @@ def make_batch(rng: np.random.Generator, settings: TrainSettings, vocabulary: Co
     for scene in scenes[: settings.identity_pairs]:
         view = second_view(scene, rng)
         images.append(Image.fromarray(_augment(view.render(), view.render, rng, settings)))
-    return Batch(images=image_tensor(images), tokens=vocabulary.encode(tokens), pairs=settings.identity_pairs)
+    views = [random_object_views(rng) for _ in range(settings.novel_pairs)]
+    for which in (0, 1):
+        images += [
+            Image.fromarray(_augment(pair[which], _resized(pair[which]), rng, settings)) for pair in views
+        ]
+    return Batch(
+        images=image_tensor(images),
+        tokens=vocabulary.encode(tokens),
+        pairs=settings.identity_pairs,
+        novel_pairs=settings.novel_pairs,
+    )
+
+
+def _resized(image: Image.Image):
+    """A `Scene.render`-like callable for an image that exists only at its own size (the low-res view)."""
+    return lambda size: image.resize((size, size), Image.BICUBIC)
 
 
 def colorless_caption(scene: Scene, rng: np.random.Generator) -> str:
@@ -200,8 +222,9 @@ def clip_loss(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(loss, image-to-caption accuracy among all candidates): symmetric InfoNCE, with the hard negatives as
     extra candidates for the images, plus `identity_weight` x the identity views' image-to-image InfoNCE."""
-    features = F.normalize(model.encode_image(batch.images), dim=-1)  # [B + P, D]
-    count = features.shape[0] - batch.pairs
+    features = F.normalize(model.encode_image(batch.images), dim=-1)  # [B + P + 2Q, D]
+    pairs, novel = batch.pairs, batch.novel_pairs
+    count = features.shape[0] - pairs - 2 * novel
     image = features[:count]  # [B, D]
     text = F.normalize(encode_text(model, batch.tokens), dim=-1)  # [B * (1 + K), D]
     scale = model.logit_scale.exp().clamp(max=100.0)
@@ -211,9 +234,12 @@ def clip_loss(
     loss_text = F.cross_entropy(logits[:, :count].T, target)  # [B, B]: true captions against images
     accuracy = (logits.argmax(1) == target).float().mean()
     loss = (loss_image + loss_text) / 2
-    if batch.pairs and identity_weight > 0:
-        views = scale * features[: batch.pairs] @ features[count:].T  # [P, P]: first views x second views
-        pair_target = torch.arange(batch.pairs)
+    if pairs + novel and identity_weight > 0:
+        tail = features[count + pairs :]  # [2Q, D]: the random objects' first views, then their second views
+        first = torch.cat([features[:pairs], tail[:novel]])  # [P + Q, D]
+        second = torch.cat([features[count : count + pairs], tail[novel:]])  # [P + Q, D]
+        views = scale * first @ second.T  # [P + Q, P + Q]: first views x second views
+        pair_target = torch.arange(pairs + novel)
         identity = (F.cross_entropy(views, pair_target) + F.cross_entropy(views.T, pair_target)) / 2
         loss = loss + identity_weight * identity
     return loss, accuracy

@@ -25,7 +25,16 @@ from .render import SUPERSAMPLE, background_array
 from .scenes import Background, sample_background
 from .vocabulary import SIZES
 
-__all__ = ["NOVEL_CONCEPTS", "NovelConcept", "NovelView", "novel_concept", "render_novel", "sample_view"]
+__all__ = [
+    "NOVEL_CONCEPTS",
+    "NovelConcept",
+    "NovelView",
+    "Painter",
+    "novel_concept",
+    "placed_view",
+    "render_novel",
+    "sample_view",
+]
 
 MAX_TURN = 35.0
 EXTENT_RANGE = (0.28, 0.68)  # side of the object's box as a fraction of the image side
@@ -187,7 +196,9 @@ class NovelView:
         """The vocabulary size word closest to this view's extent ("small" or "large")."""
         return min(SIZES, key=lambda word: abs(SIZES[word][0] - self.extent))
 
-    def render(self, size: int = 64) -> Image.Image:
+    def render(self, size: int = 64, painter: Painter | None = None) -> Image.Image:
+        """The view as an RGB `size` x `size` image; `painter` draws another object than the concept `name`
+        (the world CLIP's random objects, `random_objects.py`)."""
         n = size * SUPERSAMPLE
         canvas = background_array(self.background, n)  # [n, n, 3]
         centers = (np.arange(n, dtype=np.float32) + 0.5) / n
@@ -200,7 +211,7 @@ class NovelView:
         v = dx * math.sin(theta) + dy * math.cos(theta)  # [n, n]
         if self.mirrored:
             u = -u
-        inside, rgb = novel_concept(self.name).painter(u, v)
+        inside, rgb = (painter or novel_concept(self.name).painter)(u, v)
         # A navy outline: inside pixels with a 4-neighbour outside.
         padded = np.pad(inside, 1)
         core = inside & padded[:-2, 1:-1] & padded[2:, 1:-1] & padded[1:-1, :-2] & padded[1:-1, 2:]
@@ -213,14 +224,24 @@ class NovelView:
 
 def sample_view(name: str, rng: np.random.Generator, background: Background | None = None) -> NovelView:
     """A random view of concept `name`; `background` fixes the background instead of drawing one."""
-    concept = novel_concept(name)
+    return placed_view(name, rng, background, avoid=novel_concept(name).colors)
+
+
+def placed_view(
+    name: str,
+    rng: np.random.Generator,
+    background: Background | None = None,
+    avoid: frozenset[str] = frozenset(),
+) -> NovelView:
+    """A random turn, mirror image, size and position of object `name`, on `background` or on a random one
+    whose color is none of `avoid`."""
     extent = float(rng.uniform(*EXTENT_RANGE))
     room = (1.0 - extent) / 2 * 0.8  # how far the center may move and keep the object in the picture
     x, y = (float(value) for value in 0.5 + rng.uniform(-room, room, size=2))
     angle = float(rng.uniform(-MAX_TURN, MAX_TURN))
     mirrored = bool(rng.random() < 0.5)
     if background is None:
-        background = sample_background(rng, avoid=concept.colors)
+        background = sample_background(rng, avoid=avoid)
     return NovelView(name, background, extent, x, y, angle, mirrored)
 
 
