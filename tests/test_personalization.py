@@ -10,13 +10,13 @@ reach:
 - prompting another concept's token instead of the trained one must not score the gain either (the test below):
   the identity has to be bound to the token, not smeared over everything the model draws.
 
-Measured with this test's settings (the shipped base and world CLIP): base 0.116, tuned 0.360 (gain +0.244),
-another token 0.186 (+0.070); with `torch.Tensor.backward` replaced by a no-op (no gradient reaches the adapter)
+Measured with this test's settings (the shipped base and world CLIP): base 0.391, tuned 0.586 (gain +0.195),
+another token 0.312 (-0.079); with `torch.Tensor.backward` replaced by a no-op (no gradient reaches the adapter)
 the tuned score is the base's to the last digit, gain +0.000, and the test fails.
 
-Sampling uses guidance 5, not the base's default 3: at 3 the same run gains +0.282 with its token but +0.228
-with the other one (the update binds to the class word "circle" nearly as much as to the token), which the
-other-token check below rightly refuses; at 5 the token carries the identity.
+Sampling uses guidance 5, not the base's default 3: at 3 (with the previous world CLIP) the same run gained
++0.282 with its token but +0.228 with the other one (the update binds to the class word "circle" nearly as
+much as to the token), which the other-token check below rightly refuses; at 5 the token carries the identity.
 
 Skipped when the package has no shipped world base (a checkout without the weight files).
 """
