@@ -2,12 +2,14 @@
 
 CLIP-I asks whether two pictures show the same object. World scenes alone cannot teach that for the novel
 concepts: every world object is one flat color in one of eight shapes, so a CLIP trained on them embeds a
-multi-colored, patterned object near "some colorful thing", and the shipped concepts crowd together: scored on
-their own references, the world CLIP trained without these objects gave the six concepts a mean identity of
-0.56 (`evaluation/identity.py`; quad-cross 0.125), the shipped one, trained with them, 0.92. Here each object draws its own silhouette (star, polygon, blob or ring), its own
-2-4 colors and its own pattern (sectors, bands, spiral, rings) with an optional accent dot, in the style of the
-novel concepts (`novel.py`) but never one of them; two views of it (turned, mirrored, moved, resized, on
-different backgrounds) are a positive pair of the CLIP's image-to-image identity term.
+multi-colored, patterned object near "some colorful thing", and the shipped concepts crowd together. Scored on
+their own references (`evaluation/identity.py`), the world CLIP trained without these objects gave the six
+concepts a mean identity of 0.56 (quad-cross 0.125); the shipped one, trained with them, gives 0.92.
+
+Each object draws its own silhouette (star, polygon, blob or ring), its own 2-4 colors and its own pattern
+(sectors, bands, spiral, rings) with an optional accent dot: the novel concepts' style (`novel.py`), drawn
+independently of them. Two views of it (turned, mirrored, moved, resized, each on its own background) are a
+positive pair of the CLIP's image-to-image identity term.
 """
 
 from __future__ import annotations
