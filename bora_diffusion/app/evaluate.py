@@ -2,8 +2,9 @@
 
 Each picked concept's prompts are generated and scored on the base before tuning, with the concept alone, and
 with two or more also composed with the others, so one table shows what training gained, compares methods (each
-row names its concept's method) and shows what composing costs each concept (retention). The CLIP model is loaded once per backbone and kept; the app's `--clip` option picks backbone and
-weights (nothing is downloaded here, so the weights must be cached or a local file).
+row names its concept's method) and shows what composing costs each concept (retention, identity). The CLIP
+model is loaded once per backbone and kept; the app's `--clip` option picks backbone and weights (nothing is
+downloaded here, so the weights must be cached or a local file).
 """
 
 from __future__ import annotations

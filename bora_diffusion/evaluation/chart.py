@@ -127,9 +127,8 @@ def bar_panels(
                     draw.line([(cx - cap, lo), (cx + cap, lo)], fill="black")
             label = group
             if draw.textlength(label, font=small) > group_w - 4 and "_" in label:
-                label = label.replace(
-                    "_", "_\n", 1
-                )  # "sbora_fa" -> "sbora_" over "fa": neighbours stay apart
+                # "sbora_fa" -> "sbora_" over "fa": neighbours' labels stay apart
+                label = label.replace("_", "_\n", 1)
             x = x0 + (g + 0.5) * group_w
             draw.multiline_text(
                 (x, y_bottom + 6), label, fill="black", font=small, anchor="ma", align="center"
