@@ -621,6 +621,7 @@ def _parse_evaluated(items: list[str]):
 
 def run_evaluate(args: argparse.Namespace) -> int:
     from .evaluation import evaluate_concepts, reference_images
+    from .evaluation.runs import RETENTION_MIN_SEMS, format_ratio
     from .formats import read_adapter
     from .pipeline import base_name
 
@@ -638,6 +639,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
         settings=settings,
         progress=_print_progress,
     )
+    unreadable = False
     for result in report.concepts:
         if result.base is not None:
             print(f"{result.name:<12} base      {_scores_text(result.base)}")
@@ -646,12 +648,17 @@ def run_evaluate(args: argparse.Namespace) -> int:
             line += f"  gain T {result.gain('clip_t'):+.4f} I {result.gain('clip_i'):+.4f}"
         print(line)
         if result.composed is not None:
-            retention_t, retention_i = result.retention("clip_t"), result.retention("clip_i")
+            retention = {metric: result.retention(metric) for metric in ("clip_t", "clip_i")}
+            unreadable |= None in retention.values()
             print(
                 f"{'':<12} composed  {_scores_text(result.composed)}  "
-                f"retention T {'n/a' if retention_t is None else f'{retention_t:.3f}'} "
-                f"I {'n/a' if retention_i is None else f'{retention_i:.3f}'}"
+                f"retention T {format_ratio(retention['clip_t'])} I {format_ratio(retention['clip_i'])}"
             )
+    if unreadable:
+        print(
+            f"retention n/a: the alone mean is not {RETENTION_MIN_SEMS:g} standard errors above zero, so a ratio "
+            "to it would be noise"
+        )
     c = report.conventions
     print(f"conventions: {c.backbone} {c.weights or 'random init'} ({c.preset_name or 'custom'})")
     print(f"report: {Path(args.out) / 'evaluation.json'}")

@@ -31,11 +31,13 @@ from bora_diffusion.evaluation import (
     ClipScorer,
     Comparison,
     ConceptFileError,
+    ConceptResult,
     Conventions,
     EvalConcept,
     EvaluationReport,
     ReferenceImagesError,
     RunSettings,
+    SettingScores,
     evaluate_concepts,
     match_budgets,
     trainable_parameters,
@@ -148,7 +150,8 @@ def test_retention_is_composed_over_alone_in_every_report(compared):
         for entry in data["concepts"]:
             for metric, key in (("clip_t", "retention_t"), ("clip_i", "retention_i")):
                 alone, composed = entry["alone"][metric], entry["composed"][metric]
-                expected = composed / alone if alone > 0 else None
+                sem = entry["alone"][f"{metric}_sem"] or 0.0
+                expected = composed / alone if alone > max(0.0, 2 * sem) else None
                 assert entry["retention"][metric] == (
                     pytest.approx(expected, rel=1e-12) if expected is not None else None
                 )
@@ -159,6 +162,30 @@ def test_retention_is_composed_over_alone_in_every_report(compared):
         assert all(entry["retention"]["clip_i"] is not None for entry in data["concepts"])
         report = EvaluationReport.load(out / method / "eval" / "evaluation.json")
         assert report.to_dict()["concepts"] == data["concepts"]
+
+
+def test_retention_is_null_while_the_alone_mean_is_within_noise_of_zero():
+    def result(alone: float, sem: float | None, composed: float = 0.2) -> ConceptResult:
+        return ConceptResult(
+            name="a", token="<a>", class_word="toy", method="lora", file="a.safetensors", references="a",
+            reference_count=1, prompt_set="objects", prompts=("a photo of <a> toy",),
+            alone=SettingScores(clip_t=alone, clip_i=alone, images=4, folder="alone", clip_t_sem=sem),
+            composed=SettingScores(clip_t=composed, clip_i=composed, images=4, folder="composed"),
+        )  # fmt: skip
+
+    # 0.01 +- 0.01 would have read as a retention of 20 (and -11 in a real run with a negative composed mean).
+    assert result(0.01, 0.01).retention("clip_t") is None
+    assert result(0.019, 0.01).retention("clip_t") is None  # 1.9 standard errors
+    assert result(0.021, 0.01).retention("clip_t") == pytest.approx(0.2 / 0.021)
+    assert result(0.25, 0.01).retention("clip_t") == pytest.approx(0.8)
+    assert result(-0.3, 0.01).retention("clip_t") is None  # a negative mean has no "share kept"
+    # With no standard error (one image, or clip_i_sem not given) only the sign rule remains.
+    assert result(0.01, None).retention("clip_t") == pytest.approx(20.0)
+    assert result(0.01, 0.01).retention("clip_i") == pytest.approx(20.0)
+    assert "n/a" in EvaluationReport(
+        base_model="b", conventions=Conventions(), weights={}, settings=RunSettings(),
+        concepts=(result(0.01, 0.01),),
+    ).summary()  # fmt: skip
 
 
 def test_means_are_the_scorers_on_the_images_written(compared, tiny_clip):

@@ -14,7 +14,9 @@ into the base (`bora_diffusion.merge.compose`), so every composed image has a tw
 differs only by the other concepts being present. A concept's **retention** is composed score / alone score:
 1.0 means composing cost it nothing, 0.8 that it kept 80 % of its alignment. This is the single-concept
 evaluation after merging of Mix-of-Show (arXiv 2305.18292) and SBoRA (arXiv 2407.05413). A ratio only means
-this when the alone score is positive, so retention is null otherwise (raw cosines can be negative).
+this when the alone score is clearly positive (raw cosines can be negative or hover around zero, and 0.01 +- 0.01
+in the denominator turns noise into a "retention" of -11), so retention is null unless the alone mean is at
+least `RETENTION_MIN_SEMS` standard errors above zero.
 Retention cannot see bleeding (a style the concepts share raises every concept's CLIP-I), so with two or more
 concepts each setting also gets each concept's **identity** (`identity.py`): the share of its images that match
 its own references best among all the concepts' references.
@@ -79,6 +81,9 @@ REPORT_VERSION = 1
 # "base": no adapter (before tuning); "alone": the concept's file is the only adapter on the base; "composed":
 # every concept of the run is on it.
 SETTINGS = ("base", "alone", "composed")
+# Retention is reported only when the alone mean is at least this many standard errors above zero (z >= 2: a
+# mean that large arises by chance about 2% of the time when the true mean is zero).
+RETENTION_MIN_SEMS = 2.0
 # progress(message, done, total): done steps out of total (generation and scoring steps of the whole run).
 RunProgress = Callable[[str, int, int], None]
 
@@ -198,14 +203,18 @@ class ConceptResult:
         return None if self.base is None else getattr(self.alone, metric) - getattr(self.base, metric)
 
     def retention(self, metric: str) -> float | None:
-        """composed / alone for "clip_t" or "clip_i"; None without a composed setting or when the alone score
-        is not positive (the ratio would not mean "share kept")."""
+        """composed / alone for "clip_t" or "clip_i"; None without a composed setting or when the alone mean is
+        not clearly above zero (`RETENTION_MIN_SEMS` standard errors; > 0 when a single image leaves no standard
+        error), since the ratio would not mean "share kept"."""
         if metric not in ("clip_t", "clip_i"):
             raise ConfigError(f"metric must be 'clip_t' or 'clip_i', got {metric!r}")
         if self.composed is None:
             return None
         alone = getattr(self.alone, metric)
-        return getattr(self.composed, metric) / alone if alone > 0 else None
+        sem = getattr(self.alone, f"{metric}_sem") or 0.0
+        if alone <= 0 or alone <= RETENTION_MIN_SEMS * sem:
+            return None
+        return getattr(self.composed, metric) / alone
 
     def to_dict(self) -> dict[str, Any]:
         data = dataclasses.asdict(self)
@@ -257,7 +266,7 @@ class EvaluationReport:
             if r.composed is not None:
                 text += (
                     f" | composed T {r.composed.clip_t:.4f} I {r.composed.clip_i:.4f}{_identity(r.composed)}"
-                    f" (retention T {_ratio(r.retention('clip_t'))} I {_ratio(r.retention('clip_i'))})"
+                    f" (retention T {format_ratio(r.retention('clip_t'))} I {format_ratio(r.retention('clip_i'))})"
                 )
             parts.append(text)
         c = self.conventions
@@ -275,7 +284,8 @@ class EvaluationReport:
             "conventions": self.conventions.to_dict(),
             "weights": dict(self.weights),
             "settings": self.settings.to_dict(),
-            "retention_rule": "composed mean / alone mean, same prompts and seeds; null when alone <= 0",
+            "retention_rule": "composed mean / alone mean, same prompts and seeds; null unless the alone mean is "
+            f"> 0 and > {RETENTION_MIN_SEMS:g} standard errors",
             "gain_rule": "alone mean - base mean (no adapter), same prompts and seeds",
             "identity_rule": "share of a concept's images whose CLIP-I is highest against its own references "
             "among every concept's of the run; null with one concept",
@@ -318,7 +328,8 @@ def _identity(scores: SettingScores) -> str:
     return "" if scores.identity is None else f" identity {scores.identity:.2f}"
 
 
-def _ratio(value: float | None) -> str:
+def format_ratio(value: float | None) -> str:
+    """A retention for people: "0.953", or "n/a" where it is null."""
     return "n/a" if value is None else f"{value:.3f}"
 
 
