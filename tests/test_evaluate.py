@@ -39,6 +39,7 @@ from bora_diffusion.evaluation import (
     scoring_texts,
 )
 from bora_diffusion.evaluation import backbone as backbone_module
+from bora_diffusion.evaluation import scorer as scorer_module
 from bora_diffusion.evaluation.conventions import image_scores, text_scores
 
 TINY = "bora-test-tiny-clip"
@@ -141,6 +142,36 @@ def test_local_checkpoint_file_gives_the_same_model(tiny_backbone, scorer, tmp_p
     report = from_file.text_alignment(images, ["a qwiv kettle"] * 2, tokens=TOKENS)
     assert report.weights["kind"] == "file" and report.weights["file"] == str(path.resolve())
     assert len(report.weights["sha256"]) == 64
+
+
+def test_each_image_file_is_embedded_once_until_it_changes(tiny_backbone, oracle, tmp_path, monkeypatch):
+    fresh = ClipScorer(tiny(), device="cpu", batch_size=2)
+    embedded = []
+    encode = fresh.model.encode_image
+    fresh.model.encode_image = lambda pixels: embedded.append(len(pixels)) or encode(pixels)
+    paths = []
+    for i, image in enumerate(random_images(3)):
+        image.save(tmp_path / f"g{i}.png")
+        paths.append(tmp_path / f"g{i}.png")
+    first = fresh.embed_images(paths)
+    assert embedded == [2, 1]
+    # CLIP-T, CLIP-I and a with_conventions copy read the same files: nothing is embedded again.
+    fresh.text_alignment(paths, ["a qwiv kettle"] * 3, tokens=TOKENS)
+    fresh.with_conventions(tiny(prefix="a photo of ")).image_alignment(paths[:2], [str(paths[2])])
+    assert embedded == [2, 1]
+    # A PIL image has no file identity, so it is embedded every time; a rewritten file is embedded again.
+    fresh.embed_images([Image.open(paths[0])])
+    random_images(1, seed=7)[0].save(paths[1])
+    again = fresh.embed_images(paths)
+    assert embedded == [2, 1, 1, 1]
+    assert torch.equal(again[[0, 2]], first[[0, 2]])
+    assert torch.allclose(again[1], hand_image(oracle, Image.open(paths[1])), atol=1e-6)
+    assert not torch.allclose(again[1], first[1], atol=1e-3)
+    # The cache is bounded, oldest out first.
+    monkeypatch.setattr(scorer_module, "CACHED_FILES", 2)
+    fresh.embed_images(paths[2:])
+    fresh.embed_images(paths)
+    assert embedded == [2, 1, 1, 1, 1] and len(fresh._file_embeddings) == 2  # only paths[0] was dropped
 
 
 # --------------------------------------------------------------------------------------- text conventions
