@@ -208,6 +208,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--train-embedding", action="store_true", help="train each concept's token embedding too (ED-LoRA)"
     )
+    parser.add_argument(
+        "--embedding-lr", type=float, default=None, help="the token embedding's learning rate (default: --lr)"
+    )
     parser.add_argument("--images", type=int, default=4, help="seeds per prompt")
     parser.add_argument("--sampling-steps", type=int, default=20)
     parser.add_argument("--guidance", type=float, default=EMBEDDED_GUIDANCE)
@@ -236,7 +239,12 @@ def main(argv: list[str] | None = None) -> int:
         images_per_prompt=args.images,
         sampling=SamplingSettings(steps=args.sampling_steps, guidance=args.guidance),
     )
-    train = TrainConfig(steps=args.steps, learning_rate=args.lr, train_embedding=args.train_embedding)
+    train = TrainConfig(
+        steps=args.steps,
+        learning_rate=args.lr,
+        train_embedding=args.train_embedding,
+        embedding_learning_rate=args.embedding_lr,
+    )
     settings = CompareSettings(methods=tuple(args.methods), rank=args.rank, train=train, run=run)
     started = time.time()
 

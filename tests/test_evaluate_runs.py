@@ -24,11 +24,12 @@ from test_evaluate import TINY, TINY_CONFIG
 
 from bora_diffusion.adapters import available
 from bora_diffusion.cli import main
-from bora_diffusion.config import AdapterConfig
+from bora_diffusion.config import AdapterConfig, TrainConfig
 from bora_diffusion.embeddings import add_token
 from bora_diffusion.errors import ConfigError, SlotError
 from bora_diffusion.evaluation import (
     ClipScorer,
+    CompareSettings,
     Comparison,
     ConceptFileError,
     ConceptResult,
@@ -266,6 +267,17 @@ def test_matched_ranks_are_the_nearest_in_trainable_parameters(compared, tiny_pi
             assert gap(budget.rank) <= gap(budget.rank - 1)
         assert abs(budget.ratio - 1) < 0.15, budget  # the stated tolerance on the embedded base
     assert concepts(unet) == []  # probes leave the UNet as it was
+
+
+def test_the_budget_rule_says_whether_token_embeddings_trained():
+    plain = CompareSettings(train=TrainConfig(steps=50, learning_rate=2e-3)).rule_text()
+    assert plain.startswith("same 50 steps, lr 0.002, batch 1") and "embedding" not in plain
+    own_lr = CompareSettings(
+        train=TrainConfig(train_embedding=True, embedding_learning_rate=5e-3)
+    ).rule_text()
+    assert "token embedding trained too (ED-LoRA) at lr 0.005" in own_lr
+    shared_lr = CompareSettings(train=TrainConfig(train_embedding=True, learning_rate=1e-3)).rule_text()
+    assert "token embedding trained too (ED-LoRA) at lr 0.001" in shared_lr
 
 
 def test_rank_rule_and_capacity(tiny_pipe):

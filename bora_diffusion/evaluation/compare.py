@@ -239,6 +239,9 @@ class CompareSettings:
             f"same {self.train.steps} steps, lr {self.train.learning_rate:g}, batch {self.train.batch_size}, "
             f"resolution {self.train.resolution}, seed {self.train.seed} for every method"
         )
+        if self.train.train_embedding:
+            embedding_lr = self.train.embedding_learning_rate or self.train.learning_rate
+            common += f", each concept's token embedding trained too (ED-LoRA) at lr {embedding_lr:g}"
         if self.rule == "rank":
             return f"{common}; every method at rank {self.rank} (parameter counts differ)"
         return (
