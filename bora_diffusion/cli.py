@@ -116,9 +116,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     train.add_argument(
         "--train-embedding",
-        action="store_true",
+        action=argparse.BooleanOptionalAction,
         default=None,
-        help="also train the token's own text embedding, as textual inversion / ED-LoRA do",
+        help="also train the token's own text embedding, as textual inversion / ED-LoRA do (default: the "
+        "concept's train_embedding, else off)",
     )
     train.add_argument(
         "--embedding-lr",

@@ -166,6 +166,23 @@ def test_train_embedding_in_concept_toml_is_checked_like_every_training_key():
         TrainConfig(embedding_learning_rate=0.0)
 
 
+def test_the_command_line_turns_a_concepts_train_embedding_on_or_off():
+    from bora_diffusion.cli import TRAIN_FLAGS, build_parser
+    from bora_diffusion.concept import TrainDefaults
+
+    world_recipe = TrainDefaults(train_embedding=True, embedding_learning_rate=5e-3)  # the world concepts'
+    parser = build_parser()
+    for flags, expected in (([], True), (["--no-train-embedding"], False), (["--train-embedding"], True)):
+        args = parser.parse_args(["train", "concepts/bolt-circle", "--out", "x", *flags])
+        config = world_recipe.train_config(**{key: getattr(args, key) for key in TRAIN_FLAGS})
+        assert config.train_embedding is expected, flags
+    args = parser.parse_args(["train", "concepts/kettle", "--out", "x"])
+    assert (
+        TrainDefaults().train_config(**{key: getattr(args, key) for key in TRAIN_FLAGS}).train_embedding
+        is False
+    )
+
+
 def test_the_command_line_trains_inspects_and_exports_a_token_embedding(tmp_path, capsys):
     from bora_diffusion.cli import main
 
