@@ -1,18 +1,20 @@
 """Personalization on the shipped world base, end to end: does training a concept actually teach it?
 
-A short training run of one shipped world concept on the embedded base, then the concept's prompts generated on
-the base and on the tuned model with the same seeds, scored by the shipped world CLIP against the concept's
-reference images (CLIP-I, the "default" conventions). The gain must clear a margin that a broken trainer cannot
-reach:
+The default training run of one shipped world concept on the embedded base (its concept.toml recipe: 200 steps,
+UNet adapters plus the token's own embedding, ED-LoRA), then the concept's prompts generated on the base and on
+the tuned model with the same seeds, scored by the shipped world CLIP against the concept's reference images
+(CLIP-I, the "default" conventions). The gain must clear a margin that a broken trainer cannot reach:
 
-- gradients that never reach the adapter leave the model the base (zero-initialized updates), so its gain is
-  exactly 0 (measured once by cutting them, below);
+- gradients that never reach the adapter or the embedding leave the adapter at zero and the token at its
+  initial vector (its class word's embedding), so the tuned model is the base reading "circle circle" where the
+  prompt says "huzd circle": it scores below the base (measured once by cutting them, below);
 - prompting another concept's token instead of the trained one must not score the gain either (the test below):
   the identity has to be bound to the token, not smeared over everything the model draws.
 
-Measured with this test's settings (the shipped base and world CLIP): base 0.391, tuned 0.586 (gain +0.195),
-another token 0.312 (-0.079); with `torch.Tensor.backward` replaced by a no-op (no gradient reaches the adapter)
-the tuned score is the base's to the last digit, gain +0.000, and the test fails.
+Measured with this test's settings (the shipped base and world CLIP): base 0.391, tuned 0.567 (gain +0.176),
+another token 0.276 (-0.115). With `torch.Tensor.backward` replaced by a no-op (no gradient reaches the adapter
+or the token) the tuned model scores 0.172 (gain -0.219) and the test fails. Before the world concepts trained
+their token (adapters only, 150 steps) the same test measured +0.195 and -0.079, and +0.000 with no gradient.
 
 Sampling uses guidance 5, not the base's default 3: at 3 (with the previous world CLIP) the same run gained
 +0.282 with its token but +0.228 with the other one (the update binds to the class word "circle" nearly as
@@ -41,7 +43,6 @@ REPO = Path(__file__).resolve().parent.parent
 
 CONCEPT = "bolt-circle"
 OTHER_TOKEN = "vlek"  # notched-ring's token: a word the base reads, but not this concept
-STEPS = 150
 MARGIN = 0.15  # CLIP-I gain the run must reach (the issue's target); a base-identical model scores 0
 SEEDS = [0, 1]
 SAMPLING = SamplingSettings(steps=15, guidance=5.0)
@@ -71,7 +72,7 @@ def run(tmp_path_factory):
         scorer = ClipScorer("default", device="cpu")
         base = image_alignment(pipe, concept, scorer, out / "base", concept.token)
         adapter = concept.train.adapter_config()
-        config = concept.train.train_config(steps=STEPS)
+        config = concept.train.train_config()  # the concept's own recipe: the default run of `train`
         [file] = train_concepts(
             pipe, [(concept, adapter, config)], out_dir=out / "train", base_name=EMBEDDED_NAME
         )
