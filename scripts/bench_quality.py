@@ -201,7 +201,11 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--methods", nargs="+", default=list(all_methods()), help="default: every method")
     parser.add_argument(
-        "--rank", type=int, default=4, help="rank of the first method; the others match params"
+        "--rank",
+        type=int,
+        default=2,
+        help="rank of the first method; the others match params (default 2: lora at 2 puts the slot methods at "
+        "rank 4, the world concepts' own)",
     )
     parser.add_argument("--steps", type=int, default=TrainConfig.steps, help="training steps per concept")
     parser.add_argument("--lr", type=float, default=TrainConfig.learning_rate)

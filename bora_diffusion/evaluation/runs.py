@@ -264,9 +264,10 @@ class EvaluationReport:
             if r.base is not None:
                 text += f" (base T {r.base.clip_t:.4f} I {r.base.clip_i:.4f})"
             if r.composed is not None:
+                kept_t, kept_i = format_ratio(r.retention("clip_t")), format_ratio(r.retention("clip_i"))
                 text += (
                     f" | composed T {r.composed.clip_t:.4f} I {r.composed.clip_i:.4f}{_identity(r.composed)}"
-                    f" (retention T {format_ratio(r.retention('clip_t'))} I {format_ratio(r.retention('clip_i'))})"
+                    f" (retention T {kept_t} I {kept_i})"
                 )
             parts.append(text)
         c = self.conventions

@@ -8,10 +8,10 @@ L2-normalized fp32 vectors; cosines and means are taken in float64. (The Custom 
 cast images to fp16 on CUDA, which moves their numbers slightly; reports record the precision.)
 
 Images are checked (mode, readability) before the model runs, then embedded in batches on the GPU when there is
-one. An image file is embedded once per scorer: its embedding is kept under (path, inode, modification time, size), so
-an evaluation that reads each generated image for CLIP-T, CLIP-I and identity, and each reference folder in every
-setting, runs the model once per file; a file rewritten in between is embedded again. Progress flows through an
-optional callback `progress(stage, done, total)`; the scorer never prints.
+one. An image file is embedded once per scorer: its embedding is kept under (path, inode, modification time,
+size), so an evaluation that reads each generated image for CLIP-T, CLIP-I and identity, and each reference
+folder in every setting, runs the model once per file; a file rewritten in between is embedded again. Progress
+flows through an optional callback `progress(stage, done, total)`; the scorer never prints.
 """
 
 from __future__ import annotations
