@@ -268,6 +268,11 @@ def test_presets_and_folders(app):
     assert client.predict("bora_block", api_name="/method_preset") == (2, 4, 200, 1e-3)
     assert client.predict("lora", api_name="/method_preset")[0] == 4
     assert client.predict(api_name="/concept_folders") == FOLDERS
+    # Picking a folder fills the form with its own recipe, as `bora-diffusion train <folder>` would train it:
+    # the world concepts train their token (ED-LoRA), the examples do not.
+    recipe = client.predict("bolt-circle", api_name="/folder_recipe")
+    assert recipe == ("sbora_fa", 4, 4, 200, 1e-3, 64, True)
+    assert client.predict("kettle", api_name="/folder_recipe")[-1] is False
 
 
 def _bad_file(folder: Path) -> list[Path]:
@@ -345,6 +350,7 @@ BAD_CALLS = [
     ("/evaluate", (["mug"], "quick-object", "paper", 1, 2), "unknown conventions preset 'paper'"),
     ("/evaluate", (["mug"], "quick-object", "default", 99, 2), "images per prompt: give 1 to 8"),
     ("/method_preset", ("bogus",), "method: choose one of"),
+    ("/folder_recipe", ("../concepts/kettle",), "folder: pick one of the concept folders"),
     (
         "/compare_methods",
         ([], ["lora", "dora"], 4, "params", 2, "quick-object", "default", 1, 2),
@@ -380,6 +386,21 @@ def test_export_refuses_a_method_without_an_exact_lora_form(app, images, trained
     with pytest.raises(AppError) as caught:
         client.predict("magnitude", "kohya", api_name="/export_concept")
     assert "dora" in str(caught.value)
+
+
+def test_the_train_form_decides_the_token_embedding_and_api_callers_get_the_folders_choice(tmp_path):
+    from bora_diffusion.app.storage import DataDir
+    from bora_diffusion.app.training import Form, build
+
+    def embedding(folder: str, checked: bool | None) -> bool:
+        form = Form(source="folder", folder=folder, train_embedding=checked)
+        _, _, config = build(form, DataDir(tmp_path / "data"), REPO / "concepts")
+        return config.train_embedding
+
+    # The page always sends its checkbox (which picking a folder sets to the folder's recipe): it decides.
+    assert embedding("bolt-circle", False) is False and embedding("kettle", True) is True
+    # A caller that leaves it out gets the folder's own choice.
+    assert embedding("bolt-circle", None) is True and embedding("kettle", None) is False
 
 
 def test_safe_names_and_paths(tmp_path):

@@ -139,6 +139,15 @@ def _walk_through(browser_app, page, artifacts) -> None:
     page.locator("#train-start").click()
     expect(page.get_by_text("name: give the new concept a name").first).to_be_visible(timeout=TIMEOUT_MS)
 
+    # Switching to a concept folder fills the form with the folder's own recipe: the first folder is a world
+    # concept, which trains its token's embedding, so the box gets ticked. Back to an upload, unticked.
+    embedding = page.locator("#train-embedding input[type=checkbox]")
+    expect(embedding).not_to_be_checked()
+    page.locator("#train-source").get_by_label("folder").check()
+    expect(embedding).to_be_checked(timeout=60_000)
+    page.locator("#train-source").get_by_label("upload").check()
+    embedding.uncheck()
+
     # Train: upload, name, token, class word, a short run with samples; the bar must reach the end.
     _upload(page, images)
     page.locator("#train-name textarea, #train-name input").first.fill("mug")

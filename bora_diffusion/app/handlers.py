@@ -11,7 +11,7 @@ from __future__ import annotations
 import functools
 import html
 import logging
-from dataclasses import dataclass
+from dataclasses import astuple, dataclass
 from pathlib import Path
 
 import gradio as gr
@@ -81,6 +81,11 @@ class Handlers:
     def concept_folders(self) -> list[str]:
         return training.concept_folders(self.ctx.concepts_root)
 
+    def folder_recipe(self, folder: str) -> tuple[str, int, int, int, float, int, bool]:
+        """(method, rank, blocks, steps, learning rate, resolution, train embedding) of a concept folder's own
+        recipe (its concept.toml over the method's preset)."""
+        return astuple(training.folder_recipe(self.ctx.concepts_root, folder))
+
     def train_start(
         self,
         source,
@@ -96,7 +101,7 @@ class Handlers:
         lr,
         sample_every,
         res,
-        train_embedding=False,
+        train_embedding=None,
     ) -> tuple[str, dict]:
         form = training.Form(
             source=source,
@@ -112,7 +117,7 @@ class Handlers:
             learning_rate=lr,
             sample_every=sample_every,
             resolution=res,
-            train_embedding=bool(train_embedding),
+            train_embedding=None if train_embedding is None else bool(train_embedding),
         )
         concept, adapter, config = training.build(
             form, self.ctx.data, self.ctx.concepts_root, self.ctx.jobs.check_name

@@ -53,6 +53,41 @@ def preset(method: str) -> Preset:
     return PRESETS.get(method, Preset())
 
 
+@dataclass(frozen=True)
+class Recipe:
+    """The Train form's values for a concept folder: what `bora-diffusion train <folder>` would use."""
+
+    method: str
+    rank: int
+    blocks: int
+    steps: int
+    learning_rate: float
+    resolution: int
+    train_embedding: bool
+
+
+def folder_recipe(root: Path | None, folder: str) -> Recipe:
+    """A concept folder's concept.toml [train] values over its method's preset, so that picking a folder shows
+    (and, left as it is, trains) the concept's own recipe, as the command line does."""
+    known = concept_folders(root)
+    if folder not in known:
+        raise ConfigError(
+            f"folder: pick one of the concept folders ({', '.join(known) or 'none'}), got {folder!r}"
+        )
+    own = load_concept(root / folder).train
+    method = own.method or "sbora_fa"
+    start = preset(method)
+    return Recipe(
+        method=method,
+        rank=own.rank or start.rank,
+        blocks=own.blocks or start.blocks or PRESETS["bora_block"].blocks,
+        steps=own.steps or start.steps,
+        learning_rate=own.learning_rate or start.learning_rate,
+        resolution=own.resolution or TrainConfig.resolution,
+        train_embedding=bool(own.train_embedding),
+    )
+
+
 def concept_folders(root: Path | None) -> list[str]:
     """The concept folders (holding a concept.toml) of the app's concepts directory, by name."""
     if root is None or not root.is_dir():
@@ -77,7 +112,8 @@ class Form:
     learning_rate: float = 1e-3
     sample_every: float = 0
     resolution: float = 64
-    train_embedding: bool = False  # also train the token's own text embedding (ED-LoRA)
+    # Also train the token's own text embedding (ED-LoRA); None: the concept folder's own choice (API callers).
+    train_embedding: bool | None = None
 
 
 def _whole(value, field: str, low: int, high: int) -> int:
@@ -154,6 +190,6 @@ def build(
         steps=steps,
         learning_rate=learning_rate,
         resolution=resolution,
-        train_embedding=bool(form.train_embedding) or None,  # None: the concept folder's own choice
+        train_embedding=None if form.train_embedding is None else bool(form.train_embedding),
     )
     return concept, adapter, config

@@ -36,7 +36,9 @@ def build(ctx: Context) -> gr.Blocks:
         with gr.Tab("Train", id="train"):
             with gr.Row():
                 with gr.Column():
-                    source = gr.Radio(["upload", "folder"], value="upload", label="Images from")
+                    source = gr.Radio(
+                        ["upload", "folder"], value="upload", label="Images from", elem_id="train-source"
+                    )
                     files = gr.File(
                         file_count="multiple",
                         file_types=[".png", ".jpg", ".jpeg", ".webp"],
@@ -68,7 +70,9 @@ def build(ctx: Context) -> gr.Blocks:
                                                  elem_id="train-sample-every")  # fmt: skip
                         resolution = gr.Number(64, label="Resolution", precision=0)
                     embedding = gr.Checkbox(
-                        False, label="Also train the token's own text embedding (ED-LoRA)"
+                        False,
+                        label="Also train the token's own text embedding (ED-LoRA)",
+                        elem_id="train-embedding",
                     )
                     with gr.Row():
                         start = gr.Button("Start training", variant="primary", elem_id="train-start")
@@ -200,7 +204,17 @@ def build(ctx: Context) -> gr.Blocks:
             [files, folder],
             api_visibility="private",
         )
-        method.change(g["method_preset"], method, [rank, blocks, steps, lr], api_name="method_preset")
+        # A method picked by hand starts from its preset; a concept folder fills the form with its own recipe.
+        # `.input`, not `.change`: a folder's recipe that sets the method must not be reset to the preset.
+        method.input(g["method_preset"], method, [rank, blocks, steps, lr], api_name="method_preset")
+        recipe = [method, rank, blocks, steps, lr, resolution, embedding]
+        folder.change(g["folder_recipe"], folder, recipe, api_name="folder_recipe")
+        source.input(
+            lambda s, f: g["folder_recipe"](f) if s == "folder" and f else [gr.update()] * len(recipe),
+            [source, folder],
+            recipe,
+            api_visibility="private",
+        )
         start.click(
             g["train_start"],
             [source, files, folder, name, token, class_word, method, rank, blocks, steps, lr, sample_every,
