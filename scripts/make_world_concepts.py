@@ -35,8 +35,9 @@ SMALL_EXTENT = (0.28, 0.34)
 DEFAULT_OUT = Path(__file__).resolve().parent.parent / "concepts"
 # Each concept trains its token's own embedding (ED-LoRA) at textual inversion's learning rate. On the world base
 # this doubled the CLIP-I gain of a default 200-step run over the adapters alone (+0.136 against +0.070, mean of
-# notched-ring, spiral-star and eye-heart, 12 images each) and halved the CLIP-T cost (-0.024 against -0.038);
-# 600 steps without it gained +0.085, prior preservation +0.094 at -0.073 (docs/benchmarks.md, "Recipe").
+# notched-ring, spiral-star and eye-heart, 12 images each) and cut its CLIP-T cost by a third (-0.024 against
+# -0.038); 600 steps without it gained +0.085, prior preservation +0.094 at -0.073 (docs/benchmarks.md, "The
+# world concepts' training recipe").
 EMBEDDING_LR = 5e-3
 
 # Made-up tokens: none is a word of the CLIP vocabulary, and their BPE pieces are all different

@@ -43,7 +43,7 @@ REPO = Path(__file__).resolve().parent.parent
 
 CONCEPT = "bolt-circle"
 OTHER_TOKEN = "vlek"  # notched-ring's token: a word the base reads, but not this concept
-MARGIN = 0.15  # CLIP-I gain the run must reach (the target); a base-identical model scores 0
+MARGIN = 0.15  # CLIP-I gain the run must reach (the target); with gradients cut it scored -0.219
 SEEDS = [0, 1]
 SAMPLING = SamplingSettings(steps=15, guidance=5.0)
 
