@@ -545,7 +545,8 @@ def run_train(args: argparse.Namespace) -> int:
         pipe, jobs, out_dir=args.out, base_name=base_name(args.base), callbacks=callbacks, resume=args.resume
     )
     for (concept, adapter, config), path in zip(jobs, paths, strict=True):
-        print(f"{concept.name}: {adapter.method} rank {adapter.rank}, {config.steps} steps -> {path}")
+        token = f", token {concept.token!r} trained too" if config.train_embedding else ""
+        print(f"{concept.name}: {adapter.method} rank {adapter.rank}, {config.steps} steps{token} -> {path}")
     print(f"slots: {Path(args.out) / 'slots.json'}")
     return 0
 

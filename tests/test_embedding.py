@@ -191,6 +191,7 @@ def test_the_command_line_trains_inspects_and_exports_a_token_embedding(tmp_path
         main(["train", "concepts/kettle", "--out", str(out), "--steps", "2", "--train-embedding", "--quiet"])
         == 0
     )
+    assert "kettle: sbora_fa rank 4, 2 steps, token 'qwiv' trained too ->" in capsys.readouterr().out
     assert main(["inspect", str(out / "kettle.safetensors")]) == 0
     assert "the token's own text embedding, trained" in capsys.readouterr().out
     assert main(["export", str(out / "kettle.safetensors"), str(tmp_path / "kettle_lora.safetensors")]) == 0
