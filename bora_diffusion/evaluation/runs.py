@@ -63,6 +63,7 @@ from .report import check_version
 from .scorer import ClipScorer
 
 __all__ = [
+    "RETENTION_MIN_SEMS",
     "SETTINGS",
     "ConceptFileError",
     "ConceptResult",
@@ -73,6 +74,7 @@ __all__ = [
     "SettingScores",
     "evaluate_base",
     "evaluate_concepts",
+    "format_ratio",
     "overview",
     "standard_error",
 ]
