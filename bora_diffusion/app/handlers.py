@@ -117,7 +117,7 @@ class Handlers:
             learning_rate=lr,
             sample_every=sample_every,
             resolution=res,
-            train_embedding=None if train_embedding is None else bool(train_embedding),
+            train_embedding=train_embedding,  # None: the folder's own choice (`training.build`)
         )
         concept, adapter, config = training.build(
             form, self.ctx.data, self.ctx.concepts_root, self.ctx.jobs.check_name

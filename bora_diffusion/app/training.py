@@ -69,12 +69,7 @@ class Recipe:
 def folder_recipe(root: Path | None, folder: str) -> Recipe:
     """A concept folder's concept.toml [train] values over its method's preset, so that picking a folder shows
     (and, left as it is, trains) the concept's own recipe, as the command line does."""
-    known = concept_folders(root)
-    if folder not in known:
-        raise ConfigError(
-            f"folder: pick one of the concept folders ({', '.join(known) or 'none'}), got {folder!r}"
-        )
-    own = load_concept(root / folder).train
+    own = load_concept(_known_folder(root, folder)).train
     method = own.method or "sbora_fa"
     start = preset(method)
     return Recipe(
@@ -86,6 +81,16 @@ def folder_recipe(root: Path | None, folder: str) -> Recipe:
         resolution=own.resolution or TrainConfig.resolution,
         train_embedding=bool(own.train_embedding),
     )
+
+
+def _known_folder(root: Path | None, folder: str) -> Path:
+    """The path of concept folder `folder` of `root`; only names `concept_folders` lists are accepted."""
+    known = concept_folders(root)
+    if folder not in known:
+        raise ConfigError(
+            f"folder: pick one of the concept folders ({', '.join(known) or 'none'}), got {folder!r}"
+        )
+    return root / folder
 
 
 def concept_folders(root: Path | None) -> list[str]:
@@ -170,11 +175,7 @@ def build(
             min_size=resolution,
         )
     elif form.source == "folder":
-        known = concept_folders(concepts_root)
-        if form.folder not in known:
-            listed = ", ".join(known) or "none"
-            raise ConfigError(f"folder: pick one of the concept folders ({listed}), got {form.folder!r}")
-        concept = load_concept(concepts_root / form.folder, min_size=resolution)
+        concept = load_concept(_known_folder(concepts_root, form.folder), min_size=resolution)
         if str(form.name or "").strip():
             concept = dataclasses.replace(concept, name=safe_name(form.name, "name"))
         check_name(concept.name)

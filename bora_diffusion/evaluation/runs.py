@@ -213,8 +213,8 @@ class ConceptResult:
         if self.composed is None:
             return None
         alone = getattr(self.alone, metric)
-        sem = getattr(self.alone, f"{metric}_sem") or 0.0
-        if alone <= 0 or alone <= RETENTION_MIN_SEMS * sem:
+        sem = getattr(self.alone, f"{metric}_sem") or 0.0  # no standard error: only the sign rule remains
+        if alone <= RETENTION_MIN_SEMS * sem:
             return None
         return getattr(self.composed, metric) / alone
 
