@@ -420,10 +420,6 @@ def run_inspect(args: argparse.Namespace) -> int:
     return 0
 
 
-if __name__ == "__main__":
-    sys.exit(main())
-
-
 def _parse_concepts(items: list[str]) -> list[tuple[str, float]]:
     """'dog.safetensors:0.8' -> ('dog.safetensors', 0.8); a path without ':SCALE' gets 1.0."""
     parsed = []
@@ -745,3 +741,7 @@ def run_import(args: argparse.Namespace) -> int:
     print(report.summary())
     print(f"concept: {args.out}")
     return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
