@@ -86,6 +86,9 @@ def test_shipped_clip_picks_the_right_caption_well_above_chance():
     assert report.retrieval_chance == pytest.approx(1 / 6)
     assert report.retrieval >= 0.6, report.lines()
     assert report.classification >= 0.8, report.lines()
+    # A lone thing's place and two things' relation are reported apart (the base learns them very differently).
+    kinds = {"shape", "color", "size", "place", "relation", "background color", "background texture"}
+    assert set(report.per_attribute) == kinds
 
 
 @shipped

@@ -4,7 +4,8 @@
   (distinct attributes); a hit when the true caption scores highest. Chance is 1 / (1 + distractors).
 - Classification: for each attribute of each image, the captions with that attribute set to every value of the
   vocabulary (8 shapes, 8 colors, 2 sizes, 5 places or 4 relations, 8 background colors, 4 textures); a hit when
-  the true value scores highest. Reported per attribute kind and overall (chance: the mean of 1 / #values).
+  the true value scores highest. Reported per attribute kind (a one-thing scene's layout as "place", a
+  two-thing scene's as "relation") and overall (chance: the mean of 1 / #values).
 
 Both take images and their `Scene`s, so the same code measures held-out world renders and a base model's
 generations of those scenes' captions.
@@ -50,9 +51,12 @@ def held_out_scenes(count: int, seed: int = HELD_OUT_SEED) -> list[Scene]:
     return [sample_scene(rng) for _ in range(count)]
 
 
-def _kind(attribute: str) -> str:
+def _kind(attribute: str, scene: Scene) -> str:
+    """ "shape 1" -> "shape"; the layout is a "place" for one thing and a "relation" between two (other skills)."""
     parts = attribute.split()
-    return attribute if parts[0] in ("background", "layout") else parts[0]
+    if parts[0] == "layout":
+        return "place" if len(scene.things) == 1 else "relation"
+    return attribute if parts[0] == "background" else parts[0]
 
 
 def evaluate(
@@ -68,7 +72,7 @@ def evaluate(
         )
         for attribute in attributes(scene):
             texts = [text for _, text in attribute_variants(scene, attribute)]
-            questions.append((index, _kind(attribute), texts, texts.index(scene.caption())))
+            questions.append((index, _kind(attribute, scene), texts, texts.index(scene.caption())))
     unique = sorted({text for _, _, texts, _ in questions for text in texts})
     position = {text: i for i, text in enumerate(unique)}
     scores = clip.embed_images(list(images)) @ clip.embed_texts(unique).T  # [N, texts]
