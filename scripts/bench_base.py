@@ -7,8 +7,9 @@ Draws `--images` held-out world scenes (the evaluation seed, never trained on), 
 once with the base (seed = the scene's index), and scores the generations exactly as the world CLIP's own
 held-out renders are scored (`bora_diffusion.world.clip_eval.evaluate`): caption retrieval among the true
 caption and 5 one-attribute distractors (chance 1/6), and per-attribute classification. The renders of the same
-scenes are scored beside them, so the gap between the two lines is what the base loses, not what the CLIP
-cannot read.
+scenes are scored beside them, and the renders after a round trip through the base's VAE (encode, decode the
+posterior mean), so the gaps between the lines say what the CLIP cannot read, what the VAE loses and what the
+UNet and text encoder lose.
 """
 
 from __future__ import annotations
@@ -18,12 +19,24 @@ import json
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
+from PIL import Image
 
 from bora_diffusion.embedded import default_pipeline
 from bora_diffusion.pipeline import EMBEDDED_GUIDANCE
 from bora_diffusion.world.clip import WorldClip
 from bora_diffusion.world.clip_eval import evaluate, held_out_scenes
+
+
+def vae_round_trip(pipe, images: list[Image.Image]) -> list[Image.Image]:
+    """`images` encoded by the pipeline's VAE and decoded from the posterior mean: what the UNet could at best give."""
+    pixels = np.stack([np.asarray(image.convert("RGB")) for image in images])  # (N, H, W, 3) uint8
+    x = torch.from_numpy(pixels).permute(0, 3, 1, 2).float().div(127.5).sub(1.0)  # (N, 3, H, W) in [-1, 1]
+    with torch.no_grad():
+        decoded = pipe.vae.decode(pipe.vae.encode(x).latent_dist.mean).sample.clamp(-1, 1)
+    out = decoded.add(1.0).mul(127.5).round().byte().permute(0, 2, 3, 1).numpy()  # (N, H, W, 3)
+    return [Image.fromarray(array) for array in out]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -48,10 +61,12 @@ def main(argv: list[str] | None = None) -> int:
         )
         generated.append(result.images[0])
     seconds = (time.time() - started) / len(scenes)
+    renders = [scene.render() for scene in scenes]
     clip = WorldClip.load()
     reports = {
         "base generations": evaluate(clip, generated, scenes),
-        "world renders": evaluate(clip, [scene.render() for scene in scenes], scenes),
+        "renders through the VAE": evaluate(clip, vae_round_trip(pipe, renders), scenes),
+        "world renders": evaluate(clip, renders, scenes),
     }
     for name, report in reports.items():
         print(f"{name}:")
