@@ -100,7 +100,7 @@ def test_library_lists_both_concepts_with_their_settings(trained, app):
     assert rows["mug"]["method"] == "sbora_fa" and rows["mug"]["token"] == "zqmug"
     assert rows["kettle"]["token"] == "qwiv" and rows["kettle"]["class word"] == "kettle"
     assert rows["mug"]["rank"] == 4 and rows["mug"]["steps"] == STEPS
-    assert rows["mug"]["base"] == "embedded:tiny-sd-v1"
+    assert rows["mug"]["base"] == "embedded:world-base-2"
     assert rows["mug"]["slots"].startswith("in:")
     info = client.predict("mug", api_name="/inspect_concept")
     assert info["method"] == "sbora_fa" and info["training"]["steps"] == STEPS

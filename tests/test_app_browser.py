@@ -174,7 +174,7 @@ def _walk_through(browser_app, page, artifacts) -> None:
     table = page.locator("#library-table")
     expect(table).to_contain_text("zqmug", timeout=TIMEOUT_MS)
     text = table.inner_text()
-    assert "qwiv" in text and text.count("sbora_fa") == 2 and "embedded:tiny-sd-v1" in text
+    assert "qwiv" in text and text.count("sbora_fa") == 2 and "embedded:world-base-2" in text
     page.screenshot(path=str(artifacts / "app_library.png"), full_page=True)
 
     # Compose & generate: the interference check first, then four images in the gallery.

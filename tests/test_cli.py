@@ -80,7 +80,7 @@ def test_compose_generate_and_slots_from_the_command_line(tmp_path, capsys):
     assert code == 0 and "2 images" in capsys.readouterr().out
     manifest = json.loads((tmp_path / "gen" / "manifest.json").read_text())
     assert (
-        manifest["concepts"]["check"]["file"] == str(fa) and manifest["base_model"] == "embedded:tiny-sd-v1"
+        manifest["concepts"]["check"]["file"] == str(fa) and manifest["base_model"] == "embedded:world-base-2"
     )
     assert manifest["settings"]["guidance"] == 3.0  # no --guidance: the embedded base's own default
 

@@ -151,7 +151,7 @@ def test_build_shape_and_size() -> None:
 
 def test_home_dir_follows_environment(home: Path) -> None:
     assert embedded.home_dir() == home
-    assert embedded_dir() == home / "embedded" / "tiny-sd-v1"
+    assert embedded_dir() == home / "embedded" / "world-base-2"
 
 
 def test_ensure_builds_once(home: Path, count_builds: list[Path]) -> None:
@@ -172,7 +172,7 @@ def test_ensure_builds_once(home: Path, count_builds: list[Path]) -> None:
 def test_staging_folder_is_never_taken_as_complete(home: Path) -> None:
     folder = embedded_dir()
     folder.parent.mkdir(parents=True)
-    staging = folder.parent / ".tiny-sd-v1.tmp-left-by-a-crash"
+    staging = folder.parent / f".{folder.name}.tmp-left-by-a-crash"
     build_tiny_pipeline(0).save_pretrained(staging)  # everything but the marker, as at a crash before it
     assert not is_complete(staging)
     assert not is_complete(folder)
@@ -183,7 +183,7 @@ def test_damaged_folder_is_rebuilt(
     damage: str, home: Path, built_home: Path, count_builds: list[Path]
 ) -> None:
     folder = embedded_dir()
-    shutil.copytree(built_home / "embedded" / "tiny-sd-v1", folder)
+    shutil.copytree(built_home / "embedded" / folder.name, folder)
     assert is_complete(folder)
     weights = folder / "unet" / "diffusion_pytorch_model.safetensors"
     marker = folder / "bora_embedded.json"

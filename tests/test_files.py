@@ -28,7 +28,7 @@ def saved(tiny_unet, tmp_path):
         tiny_unet.model,
         "dog",
         config,
-        base_name="embedded:tiny-sd-v1",
+        base_name="embedded:world-base-2",
         token="<dog>",
         class_word="dog",
     )
@@ -53,7 +53,7 @@ def test_file_describes_itself(saved):
         "dog",
         "<dog>",
         "dog",
-        "embedded:tiny-sd-v1",
+        "embedded:world-base-2",
     )
     assert info.slot_space == "in" and info.library_version
     assert set(info.layers) == {p for p, _ in wrappers(case.model)}
@@ -77,7 +77,7 @@ def test_another_base_model_is_refused_naming_the_layer(saved):
     other.add_module("down_blocks", nn.Module())
     with pytest.raises(
         AdapterFileError,
-        match=r"layer down_blocks\.0\..* does not exist in this model.*'embedded:tiny-sd-v1'",
+        match=r"layer down_blocks\.0\..* does not exist in this model.*'embedded:world-base-2'",
     ):
         load_adapter(path, other)
     layer = next(iter(read_adapter(path).layers))

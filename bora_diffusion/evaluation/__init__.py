@@ -10,7 +10,7 @@
 Evaluation runs (generate with trained concepts alone and composed, score, report retention) are in `runs.py`:
 
     report = evaluate_concepts(pipe, [EvalConcept("runs/a/kettle.safetensors", "concepts/kettle"), ...],
-                               scorer, "runs/a/eval", base_name="embedded:tiny-sd-v1")
+                               scorer, "runs/a/eval", base_name="embedded:world-base-2")
 
 Method comparisons (train the same concepts with several methods at matched budgets, evaluate, tabulate and
 chart) are in `compare.py` and `chart.py`.
