@@ -442,10 +442,17 @@ def _is_number(text: str) -> bool:
 
 def _composed(args: argparse.Namespace, *, fuse: bool):
     from .merge import compose
-    from .pipeline import load_base
+    from .pipeline import base_name, load_base
 
     pipe = load_base(args.base)
     report = compose(pipe, _parse_concepts(args.concepts), fuse=fuse, force=args.force)
+    base = base_name(args.base)
+    for concept in report.concepts.values():
+        if concept["base_model"] != base:  # its layers fit (compose checked), but its weights were other ones
+            print(
+                f"note: {concept['file']} was trained on base {concept['base_model']!r}, not {base!r}; "
+                "its layers fit, its look may not"
+            )
     return pipe, report
 
 

@@ -120,6 +120,7 @@ def compose(
                 "slot_space": info.slot_space,
                 "token": info.token,
                 "token_embedding": info.token_embedding is not None,
+                "base_model": info.base_name,
             }
             for (name, info), (_, scale) in zip(loaded.items(), files, strict=True)
         },

@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 
 import pytest
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
 
 from bora_diffusion.cli import main
 from bora_diffusion.formats import read_adapter
@@ -77,7 +79,8 @@ def test_compose_generate_and_slots_from_the_command_line(tmp_path, capsys):
             str(tmp_path / "gen"),
         ]
     )
-    assert code == 0 and "2 images" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert code == 0 and "2 images" in out and "note:" not in out
     manifest = json.loads((tmp_path / "gen" / "manifest.json").read_text())
     assert (
         manifest["concepts"]["check"]["file"] == str(fa) and manifest["base_model"] == "embedded:world-base-2"
@@ -92,6 +95,20 @@ def test_compose_generate_and_slots_from_the_command_line(tmp_path, capsys):
 
     assert main(["compose"]) == 2
     assert "needs at least one concept file" in capsys.readouterr().err
+
+
+def test_a_file_made_on_another_base_is_noted(tmp_path, capsys):
+    """Layers of the same shapes load, but the user is told the file was trained on other weights."""
+    assert main(["methods", "--method", "sbora_fa", "--out", str(tmp_path)]) == 0
+    capsys.readouterr()
+    path = tmp_path / "sbora_fa.safetensors"
+    tensors, metadata = load_file(path), safe_open(str(path), "pt").metadata()
+    base = json.loads(metadata["base_model"])
+    metadata["base_model"] = json.dumps({**base, "name": "embedded:tiny-sd-v1"})
+    save_file(tensors, path, metadata=metadata)
+    assert main(["compose", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert f"note: {path} was trained on base 'embedded:tiny-sd-v1', not 'embedded:world-base-2'" in out
 
 
 def test_export_then_import_round_trips_through_the_command_line(tmp_path, capsys):
