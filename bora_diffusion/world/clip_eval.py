@@ -25,6 +25,8 @@ from .scenes import Scene, sample_scene
 __all__ = ["ClipReport", "evaluate", "held_out_scenes"]
 
 HELD_OUT_SEED = 1_000_003  # training streams use small seeds; this one is never trained on
+# The attribute kinds a report lists, in caption order.
+KINDS = ("shape", "color", "size", "place", "relation", "background color", "background texture")
 
 
 @dataclass(frozen=True)
@@ -91,5 +93,5 @@ def evaluate(
         retrieval_chance=1 / (1 + distractor_count),
         classification=float(np.mean(every)),
         classification_chance=float(np.mean(chance)),
-        per_attribute={kind: float(np.mean(kind_hits)) for kind, kind_hits in hits.items()},
+        per_attribute={kind: float(np.mean(hits[kind])) for kind in KINDS if kind in hits},
     )
