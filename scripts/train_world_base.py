@@ -186,6 +186,38 @@ def ema_update(ema: torch.nn.Module, model: torch.nn.Module, step: int, max_deca
             ema_param.lerp_(param, 1.0 - decay)
 
 
+def resume(
+    ckpt: Path, modules: dict[str, torch.nn.Module], optimizer: torch.optim.Optimizer, stage: str, log
+) -> int:
+    """Load `ckpt`, when there is one, into `modules` (by key) and `optimizer`; the step to start from."""
+    if not ckpt.exists():
+        return 0
+    state = torch.load(ckpt, weights_only=True)
+    for key, module in modules.items():
+        module.load_state_dict(state[key])
+    optimizer.load_state_dict(state["optimizer"])
+    log(f"{stage}: resumed at step {state['step']}")
+    return state["step"]
+
+
+def checkpoint(modules: dict[str, torch.nn.Module], optimizer: torch.optim.Optimizer, step: int) -> dict:
+    """What `resume` reads back."""
+    return {
+        **{key: module.state_dict() for key, module in modules.items()},
+        "optimizer": optimizer.state_dict(),
+        "step": step,
+    }
+
+
+def optimize(optimizer: torch.optim.Optimizer, loss: torch.Tensor, params: list[torch.nn.Parameter]) -> float:
+    """One step on `loss` with the gradient norm clipped to 1; returns the loss."""
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(params, 1.0)
+    optimizer.step()
+    return loss.item()
+
+
 def update_recipe(out: Path, stage: str, record: dict) -> None:
     """Write `record` as the stage's entry; a resumed run keeps the record of the run it continued."""
     path = out / "recipe.json"
@@ -248,13 +280,7 @@ def train_vae(args: argparse.Namespace, log: Callable[[str], None]) -> None:
     torch.manual_seed(args.seed)
     vae = make_vae()
     optimizer = torch.optim.AdamW(vae.parameters(), lr=args.vae_lr, weight_decay=0.0)
-    start = 0
-    if ckpt.exists():
-        state = torch.load(ckpt, weights_only=True)
-        vae.load_state_dict(state["vae"])
-        optimizer.load_state_dict(state["optimizer"])
-        start = state["step"]
-        log(f"vae: resumed at step {start}")
+    start = resume(ckpt, {"vae": vae}, optimizer, "vae", log)
     data = batches(args.seed, args.vae_batch)
     # The stream is deterministic, so resuming skips the batches already seen (rendering is ~1 ms per image).
     for _ in range(start):
@@ -270,14 +296,10 @@ def train_vae(args: argparse.Namespace, log: Callable[[str], None]) -> None:
         latents = posterior.mean + posterior.std * torch.randn(posterior.mean.shape, generator=generator)
         recon = vae.decode(latents).sample  # (batch, 3, crop, crop)
         loss = F.l1_loss(recon, crops) + args.vae_kl * posterior.kl().mean()
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(vae.parameters(), 1.0)
-        optimizer.step()
-        return loss.item()
+        return optimize(optimizer, loss, list(vae.parameters()))
 
     def state_fn(step: int) -> dict:
-        return {"vae": vae.state_dict(), "optimizer": optimizer.state_dict(), "step": step}
+        return checkpoint({"vae": vae}, optimizer, step)
 
     losses = run_loop(step_fn, state_fn, start, args.vae_steps, ckpt, args.log_every, log)
     wall = time.time() - t0
@@ -326,13 +348,7 @@ def train_decoder(args: argparse.Namespace, log: Callable[[str], None]) -> None:
         module.requires_grad_(False).eval()
     decoder_params = [*vae.post_quant_conv.parameters(), *vae.decoder.parameters()]
     optimizer = torch.optim.AdamW(decoder_params, lr=args.decoder_lr, weight_decay=0.0)
-    start = 0
-    if ckpt.exists():
-        state = torch.load(ckpt, weights_only=True)
-        vae.load_state_dict(state["vae"])
-        optimizer.load_state_dict(state["optimizer"])
-        start = state["step"]
-        log(f"decoder: resumed at step {start}")
+    start = resume(ckpt, {"vae": vae}, optimizer, "decoder", log)
     data = batches(args.seed + 20_000, args.vae_batch)  # a stream neither the VAE nor the UNet was trained on
     for _ in range(start):
         next(data)
@@ -346,15 +362,10 @@ def train_decoder(args: argparse.Namespace, log: Callable[[str], None]) -> None:
             group["lr"] = args.decoder_lr * wsd_scale(
                 step, args.decoder_steps, warmup=1, decay=args.decoder_steps // 4
             )
-        loss = F.l1_loss(vae.decode(latents).sample, images)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(decoder_params, 1.0)
-        optimizer.step()
-        return loss.item()
+        return optimize(optimizer, F.l1_loss(vae.decode(latents).sample, images), decoder_params)
 
     def state_fn(step: int) -> dict:
-        return {"vae": vae.state_dict(), "optimizer": optimizer.state_dict(), "step": step}
+        return checkpoint({"vae": vae}, optimizer, step)
 
     losses = run_loop(step_fn, state_fn, start, args.decoder_steps, ckpt, args.log_every, log)
     wall = time.time() - t0
@@ -446,19 +457,8 @@ def train_unet(args: argparse.Namespace, log: Callable[[str], None]) -> None:
     optimizer = make_unet_optimizer(unet, rest, token_table, args.lr)
     scheduler = sd15_scheduler()
     alphas_cumprod = scheduler.alphas_cumprod  # (1000,)
-    start = 0
-    if ckpt.exists():
-        state = torch.load(ckpt, weights_only=True)
-        for module, key in (
-            (unet, "unet"),
-            (text_encoder, "text"),
-            (ema_unet, "ema_unet"),
-            (ema_text, "ema_text"),
-        ):
-            module.load_state_dict(state[key])
-        optimizer.load_state_dict(state["optimizer"])
-        start = state["step"]
-        log(f"unet: resumed at step {start}")
+    modules = {"unet": unet, "text": text_encoder, "ema_unet": ema_unet, "ema_text": ema_text}
+    start = resume(ckpt, modules, optimizer, "unet", log)
     n = latents.shape[0]
     t0 = time.time()
 
@@ -487,23 +487,13 @@ def train_unet(args: argparse.Namespace, log: Callable[[str], None]) -> None:
         snr = a.flatten() / (1 - a.flatten())
         weight = torch.clamp(snr, max=args.min_snr) / snr  # min-SNR-gamma for epsilon targets
         loss = (weight * (pred - noise).pow(2).mean(dim=(1, 2, 3))).mean()
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_([*unet.parameters(), *text_encoder.parameters()], 1.0)
-        optimizer.step()
+        value = optimize(optimizer, loss, [*unet.parameters(), *text_encoder.parameters()])
         ema_update(ema_unet, unet, step, args.ema)
         ema_update(ema_text, text_encoder, step, args.ema)
-        return loss.item()
+        return value
 
     def state_fn(step: int) -> dict:
-        return {
-            "unet": unet.state_dict(),
-            "text": text_encoder.state_dict(),
-            "ema_unet": ema_unet.state_dict(),
-            "ema_text": ema_text.state_dict(),
-            "optimizer": optimizer.state_dict(),
-            "step": step,
-        }
+        return checkpoint(modules, optimizer, step)
 
     losses = run_loop(step_fn, state_fn, start, args.steps, ckpt, args.log_every, log)
     wall = time.time() - t0
@@ -565,19 +555,11 @@ def unpack(args: argparse.Namespace, log: Callable[[str], None]) -> None:
     token_table = text.get_input_embeddings().weight
     rest = [p for p in text.parameters() if p is not token_table]
     optimizer = make_unet_optimizer(unet, rest, token_table, args.lr)
-    state = {
-        "unet": unet.state_dict(),
-        "text": text.state_dict(),
-        "ema_unet": unet.state_dict(),
-        "ema_text": text.state_dict(),
-        "optimizer": optimizer.state_dict(),
-        "step": recipe["unet"]["steps"],
-    }
-    atomic_save(state, out / "unet_ckpt.pt")
+    modules = {"unet": unet, "text": text, "ema_unet": unet, "ema_text": text}  # the EMA restarts at itself
+    step = recipe["unet"]["steps"]
+    atomic_save(checkpoint(modules, optimizer, step), out / "unet_ckpt.pt")
     (out / "recipe.json").write_text(json.dumps(recipe, indent=2))
-    log(
-        f"unpack: {out} holds the shipped VAE and UNet at step {state['step']}; continue with `unet --steps N`"
-    )
+    log(f"unpack: {out} holds the shipped VAE and UNet at step {step}; continue with `unet --steps N`")
 
 
 # ------------------------------------------------------------------------------------------------ stage: package
