@@ -33,12 +33,13 @@ IMAGES_PER_CONCEPT = 8
 SMALL_IMAGES = 2  # how many views are drawn small (the rest take the full range)
 SMALL_EXTENT = (0.28, 0.34)
 DEFAULT_OUT = Path(__file__).resolve().parent.parent / "concepts"
-# Each concept trains its token's own embedding (ED-LoRA) at textual inversion's learning rate. On the world base
-# this doubled the CLIP-I gain of a default 200-step run over the adapters alone (+0.136 against +0.070, mean of
-# notched-ring, spiral-star and eye-heart, 12 images each) and cut its CLIP-T cost by a third (-0.024 against
-# -0.038); 600 steps without it gained +0.085, prior preservation +0.094 at -0.073 (docs/benchmarks.md, "The
+# Each concept trains its token's own embedding (ED-LoRA) at textual inversion's learning rate, for 400 steps.
+# On release 1 of the world base the embedding doubled the CLIP-I gain of a 200-step run over the adapters alone
+# (+0.136 against +0.070, mean of notched-ring, spiral-star and eye-heart); on release 2, 400 steps gain +0.154
+# CLIP-I at -0.047 CLIP-T on the six concepts' mean, against +0.095 / -0.006 for 200 (docs/benchmarks.md, "The
 # world concepts' training recipe").
 EMBEDDING_LR = 5e-3
+TRAIN_STEPS = 400
 
 # Made-up tokens: none is a word of the CLIP vocabulary, and their BPE pieces are all different
 # (zor|p, v|lek, yo|xt, gli|x, wo|zt, hu|z|d; the examples use q|wiv and b|xj).
@@ -86,6 +87,7 @@ def make_concept(out: Path, name: str, seed: int) -> Path:
         train=TrainDefaults(
             method="sbora_fa",
             rank=4,
+            steps=TRAIN_STEPS,
             resolution=SIZE,
             train_embedding=True,
             embedding_learning_rate=EMBEDDING_LR,

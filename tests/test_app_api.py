@@ -271,7 +271,7 @@ def test_presets_and_folders(app):
     # Picking a folder fills the form with its own recipe, as `bora-diffusion train <folder>` would train it:
     # the world concepts train their token (ED-LoRA), the examples do not.
     recipe = client.predict("bolt-circle", api_name="/folder_recipe")
-    assert recipe == ("sbora_fa", 4, 4, 200, 1e-3, 64, True)
+    assert recipe == ("sbora_fa", 4, 4, 400, 1e-3, 64, True)
     assert client.predict("kettle", api_name="/folder_recipe")[-1] is False
 
 

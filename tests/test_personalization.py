@@ -1,6 +1,6 @@
 """Personalization on the shipped world base, end to end: does training a concept actually teach it?
 
-The default training run of one shipped world concept on the embedded base (its concept.toml recipe: 200 steps,
+The default training run of one shipped world concept on the embedded base (its concept.toml recipe: 400 steps,
 UNet adapters plus the token's own embedding, ED-LoRA), then the concept's prompts generated on the base and on
 the tuned model with the same seeds, scored by the shipped world CLIP against the concept's reference images
 (CLIP-I, the "default" conventions). The gain must clear a margin that a broken trainer cannot reach:
@@ -11,11 +11,12 @@ the tuned model with the same seeds, scored by the shipped world CLIP against th
 - prompting another concept's token instead of the trained one must not score the gain either (the test below):
   the identity has to be bound to the token, not smeared over everything the model draws.
 
-Measured with this test's settings (release 2 of the shipped base, the world CLIP): base 0.216, tuned 0.558
-(gain +0.341), another token 0.320 (+0.104). With `torch.Tensor.backward` replaced by a no-op (no gradient
-reaches the adapter or the token) the tuned model scores 0.064 (gain -0.152) and the test fails. On release 1
-the same test measured +0.176 and -0.115 (-0.219 with no gradient); before the world concepts trained their
-token (adapters only, 150 steps), +0.195 and -0.079 (+0.000 with no gradient).
+Measured with this test's settings (release 2 of the shipped base, the world CLIP, the 400-step recipe): base
+0.216, tuned 0.705 (gain +0.489), another token 0.206 (-0.010). With `torch.Tensor.backward` replaced by a no-op
+(no gradient reaches the adapter or the token) the tuned model scores 0.064 (gain -0.152) and the test fails.
+The 200-step recipe gained +0.341 (other token +0.104); on release 1 the test measured +0.176 and -0.115 (-0.219
+with no gradient); before the world concepts trained their token (adapters only, 150 steps), +0.195 and -0.079
+(+0.000 with no gradient).
 
 Sampling uses guidance 5, not the base's default 3: at 3 (with the previous world CLIP) the same run gained
 +0.282 with its token but +0.228 with the other one (the update binds to the class word "circle" nearly as
