@@ -542,7 +542,9 @@ def unpack(args: argparse.Namespace, log: Callable[[str], None]) -> None:
 
     For a session (or a GPU) that extends the shipped model without its original `--out` folder. What is lost is
     the fp32 precision (weights ship in fp16) and AdamW's moments (they restart at zero), and the live weights
-    restart at the EMA's; `recipe.json` is copied so the record of every earlier run carries on.
+    restart at the EMA's; `recipe.json` is copied so the record of every earlier run carries on. The shipped
+    run ended its decay at lr 0, and a continued run re-enters the flat phase at full lr at once (the warm-up
+    counts from step 0), so expect its loss to rise before a new decay brings it down.
     """
     out: Path = args.out
     if (out / "unet_ckpt.pt").exists() or (out / "vae").exists():
