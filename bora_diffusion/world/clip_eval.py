@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .clip import WorldClip
-from .distractors import attribute_variants, attributes, distractors
+from .distractors import attribute_kind, attribute_variants, attributes, distractors
 from .scenes import Scene, sample_scene
 
 __all__ = ["ClipReport", "evaluate", "held_out_scenes"]
@@ -54,11 +54,11 @@ def held_out_scenes(count: int, seed: int = HELD_OUT_SEED) -> list[Scene]:
 
 
 def _kind(attribute: str, scene: Scene) -> str:
-    """ "shape 1" -> "shape"; the layout is a "place" for one thing and a "relation" between two (other skills)."""
-    parts = attribute.split()
-    if parts[0] == "layout":
+    """The attribute's kind, with the layout split: a "place" for one thing, a "relation" between two."""
+    kind = attribute_kind(attribute)
+    if kind == "layout":
         return "place" if len(scene.things) == 1 else "relation"
-    return attribute if parts[0] == "background" else parts[0]
+    return kind
 
 
 def evaluate(

@@ -19,10 +19,10 @@ import numpy as np
 from .scenes import Scene
 from .vocabulary import BACKGROUND_TEXTURES, COLORS, PLACES, RELATIONS, SHAPES, SIZES
 
-__all__ = ["attribute_variants", "attributes", "distractors"]
+__all__ = ["attribute_kind", "attribute_variants", "attributes", "distractors"]
 
 
-def _kind(attribute: str) -> str:
+def attribute_kind(attribute: str) -> str:
     """ "shape 1" -> "shape"; "layout" and the background attributes are their own kinds."""
     return attribute if attribute.startswith(("background", "layout")) else attribute.split()[0]
 
@@ -82,7 +82,7 @@ def distractors(
     if weights is None:
         order = [names[i] for i in rng.permutation(len(names))]
     else:
-        p = np.asarray([weights.get(_kind(name), 1.0) for name in names], dtype=np.float64)
+        p = np.asarray([weights.get(attribute_kind(name), 1.0) for name in names], dtype=np.float64)
         order = [names[i] for i in rng.choice(len(names), size=len(names), replace=False, p=p / p.sum())]
     out: list[str] = []
     while len(out) < count:
