@@ -19,7 +19,6 @@ import json
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 from PIL import Image
 
@@ -31,12 +30,10 @@ from bora_diffusion.world.clip_eval import evaluate, held_out_scenes
 
 def vae_round_trip(pipe, images: list[Image.Image]) -> list[Image.Image]:
     """`images` encoded by the pipeline's VAE and decoded from the posterior mean: what the UNet could at best give."""
-    pixels = np.stack([np.asarray(image.convert("RGB")) for image in images])  # (N, H, W, 3) uint8
-    x = torch.from_numpy(pixels).permute(0, 3, 1, 2).float().div(127.5).sub(1.0)  # (N, 3, H, W) in [-1, 1]
+    pixels = pipe.image_processor.preprocess(images)  # (N, 3, H, W) in [-1, 1]
     with torch.no_grad():
-        decoded = pipe.vae.decode(pipe.vae.encode(x).latent_dist.mean).sample.clamp(-1, 1)
-    out = decoded.add(1.0).mul(127.5).round().byte().permute(0, 2, 3, 1).numpy()  # (N, H, W, 3)
-    return [Image.fromarray(array) for array in out]
+        decoded = pipe.vae.decode(pipe.vae.encode(pixels).latent_dist.mean).sample
+    return pipe.image_processor.postprocess(decoded, output_type="pil")
 
 
 def main(argv: list[str] | None = None) -> int:
