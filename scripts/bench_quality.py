@@ -52,6 +52,7 @@ from bora_diffusion.evaluation import (
 )
 from bora_diffusion.evaluation.chart import bar_panels
 from bora_diffusion.generate import SamplingSettings
+from bora_diffusion.inject import TARGET_PRESETS
 from bora_diffusion.pipeline import EMBEDDED_GUIDANCE, base_name, load_base
 from bora_diffusion.world.vocabulary import SHAPES
 
@@ -207,6 +208,9 @@ def main(argv: list[str] | None = None) -> int:
         help="rank of the first method; the others match params (default 2: lora at 2 puts the slot methods at "
         "rank 4, the world concepts' own)",
     )
+    parser.add_argument(
+        "--targets", default="attention", help=f"adapter target preset: {', '.join(TARGET_PRESETS)}"
+    )
     parser.add_argument("--steps", type=int, default=TrainConfig.steps, help="training steps per concept")
     parser.add_argument("--lr", type=float, default=TrainConfig.learning_rate)
     parser.add_argument(
@@ -214,6 +218,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument(
         "--embedding-lr", type=float, default=None, help="the token embedding's learning rate (default: --lr)"
+    )
+    parser.add_argument(
+        "--prior-weight", type=float, default=0.0, help="prior preservation weight for every concept (0 = off)"
     )
     parser.add_argument("--images", type=int, default=4, help="seeds per prompt")
     parser.add_argument("--sampling-steps", type=int, default=20)
@@ -248,8 +255,11 @@ def main(argv: list[str] | None = None) -> int:
         learning_rate=args.lr,
         train_embedding=args.train_embedding,
         embedding_learning_rate=args.embedding_lr,
+        prior_weight=args.prior_weight,
     )
-    settings = CompareSettings(methods=tuple(args.methods), rank=args.rank, train=train, run=run)
+    settings = CompareSettings(
+        methods=tuple(args.methods), rank=args.rank, targets=args.targets, train=train, run=run
+    )
     started = time.time()
 
     def progress(message: str, done: int, total: int) -> None:

@@ -269,7 +269,7 @@ def test_matched_ranks_are_the_nearest_in_trainable_parameters(compared, tiny_pi
     assert concepts(unet) == []  # probes leave the UNet as it was
 
 
-def test_the_budget_rule_says_whether_token_embeddings_trained():
+def test_the_budget_rule_states_every_training_choice_that_differs_from_the_default():
     plain = CompareSettings(train=TrainConfig(steps=50, learning_rate=2e-3)).rule_text()
     assert plain.startswith("same 50 steps, lr 0.002, batch 1") and "embedding" not in plain
     own_lr = CompareSettings(
@@ -278,6 +278,9 @@ def test_the_budget_rule_says_whether_token_embeddings_trained():
     assert "token embedding trained too (ED-LoRA) at lr 0.005" in own_lr
     shared_lr = CompareSettings(train=TrainConfig(train_embedding=True, learning_rate=1e-3)).rule_text()
     assert "token embedding trained too (ED-LoRA) at lr 0.001" in shared_lr
+    assert "prior" not in plain and "targets" not in plain  # the defaults go unsaid
+    recipe = CompareSettings(targets="cross_kv", train=TrainConfig(prior_weight=0.5)).rule_text()
+    assert "prior preservation at weight 0.5" in recipe and "targets cross_kv" in recipe
 
 
 def test_rank_rule_and_capacity(tiny_pipe):

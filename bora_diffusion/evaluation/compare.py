@@ -242,6 +242,10 @@ class CompareSettings:
         if self.train.train_embedding:
             embedding_lr = self.train.embedding_learning_rate or self.train.learning_rate
             common += f", each concept's token embedding trained too (ED-LoRA) at lr {embedding_lr:g}"
+        if self.train.prior_weight > 0:
+            common += f", prior preservation at weight {self.train.prior_weight:g}"
+        if self.targets != "attention":
+            common += f", targets {self.targets if isinstance(self.targets, str) else list(self.targets)}"
         if self.rule == "rank":
             return f"{common}; every method at rank {self.rank} (parameter counts differ)"
         return (
