@@ -561,9 +561,12 @@ def _guidance(args: argparse.Namespace) -> float:
 
 
 def _scores_text(scores) -> str:
-    """ "CLIP-T 0.2810  CLIP-I 0.3340  identity 0.83" (identity only in runs of two or more concepts)."""
+    """ "CLIP-T 0.2810  CLIP-I 0.3340  identity 0.83  context 0.92" (identity only in runs of two or more
+    concepts, context only on prompts in the world's grammar)."""
     text = f"CLIP-T {scores.clip_t:.4f}  CLIP-I {scores.clip_i:.4f}"
-    return text if scores.identity is None else f"{text}  identity {scores.identity:.2f}"
+    if scores.identity is not None:
+        text += f"  identity {scores.identity:.2f}"
+    return text if scores.context is None else f"{text}  context {scores.context:.2f}"
 
 
 def _scoring(args: argparse.Namespace):

@@ -87,7 +87,8 @@ def summary_rows(base: dict[str, SettingScores], comparison: Comparison) -> list
             "params": 0,
             "clip_t": base_t,
             "clip_i": base_i,
-            "identity": _mean_identity([base[n] for n in names]),
+            "identity": _mean_of([base[n] for n in names], "identity"),
+            "context": _mean_of([base[n] for n in names], "context"),
         }
     ]
     for result in comparison.results:
@@ -98,15 +99,19 @@ def summary_rows(base: dict[str, SettingScores], comparison: Comparison) -> list
             "params": result.budget.trainable_params,
             "clip_t": statistics.fmean(concepts[n].alone.clip_t for n in names),
             "clip_i": statistics.fmean(concepts[n].alone.clip_i for n in names),
-            "identity": _mean_identity([concepts[n].alone for n in names]),
+            "identity": _mean_of([concepts[n].alone for n in names], "identity"),
+            "context": _mean_of([concepts[n].alone for n in names], "context"),
         }
         row["delta_t"], row["delta_i"] = row["clip_t"] - base_t, row["clip_i"] - base_i
+        if row["context"] is not None and rows[0]["context"] is not None:
+            row["delta_context"] = row["context"] - rows[0]["context"]
         # Per concept: how far above its own base score the tuned model got (the personalization gain).
         row["gain_i_min"] = min(concepts[n].gain("clip_i") for n in names)
         if all(concepts[n].composed is not None for n in names):
             row["clip_t_composed"] = statistics.fmean(concepts[n].composed.clip_t for n in names)
             row["clip_i_composed"] = statistics.fmean(concepts[n].composed.clip_i for n in names)
-            row["identity_composed"] = _mean_identity([concepts[n].composed for n in names])
+            row["identity_composed"] = _mean_of([concepts[n].composed for n in names], "identity")
+            row["context_composed"] = _mean_of([concepts[n].composed for n in names], "context")
             # Ratio of the means: per-concept ratios blow up when a concept's alone score is near zero.
             row["retention_i"] = row["clip_i_composed"] / row["clip_i"] if row["clip_i"] > 0 else None
             row["retention_t"] = row["clip_t_composed"] / row["clip_t"] if row["clip_t"] > 0 else None
@@ -118,8 +123,9 @@ def summary_rows(base: dict[str, SettingScores], comparison: Comparison) -> list
     return rows
 
 
-def _mean_identity(scores: list[SettingScores]) -> float | None:
-    values = [s.identity for s in scores]
+def _mean_of(scores: list[SettingScores], field: str) -> float | None:
+    """The mean "identity" or "context" over concepts; None where one of them has none."""
+    values = [getattr(s, field) for s in scores]
     return None if None in values else statistics.fmean(values)
 
 
@@ -139,24 +145,27 @@ def markdown(rows: list[dict[str, Any]], comparison: Comparison, concepts: int, 
         "**Each concept alone** (gain = tuned - base, same prompts and seeds)",
         "",
         "| model | rank | params | CLIP-T | CLIP-I | CLIP-T vs base | CLIP-I vs base | worst concept's CLIP-I gain "
-        "| identity |",
-        "|" + "---|" * 9,
+        "| identity | context (vs base) |",
+        "|" + "---|" * 10,
     ]
     for row in rows:
         cells = [row["model"], "-" if row["rank"] is None else str(row["rank"]), f"{row['params']:,}"]
         cells += [_fmt(row["clip_t"]), _fmt(row["clip_i"]), _fmt(row.get("delta_t"), signed=True)]
         cells += [_fmt(row.get("delta_i"), signed=True), _fmt(row.get("gain_i_min"), signed=True)]
         cells.append(_fmt(row.get("identity"), ".2f"))
+        context, delta = _fmt(row.get("context"), ".2f"), row.get("delta_context")
+        cells.append(context if delta is None else f"{context} ({delta:+.2f})")
         lines.append("| " + " | ".join(cells) + " |")
     lines += [
         "",
         f"**All {concepts} composed into one model** (fused). Retention = composed mean / alone mean; the lora row is "
         "naive LoRA summing, the slot methods sum disjoint slots of one ledger. Identity = share of a concept's "
-        f"images that match its own references best among the {concepts} concepts' (chance {1 / concepts:.2f}).",
+        f"images that match its own references best among the {concepts} concepts' (chance {1 / concepts:.2f}). "
+        "Context = share of the prompts' background and companion attributes the world CLIP reads right.",
         "",
         "| model | CLIP-T composed | CLIP-I composed | retention T | retention I | worst concept's retention I "
-        "| identity alone | identity composed |",
-        "|" + "---|" * 8,
+        "| identity alone | identity composed | context alone | context composed |",
+        "|" + "---|" * 10,
     ]
     for row in rows[1:]:
         worst = row.get("retention_i_min")
@@ -164,6 +173,7 @@ def markdown(rows: list[dict[str, Any]], comparison: Comparison, concepts: int, 
         cells += [_fmt(row.get("retention_t")), _fmt(row.get("retention_i"))]
         cells.append("-" if worst is None else f"{worst:.3f} ({row['retention_i_worst']})")
         cells += [_fmt(row.get("identity"), ".2f"), _fmt(row.get("identity_composed"), ".2f")]
+        cells += [_fmt(row.get("context"), ".2f"), _fmt(row.get("context_composed"), ".2f")]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
@@ -220,7 +230,10 @@ def main(argv: list[str] | None = None) -> int:
         "--embedding-lr", type=float, default=None, help="the token embedding's learning rate (default: --lr)"
     )
     parser.add_argument(
-        "--prior-weight", type=float, default=0.0, help="prior preservation weight for every concept (0 = off)"
+        "--prior-weight",
+        type=float,
+        default=0.0,
+        help="prior preservation weight for every concept (0 = off)",
     )
     parser.add_argument("--images", type=int, default=4, help="seeds per prompt")
     parser.add_argument("--sampling-steps", type=int, default=20)

@@ -43,6 +43,7 @@ from bora_diffusion.evaluation import (
     match_budgets,
     trainable_parameters,
 )
+from bora_diffusion.evaluation.context import context_accuracy
 from bora_diffusion.formats import read_adapter, save_adapter
 from bora_diffusion.generate import SamplingSettings
 from bora_diffusion.inject import concepts, inject
@@ -212,6 +213,9 @@ def test_means_are_the_scorers_on_the_images_written(compared, tiny_clip):
         kettle = scorer.image_alignment(images, REPO / "concepts" / "kettle")
         own_best = np.mean(np.array(image.scores) > np.array(kettle.scores))
         assert getattr(result, setting).identity == pytest.approx(own_best, abs=1e-12)
+        assert (
+            getattr(result, setting).context is None
+        )  # the quick prompt sets are not in the world's grammar
         per_image = json.loads((folder / "clip_i.json").read_text())
         assert per_image["reference_count"] == 8 and per_image["image_count"] == 4
         # The standard error over images is the sample standard deviation of the per-image scores / sqrt(4).
@@ -411,6 +415,29 @@ def test_the_base_is_not_scored_through_a_token_an_earlier_concept_added(tiny_pi
     )
     assert report.concepts[0].base is None and report.concepts[0].gain("clip_i") is None
     assert not (tmp_path / "o" / "base").exists()
+
+
+def test_world_prompts_get_context_accuracy_scored_on_the_texts_clip_t_saw(tiny_pipe, tiny_clip, tmp_path):
+    scorer = ClipScorer(Conventions(backbone=tiny_clip, weights=None), device="cpu")
+    unet = copy.deepcopy(tiny_pipe.unet)
+    config = AdapterConfig(method="lora", rank=2)
+    inject(unet, config, name="kettle")
+    file = save_adapter(
+        tmp_path / "k.safetensors", unet, "kettle", config, base_name="t", token="zqb", class_word="kettle"
+    )
+    fast = RunSettings(prompt_set="world", images_per_prompt=1, sampling=SamplingSettings(steps=1))
+    report = evaluate_concepts(
+        tiny_pipe, [EvalConcept(file, FOLDERS[0])], scorer, tmp_path / "o", base_name="t", settings=fast
+    )
+    for setting in ("base", "alone"):
+        scores = getattr(report.concepts[0], setting)
+        clip_t = json.loads((tmp_path / "o" / scores.folder / "clip_t.json").read_text())
+        texts = [entry["text"] for entry in clip_t["per_image"]]
+        assert texts[0] == "a large kettle on a green background"  # the token replaced, as CLIP-T read it
+        images = [entry["image"] for entry in clip_t["per_image"]]
+        expected, _ = context_accuracy(scorer, images, texts)
+        assert scores.context == pytest.approx(expected, abs=1e-12)
+    assert "context" in report.summary()
 
 
 def test_the_overview_shows_references_and_every_setting(compared, tmp_path, home):

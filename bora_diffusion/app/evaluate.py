@@ -34,6 +34,7 @@ COLUMNS = [
     "retention T",
     "retention I",
     "identity",
+    "context",
     "images",
 ]
 MAX_IMAGES_PER_PROMPT = 8
@@ -150,6 +151,7 @@ def table(report: EvaluationReport) -> list[list]:
                     _round(result.retention("clip_t")) if composed else None,
                     _round(result.retention("clip_i")) if composed else None,
                     _round(scores.identity),
+                    _round(scores.context),
                     scores.images,
                 ]
             )

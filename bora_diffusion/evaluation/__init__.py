@@ -15,6 +15,9 @@ Evaluation runs (generate with trained concepts alone and composed, score, repor
 Method comparisons (train the same concepts with several methods at matched budgets, evaluate, tabulate and
 chart) are in `compare.py` and `chart.py`.
 
+`identity.py` (whose references a concept's images match best) and `context.py` (does the prompt's background
+and companion survive tuning) are the scores beside CLIP-T and CLIP-I that runs report.
+
 `conventions.py` states the conventions and where they come from; `backbone.py` how weights are found offline;
 `images.py` which image modes are converted and which refused; `report.py` what a report records.
 """
@@ -29,6 +32,7 @@ from .compare import (
     match_budgets,
     trainable_parameters,
 )
+from .context import context_accuracy, context_questions
 from .conventions import PAIRINGS, PRESETS, TOKEN_RULES, Conventions, preset, scoring_texts
 from .errors import (
     BackboneError,
@@ -80,6 +84,8 @@ __all__ = [
     "WeightsSource",
     "WeightsUnavailableError",
     "compare_methods",
+    "context_accuracy",
+    "context_questions",
     "evaluate_base",
     "evaluate_concepts",
     "fill_prompts",

@@ -299,7 +299,7 @@ class Comparison:
 
     def rows(self) -> list[dict[str, Any]]:
         """One row per method and concept (the CSV): budget, CLIP-T / CLIP-I before tuning, alone and composed,
-        retention, identity."""
+        retention, identity, context."""
         rows = []
         for result in self.results:
             budget = result.budget
@@ -323,6 +323,9 @@ class Comparison:
                         "identity_base": concept.base.identity if concept.base else None,
                         "identity_alone": concept.alone.identity,
                         "identity_composed": composed.identity if composed else None,
+                        "context_base": concept.base.context if concept.base else None,
+                        "context_alone": concept.alone.context,
+                        "context_composed": composed.context if composed else None,
                         "clip_t_alone_sem": concept.alone.clip_t_sem,
                         "clip_i_alone_sem": concept.alone.clip_i_sem,
                         "clip_t_composed_sem": composed.clip_t_sem if composed else None,
@@ -402,14 +405,14 @@ class Comparison:
             "",
         ]
         head = ["method", "rank", "params"] + [f"{n} {m}" for n in names for m in ("CLIP-T", "CLIP-I")]
-        head += ["mean CLIP-T", "mean CLIP-I", "identity"]
+        head += ["mean CLIP-T", "mean CLIP-I", "identity", "context"]
         lines += [_md_row(head), _md_row(["---"] * len(head))]
         if first.concepts and all(concept.base is not None for concept in first.concepts):
             cells = ["base (before tuning)", "-", "0"]
             for concept in first.concepts:
                 cells += [_cell(concept.base, "clip_t"), _cell(concept.base, "clip_i")]
             cells += [f"{value:.4f}" for value in _means(first, "base")]
-            cells.append(_mean_identity(first, "base"))
+            cells += [_mean_of(first, "base", "identity"), _mean_of(first, "base", "context")]
             lines.append(_md_row(cells))
         for result in self.results:
             b, report = result.budget, result.report
@@ -417,17 +420,18 @@ class Comparison:
             for concept in report.concepts:
                 cells += [_cell(concept.alone, "clip_t"), _cell(concept.alone, "clip_i")]
             cells += [f"{value:.4f}" for value in _means(report, "alone")]
-            cells.append(_mean_identity(report, "alone"))
+            cells += [_mean_of(report, "alone", "identity"), _mean_of(report, "alone", "context")]
             lines.append(_md_row(cells))
         if first.concepts and first.concepts[0].composed is not None:
             lines += [
                 "",
                 f"**All {len(names)} concepts composed** (retention = composed / alone; identity = share of images "
-                f"matching their own concept's references best, chance {1 / len(names):.2f})",
+                f"matching their own concept's references best, chance {1 / len(names):.2f}; context = share of "
+                "the prompts' background and companion attributes read right)",
                 "",
             ]
             head = ["method"] + [f"{n} {m}" for n in names for m in ("CLIP-T", "CLIP-I")]
-            head += ["mean CLIP-T", "mean CLIP-I", "retention T", "retention I", "identity"]
+            head += ["mean CLIP-T", "mean CLIP-I", "retention T", "retention I", "identity", "context"]
             lines += [_md_row(head), _md_row(["---"] * len(head))]
             for result in self.results:
                 report = result.report
@@ -436,7 +440,7 @@ class Comparison:
                     cells += [_cell(concept.composed, "clip_t"), _cell(concept.composed, "clip_i")]
                 cells += [f"{value:.4f}" for value in _means(report, "composed")]
                 cells += [_mean_retention(report, "clip_t"), _mean_retention(report, "clip_i")]
-                cells.append(_mean_identity(report, "composed"))
+                cells += [_mean_of(report, "composed", "identity"), _mean_of(report, "composed", "context")]
                 lines.append(_md_row(cells))
         notes = [f"{r.budget.method}: {r.budget.note}" for r in self.results if r.budget.note]
         if notes:
@@ -475,9 +479,10 @@ def _means(report: EvaluationReport, setting: str) -> tuple[float, float]:
     )
 
 
-def _mean_identity(report: EvaluationReport, setting: str) -> str:
-    """The concepts' mean identity in `setting`; "-" in a run of one concept."""
-    values = [getattr(concept, setting).identity for concept in report.concepts]
+def _mean_of(report: EvaluationReport, setting: str, score: str) -> str:
+    """The concepts' mean `score` ("identity" or "context") in `setting`; "-" where a concept has none (identity
+    in a run of one concept, context on prompts outside the world's grammar)."""
+    values = [getattr(getattr(concept, setting), score) for concept in report.concepts]
     return "-" if None in values else f"{sum(values) / len(values):.2f}"
 
 

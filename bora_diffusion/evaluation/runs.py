@@ -20,6 +20,9 @@ least `RETENTION_MIN_SEMS` standard errors above zero.
 Retention cannot see bleeding (a style the concepts share raises every concept's CLIP-I), so with two or more
 concepts each setting also gets each concept's **identity** (`identity.py`): the share of its images that match
 its own references best among all the concepts' references.
+CLIP-T falls when a concept stops looking like its class word, whatever else the image gets right, so on prompts
+in the world's grammar each setting also gets **context** accuracy (`context.py`): the share of the prompts'
+background and companion attributes CLIP reads right, the concept's words left out of the question.
 
 Images, each setting's manifest and the per-image `AlignmentReport`s land under the output folder::
 
@@ -54,6 +57,7 @@ from ..generate import SamplingSettings, generate
 from ..inject import concepts as model_concepts
 from ..inject import eject
 from ..merge import check_slots, compose
+from .context import context_accuracy
 from .conventions import Conventions
 from .errors import EvaluationError
 from .identity import identity_shares
@@ -168,7 +172,9 @@ class SettingScores:
     deviation of the per-image scores / sqrt(images)); None with a single image. Images are the random draws of
     an evaluation, so this is the spread another set of seeds would show; it says when two methods tie.
     `identity` is the share of the images that match this concept's references best among every concept's of
-    the run (`identity.identity_shares`); None in a run of one concept.
+    the run (`identity.identity_shares`); None in a run of one concept. `context` is the share of the prompts'
+    background and companion attributes CLIP reads right in the images (`context.context_accuracy`); None when
+    the prompts are not in the world's grammar.
     """
 
     clip_t: float
@@ -178,6 +184,7 @@ class SettingScores:
     clip_t_sem: float | None = None
     clip_i_sem: float | None = None
     identity: float | None = None
+    context: float | None = None
 
 
 @dataclass(frozen=True)
@@ -262,13 +269,13 @@ class EvaluationReport:
         """One line: each concept's CLIP-T / CLIP-I alone (and composed, with retention), then the conventions."""
         parts = []
         for r in self.concepts:
-            text = f"{r.name}: T {r.alone.clip_t:.4f} I {r.alone.clip_i:.4f}{_identity(r.alone)}"
+            text = f"{r.name}: T {r.alone.clip_t:.4f} I {r.alone.clip_i:.4f}{_identity_and_context(r.alone)}"
             if r.base is not None:
                 text += f" (base T {r.base.clip_t:.4f} I {r.base.clip_i:.4f})"
             if r.composed is not None:
                 kept_t, kept_i = format_ratio(r.retention("clip_t")), format_ratio(r.retention("clip_i"))
                 text += (
-                    f" | composed T {r.composed.clip_t:.4f} I {r.composed.clip_i:.4f}{_identity(r.composed)}"
+                    f" | composed T {r.composed.clip_t:.4f} I {r.composed.clip_i:.4f}{_identity_and_context(r.composed)}"
                     f" (retention T {kept_t} I {kept_i})"
                 )
             parts.append(text)
@@ -292,6 +299,9 @@ class EvaluationReport:
             "gain_rule": "alone mean - base mean (no adapter), same prompts and seeds",
             "identity_rule": "share of a concept's images whose CLIP-I is highest against its own references "
             "among every concept's of the run; null with one concept",
+            "context_rule": "share of right picks when CLIP chooses each image's background color and texture and "
+            "companion color and shape among the prompt's one-word variants (chance 1/8, 1/4); null for prompts "
+            "outside the world's grammar",
             "concepts": [result.to_dict() for result in self.concepts],
             "composition": dict(self.composition) if self.composition is not None else None,
             "environment": dict(self.environment),
@@ -327,8 +337,10 @@ def standard_error(scores: Sequence[float]) -> float | None:
     return statistics.stdev(scores) / math.sqrt(len(scores))
 
 
-def _identity(scores: SettingScores) -> str:
-    return "" if scores.identity is None else f" identity {scores.identity:.2f}"
+def _identity_and_context(scores: SettingScores) -> str:
+    """ " identity 0.67 context 0.92", each part only where it is defined."""
+    text = "" if scores.identity is None else f" identity {scores.identity:.2f}"
+    return text if scores.context is None else f"{text} context {scores.context:.2f}"
 
 
 def format_ratio(value: float | None) -> str:
@@ -661,6 +673,7 @@ def _score(
     image = scorer.image_alignment(images, list(references))
     text.save(folder / "clip_t.json")
     image.save(folder / "clip_i.json")
+    context = context_accuracy(scorer, images, text.texts)  # asked with the texts CLIP-T scored
     return SettingScores(
         clip_t=text.mean,
         clip_i=image.mean,
@@ -668,6 +681,7 @@ def _score(
         folder=str(folder.relative_to(out_dir)),
         clip_t_sem=standard_error(text.scores),
         clip_i_sem=standard_error(image.scores),
+        context=None if context is None else context[0],
     )
 
 
