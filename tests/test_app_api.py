@@ -271,8 +271,8 @@ def test_presets_and_folders(app):
     # Picking a folder fills the form with its own recipe, as `bora-diffusion train <folder>` would train it:
     # the world concepts train their token (ED-LoRA), the examples do not.
     recipe = client.predict("bolt-circle", api_name="/folder_recipe")
-    assert recipe == ("sbora_fa", 4, 4, 400, 1e-3, 64, True)
-    assert client.predict("kettle", api_name="/folder_recipe")[-1] is False
+    assert recipe == ("sbora_fa", 4, 4, 400, 1e-3, 64, True, "cross_kv")
+    assert client.predict("kettle", api_name="/folder_recipe")[-2:] == (False, "attention")
 
 
 def _bad_file(folder: Path) -> list[Path]:
@@ -401,6 +401,22 @@ def test_the_train_form_decides_the_token_embedding_and_api_callers_get_the_fold
     assert embedding("bolt-circle", False) is False and embedding("kettle", True) is True
     # A caller that leaves it out gets the folder's own choice.
     assert embedding("bolt-circle", None) is True and embedding("kettle", None) is False
+
+
+def test_the_train_form_decides_the_layers_and_api_callers_get_the_folders_choice(tmp_path):
+    from bora_diffusion.app.storage import DataDir
+    from bora_diffusion.app.training import Form, build
+
+    def layers(folder: str, targets: str | None) -> str:
+        form = Form(source="folder", folder=folder, targets=targets)
+        _, adapter, _ = build(form, DataDir(tmp_path / "data"), REPO / "concepts")
+        return adapter.targets
+
+    # The world concepts are made to be fused: their recipe adapts the cross-attention keys and values only.
+    assert layers("bolt-circle", None) == "cross_kv" and layers("kettle", None) == "attention"
+    assert layers("bolt-circle", "attention") == "attention" and layers("kettle", "cross_kv") == "cross_kv"
+    with pytest.raises(ConfigError, match="layers: choose one of attention, cross_kv, self_attention"):
+        layers("kettle", "everything")
 
 
 def test_safe_names_and_paths(tmp_path):

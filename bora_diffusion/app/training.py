@@ -16,6 +16,7 @@ from ..adapters import available
 from ..concept import Concept, TrainDefaults, load_concept
 from ..config import AdapterConfig, TrainConfig
 from ..errors import ConfigError
+from ..inject import TARGET_PRESETS
 from .storage import DataDir, safe_name
 
 SOURCES = ("upload", "folder")
@@ -64,6 +65,7 @@ class Recipe:
     learning_rate: float
     resolution: int
     train_embedding: bool
+    targets: str  # a TARGET_PRESETS name: which projections the adapters sit on
 
 
 def folder_recipe(root: Path | None, folder: str) -> Recipe:
@@ -80,6 +82,7 @@ def folder_recipe(root: Path | None, folder: str) -> Recipe:
         learning_rate=own.learning_rate or start.learning_rate,
         resolution=own.resolution or TrainConfig.resolution,
         train_embedding=bool(own.train_embedding),
+        targets=own.targets if isinstance(own.targets, str) else AdapterConfig.targets,
     )
 
 
@@ -119,6 +122,8 @@ class Form:
     resolution: float = 64
     # Also train the token's own text embedding (ED-LoRA); None: the concept folder's own choice (API callers).
     train_embedding: bool | None = None
+    # Which projections the adapters sit on (a TARGET_PRESETS name); None: the concept folder's own choice.
+    targets: str | None = None
 
 
 def _whole(value, field: str, low: int, high: int) -> int:
@@ -156,6 +161,8 @@ def build(
         )
     if resolution % 8:
         raise ConfigError(f"resolution: give a multiple of 8, got {resolution}")
+    if form.targets is not None and form.targets not in TARGET_PRESETS:
+        raise ConfigError(f"layers: choose one of {', '.join(TARGET_PRESETS)}, got {form.targets!r}")
 
     if form.source == "upload":
         if not str(form.name or "").strip():
@@ -171,7 +178,7 @@ def build(
             form.name,
             form.token,
             form.class_word,
-            train=TrainDefaults(method=method, rank=rank, steps=steps),
+            train=TrainDefaults(method=method, rank=rank, steps=steps, targets=form.targets),
             min_size=resolution,
         )
     elif form.source == "folder":
@@ -182,7 +189,8 @@ def build(
     else:
         raise ConfigError(f"source: choose 'upload' or 'folder', got {form.source!r}")
 
-    adapter = AdapterConfig(method=method, rank=rank, blocks=blocks)
+    targets = form.targets or concept.train.targets or AdapterConfig.targets  # an upload's own is unset
+    adapter = AdapterConfig(method=method, rank=rank, blocks=blocks, targets=targets)
     base = TrainConfig(
         steps=steps, learning_rate=learning_rate, resolution=resolution, sample_every=sample_every
     )

@@ -74,6 +74,16 @@ def build(ctx: Context) -> gr.Blocks:
                         label="Also train the token's own text embedding (ED-LoRA)",
                         elem_id="train-embedding",
                     )
+                    targets = gr.Dropdown(
+                        [
+                            ("every attention projection (attention)", "attention"),
+                            ("cross-attention keys and values, for concepts to fuse (cross_kv)", "cross_kv"),
+                            ("self-attention only (self_attention)", "self_attention"),
+                        ],
+                        value="attention",
+                        label="Layers",
+                        elem_id="train-targets",
+                    )
                     with gr.Row():
                         start = gr.Button("Start training", variant="primary", elem_id="train-start")
                         stop = gr.Button("Stop and save", variant="stop", elem_id="train-stop")
@@ -207,7 +217,7 @@ def build(ctx: Context) -> gr.Blocks:
         # A method picked by hand starts from its preset; a concept folder fills the form with its own recipe.
         # `.input`, not `.change`: a folder's recipe that sets the method must not be reset to the preset.
         method.input(g["method_preset"], method, [rank, blocks, steps, lr], api_name="method_preset")
-        recipe = [method, rank, blocks, steps, lr, resolution, embedding]
+        recipe = [method, rank, blocks, steps, lr, resolution, embedding, targets]
         folder.change(g["folder_recipe"], folder, recipe, api_name="folder_recipe")
         source.input(
             lambda s, f: g["folder_recipe"](f) if s == "folder" and f else [gr.update()] * len(recipe),
@@ -218,7 +228,7 @@ def build(ctx: Context) -> gr.Blocks:
         start.click(
             g["train_start"],
             [source, files, folder, name, token, class_word, method, rank, blocks, steps, lr, sample_every,
-             resolution, embedding],
+             resolution, embedding, targets],
             [job_id, details],
             api_name="train_start",
         )  # fmt: skip
