@@ -179,12 +179,22 @@ def markdown(rows: list[dict[str, Any]], comparison: Comparison, concepts: int, 
 
 
 def chart(base: dict[str, SettingScores], comparison: Comparison):
-    """CLIP-T and CLIP-I per model (means over concepts, error bars: standard error over concepts); the base
-    as one bar, each method alone (solid) and composed (light)."""
+    """CLIP-T, CLIP-I, identity and context per model (means over concepts, error bars: standard error over
+    concepts); the base as one bar, each method alone (solid) and composed (light). Identity and context are
+    drawn when every concept has them: CLIP-I alone cannot tell a kept concept from a shared patchwork."""
     names = list(base)
     groups = ["base", *(r.budget.method for r in comparison.results)]
+    metrics = [("clip_t", "CLIP-T (text alignment)"), ("clip_i", "CLIP-I (image alignment)")]
+    metrics += [
+        (metric, title)
+        for metric, title in (
+            ("identity", f"identity (chance {1 / len(names):.2f})"),
+            ("context", "context (background, companion)"),
+        )
+        if all(getattr(base[n], metric) is not None for n in names)
+    ]
     panels = []
-    for metric, title in (("clip_t", "CLIP-T (text alignment)"), ("clip_i", "CLIP-I (image alignment)")):
+    for metric, title in metrics:
         values: dict[str, list[float | None]] = {}
         errors: dict[str, list[float | None]] = {}
         mean, sem = _mean_sem([getattr(base[n], metric) for n in names])

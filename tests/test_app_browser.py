@@ -12,6 +12,7 @@ is skipped, unless BORA_REQUIRE_BROWSER=1 (scripts/test.sh sets it), where its a
 from __future__ import annotations
 
 import os
+import re
 import shutil
 from pathlib import Path
 
@@ -138,6 +139,7 @@ def _walk_through(browser_app, page, artifacts) -> None:
     # A mistake is shown in the page in words, and the page keeps working.
     page.locator("#train-start").click()
     expect(page.get_by_text("name: give the new concept a name").first).to_be_visible(timeout=TIMEOUT_MS)
+    page.locator(".toast-close").first.click()  # dismissed, so the screenshots below show the page itself
 
     # Switching to a concept folder fills the form with the folder's own recipe: the first folder is a world
     # concept, which trains its token's embedding, so the box gets ticked. Back to an upload, unticked.
@@ -145,6 +147,7 @@ def _walk_through(browser_app, page, artifacts) -> None:
     expect(embedding).not_to_be_checked()
     page.locator("#train-source").get_by_label("folder").check()
     expect(embedding).to_be_checked(timeout=60_000)
+    expect(page.locator("#train-targets input")).to_have_value(re.compile(r"\(cross_kv\)$"))  # its layers too
     page.locator("#train-source").get_by_label("upload").check()
     embedding.uncheck()
 
