@@ -290,6 +290,9 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="also train each concept token's own text embedding (textual inversion / ED-LoRA), for every method",
     )
+    compare.add_argument(
+        "--embedding-lr", type=float, help="learning rate of the token embeddings (default: --lr)"
+    )
     compare.add_argument("--resume", action="store_true", help="continue from the checkpoints in --out")
     compare.add_argument("--quiet", action="store_true", help="no training progress bar")
     _add_scoring_args(compare)
@@ -694,6 +697,7 @@ def run_compare(args: argparse.Namespace) -> int:
             resolution=args.resolution,
             seed=args.seed,
             train_embedding=args.train_embedding,
+            embedding_learning_rate=args.embedding_lr,
         ),
         run=run_settings,
     )

@@ -233,6 +233,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--steps", type=int, default=TrainConfig.steps, help="training steps per concept")
     parser.add_argument("--lr", type=float, default=TrainConfig.learning_rate)
+    parser.add_argument("--batch-size", type=int, default=TrainConfig.batch_size)
     parser.add_argument(
         "--train-embedding", action="store_true", help="train each concept's token embedding too (ED-LoRA)"
     )
@@ -276,6 +277,7 @@ def main(argv: list[str] | None = None) -> int:
     train = TrainConfig(
         steps=args.steps,
         learning_rate=args.lr,
+        batch_size=args.batch_size,
         train_embedding=args.train_embedding,
         embedding_learning_rate=args.embedding_lr,
         prior_weight=args.prior_weight,

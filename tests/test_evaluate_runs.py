@@ -92,6 +92,7 @@ def compared(tmp_path_factory, tiny_clip):
         patch.setenv("BORA_DIFFUSION_HOME", str(home))
         args = ["compare", *FOLDERS, "--out", str(out), "--method", METHODS[0], "--method", METHODS[1]]
         budget = ["--rank", "2", "--train-steps", "3", "--lr", "1e-2", "--train-embedding", "--quiet"]
+        budget += ["--embedding-lr", "5e-3"]
         code = main([*args, *budget, *SCORING])
     assert code == 0
     return out, home
@@ -115,6 +116,8 @@ def test_compare_writes_one_row_per_method_and_concept(compared, capsys):
         assert float(row["clip_i_composed"]) == pytest.approx(entry["clip_i_composed"], abs=1e-12)
     assert data["conventions"]["backbone"] == TINY and data["conventions"]["weights"] is None
     assert "nearest" in data["settings"]["rule_text"] and data["settings"]["train"]["steps"] == 3
+    assert data["settings"]["train"]["embedding_learning_rate"] == 5e-3
+    assert "token embedding trained too (ED-LoRA) at lr 0.005" in data["settings"]["rule_text"]
     table = (out / "comparison.md").read_text()
     for method in METHODS:
         assert sum(line.startswith(f"| {method} |") for line in table.splitlines()) == 2  # alone and composed
