@@ -2,7 +2,8 @@
 beside the base model before tuning. The project's miniature of SBoRA's diffusion table (arXiv 2407.05413).
 
     source scripts/env.sh
-    .venv/bin/python scripts/bench_quality.py                       # all methods, the six world concepts
+    .venv/bin/python scripts/bench_quality.py --targets cross_kv --steps 400 --train-embedding \
+        --embedding-lr 5e-3                                         # all methods, the concepts' own recipe
     .venv/bin/python scripts/bench_quality.py --methods lora sbora_fa --concepts concepts/spiral-star --images 2
 
 What runs, in order, all on the embedded default (or `--base`) and scored by the scorer's default backbone (the
@@ -18,7 +19,7 @@ shipped world CLIP) under the "default" conventions:
    composed by summing their deltas: the **lora row's composed setting is naive LoRA summing**, the baseline.
 
 Writes `<out>/quality.md` (the summary table: means over concepts, the change over the base, retention mean and
-worst concept), `<out>/quality.json`, `<out>/quality.png` (bar chart) and everything `compare` writes
+worst concept, identity and context accuracy), `<out>/quality.json`, `<out>/quality.png` (bar chart) and everything `compare` writes
 (`comparison.md` with per-concept cells, `comparison.csv`, images, per-image reports). `--resume` continues an
 interrupted run from its training checkpoints; `--redraw` rewrites the quality.* files from a finished run. Numbers, the command and the machine go into docs/benchmarks.md.
 """

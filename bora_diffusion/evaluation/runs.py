@@ -275,8 +275,8 @@ class EvaluationReport:
             if r.composed is not None:
                 kept_t, kept_i = format_ratio(r.retention("clip_t")), format_ratio(r.retention("clip_i"))
                 text += (
-                    f" | composed T {r.composed.clip_t:.4f} I {r.composed.clip_i:.4f}{_identity_and_context(r.composed)}"
-                    f" (retention T {kept_t} I {kept_i})"
+                    f" | composed T {r.composed.clip_t:.4f} I {r.composed.clip_i:.4f}"
+                    f"{_identity_and_context(r.composed)} (retention T {kept_t} I {kept_i})"
                 )
             parts.append(text)
         c = self.conventions
