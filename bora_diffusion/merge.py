@@ -45,9 +45,16 @@ class PairInterference:
 
 @dataclass
 class CompositionReport:
+    """What was composed and how the concepts interfere. `self_attention` names the concepts that adapt a
+    self-attention layer together with another concept: such an update reads image features, so it acts on every
+    prompt, and measured on the world concepts (docs/benchmarks.md, "Which layers to adapt") fused concepts on
+    every attention projection blended into one patchwork where concepts on the cross-attention keys and values
+    stayed apart. Disjoint slots keep the weights apart, not the activations."""
+
     concepts: dict[str, dict]  # name -> {"file", "method", "scale", "slot_space"}
     fused: bool
     pairs: list[PairInterference] = field(default_factory=list)
+    self_attention: list[str] = field(default_factory=list)
 
     def summary(self) -> str:
         names = ", ".join(f"{n} x{c['scale']:g}" for n, c in self.concepts.items())
@@ -55,11 +62,17 @@ class CompositionReport:
         if not self.pairs:
             return f"{len(self.concepts)} concept(s) {how}: {names}; nothing to compare"
         layers = len({p.layer for p in self.pairs})
-        return (
+        text = (
             f"{len(self.concepts)} concepts {how} ({names}) on {layers} layers: slot overlap "
             f"{sum(p.overlap for p in self.pairs)} indices, max |cos| {max(abs(p.cosine) for p in self.pairs):.3f}, "
             f"max cross term in {max(p.cross_in for p in self.pairs):.3f} / out {max(p.cross_out for p in self.pairs):.3f}"
         )
+        if self.self_attention:
+            text += (
+                f"; {', '.join(self.self_attention)} adapt self-attention, which acts on every prompt, so they may "
+                "bleed into each other (concepts meant to be fused train best with targets cross_kv)"
+            )
+        return text
 
     def to_dict(self) -> dict:
         return {
@@ -67,6 +80,7 @@ class CompositionReport:
             "fused": self.fused,
             "summary": self.summary(),
             "pairs": [asdict(p) for p in self.pairs],
+            "self_attention": self.self_attention,
         }
 
     def save(self, path: str | Path) -> None:
@@ -126,6 +140,7 @@ def compose(
         },
         fused=fuse,
         pairs=pairs,
+        self_attention=_sharing_self_attention(unet, list(loaded)),
     )
     return report
 
@@ -181,6 +196,16 @@ def interference(unet: nn.Module, names: list[str]) -> list[PairInterference]:
                 )
             )
     return pairs
+
+
+def _sharing_self_attention(unet: nn.Module, names: list[str]) -> list[str]:
+    """Those of `names` that adapt a self-attention layer (diffusers' `attn1`) another of them adapts too."""
+    sharing = set()
+    for path, wrapper in wrappers(unet):
+        present = [n for n in names if n in wrapper.adapters]
+        if ".attn1." in f".{path}." and len(present) > 1:
+            sharing.update(present)
+    return [n for n in names if n in sharing]
 
 
 def _free_name(unet: nn.Module, name: str) -> str:

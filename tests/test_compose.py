@@ -20,10 +20,10 @@ from bora_diffusion.slots import SlotLedger
 FAST = SamplingSettings(steps=3, guidance=5.0, batch_size=2)
 
 
-def concept_file(tiny_pipe, tmp_path, name, method, ledger, seed):
+def concept_file(tiny_pipe, tmp_path, name, method, ledger, seed, targets="attention"):
     """A concept file with nonzero adapters, made on a copy of the pipeline's UNet."""
     unet = copy.deepcopy(tiny_pipe.unet)
-    config = AdapterConfig(method=method, rank=4)
+    config = AdapterConfig(method=method, rank=4, targets=targets)
     inject(unet, config, name=name, ledger=ledger)
     perturb(unet, name, seed=seed, std=0.5)
     return save_adapter(
@@ -55,6 +55,31 @@ def test_live_and_fused_compositions_generate_the_same_images(tiny_pipe, tmp_pat
     eject(tiny_pipe.unet)
     base = generate(tiny_pipe, ["a <kettle> beside a <robot>"], [0, 1], tmp_path / "base", settings=FAST)
     assert any(np.abs(a - b).max() > 8 for a, b in zip(images_of(live), images_of(base), strict=True))
+
+
+def test_the_report_names_concepts_that_share_self_attention(tiny_pipe, tmp_path):
+    """Self-attention reads image features, so fused concepts there act on every prompt: the report says so for
+    concepts on every projection and stays quiet for concepts on the cross-attention keys and values."""
+    ledger = SlotLedger(seed=3)
+    dense = [
+        (concept_file(tiny_pipe, tmp_path, n, "sbora_fa", ledger, s), 1.0) for n, s in (("a", 1), ("b", 2))
+    ]
+    report = compose(tiny_pipe.unet, dense)
+    eject(tiny_pipe.unet)
+    assert report.self_attention == ["a", "b"] and report.to_dict()["self_attention"] == ["a", "b"]
+    assert "a, b adapt self-attention" in report.summary() and "targets cross_kv" in report.summary()
+    kv = [
+        (concept_file(tiny_pipe, tmp_path, n, "sbora_fa", ledger, s, targets="cross_kv"), 1.0)
+        for n, s in (("c", 3), ("d", 4))
+    ]
+    report = compose(tiny_pipe.unet, kv)
+    eject(tiny_pipe.unet)
+    assert report.self_attention == [] and "self-attention" not in report.summary()
+    report = compose(
+        tiny_pipe.unet, [dense[0], kv[0]]
+    )  # one concept alone on self-attention: no shared layer
+    eject(tiny_pipe.unet)
+    assert report.self_attention == []
 
 
 def test_overlapping_slots_are_refused_unless_forced(tiny_pipe, tmp_path):
