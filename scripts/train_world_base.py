@@ -163,9 +163,12 @@ def to_tensor(images: list) -> torch.Tensor:
     return torch.from_numpy(array).permute(0, 3, 1, 2).float().div(127.5).sub(1.0)
 
 
-def batches(seed: int, batch_size: int) -> Iterator[tuple[torch.Tensor, list[str]]]:
-    """Endless world batches: (batch, 3, 64, 64) in [-1, 1] and their captions."""
+def batches(seed: int, batch_size: int, skip: int = 0) -> Iterator[tuple[torch.Tensor, list[str]]]:
+    """Endless world batches: (batch, 3, 64, 64) in [-1, 1] and their captions, after the first `skip` (the
+    stream is deterministic, so a resumed stage skips the batches it has seen; rendering is ~1 ms per image)."""
     stream = scenes(seed)
+    for _ in range(skip * batch_size):
+        next(stream)
     while True:
         pairs = [next(stream) for _ in range(batch_size)]
         yield to_tensor([image for image, _ in pairs]), [caption for _, caption in pairs]
@@ -230,14 +233,16 @@ def update_recipe(out: Path, stage: str, record: dict) -> None:
 
 def run_loop(
     step_fn: Callable[[int], float],
-    state_fn: Callable[[int], dict],
+    modules: dict[str, torch.nn.Module],
+    optimizer: torch.optim.Optimizer,
     start: int,
     steps: int,
     ckpt: Path,
     every: int,
     log: Callable[[str], None],
 ) -> list[float]:
-    """Call `step_fn(step)` from `start` to `steps`, checkpointing every `every` steps; returns windowed losses."""
+    """Call `step_fn(step)` from `start` to `steps`, checkpointing `modules` and `optimizer` (what `resume` reads)
+    every `every` steps; returns windowed losses."""
     window: list[float] = []
     means: list[float] = []
     tic = time.time()
@@ -248,7 +253,7 @@ def run_loop(
             means.append(mean)
             rate = (time.time() - tic) / len(window)
             log(f"step {step + 1}/{steps} loss {mean:.4f} ({rate:.2f} s/step)")
-            atomic_save(state_fn(step + 1), ckpt)
+            atomic_save(checkpoint(modules, optimizer, step + 1), ckpt)
             window, tic = [], time.time()
     return means
 
@@ -281,10 +286,7 @@ def train_vae(args: argparse.Namespace, log: Callable[[str], None]) -> None:
     vae = make_vae()
     optimizer = torch.optim.AdamW(vae.parameters(), lr=args.vae_lr, weight_decay=0.0)
     start = resume(ckpt, {"vae": vae}, optimizer, "vae", log)
-    data = batches(args.seed, args.vae_batch)
-    # The stream is deterministic, so resuming skips the batches already seen (rendering is ~1 ms per image).
-    for _ in range(start):
-        next(data)
+    data = batches(args.seed, args.vae_batch, skip=start)
     t0 = time.time()
 
     def step_fn(step: int) -> float:
@@ -298,10 +300,7 @@ def train_vae(args: argparse.Namespace, log: Callable[[str], None]) -> None:
         loss = F.l1_loss(recon, crops) + args.vae_kl * posterior.kl().mean()
         return optimize(optimizer, loss, list(vae.parameters()))
 
-    def state_fn(step: int) -> dict:
-        return checkpoint({"vae": vae}, optimizer, step)
-
-    losses = run_loop(step_fn, state_fn, start, args.vae_steps, ckpt, args.log_every, log)
+    losses = run_loop(step_fn, {"vae": vae}, optimizer, start, args.vae_steps, ckpt, args.log_every, log)
     wall = time.time() - t0
 
     # Whole-image evaluation on held-out scenes (another seed) and the latent scale SD's convention wants.
@@ -349,9 +348,8 @@ def train_decoder(args: argparse.Namespace, log: Callable[[str], None]) -> None:
     decoder_params = [*vae.post_quant_conv.parameters(), *vae.decoder.parameters()]
     optimizer = torch.optim.AdamW(decoder_params, lr=args.decoder_lr, weight_decay=0.0)
     start = resume(ckpt, {"vae": vae}, optimizer, "decoder", log)
-    data = batches(args.seed + 20_000, args.vae_batch)  # a stream neither the VAE nor the UNet was trained on
-    for _ in range(start):
-        next(data)
+    # A stream neither the VAE nor the UNet was trained on.
+    data = batches(args.seed + 20_000, args.vae_batch, skip=start)
     t0 = time.time()
 
     def step_fn(step: int) -> float:
@@ -364,10 +362,7 @@ def train_decoder(args: argparse.Namespace, log: Callable[[str], None]) -> None:
             )
         return optimize(optimizer, F.l1_loss(vae.decode(latents).sample, images), decoder_params)
 
-    def state_fn(step: int) -> dict:
-        return checkpoint({"vae": vae}, optimizer, step)
-
-    losses = run_loop(step_fn, state_fn, start, args.decoder_steps, ckpt, args.log_every, log)
+    losses = run_loop(step_fn, {"vae": vae}, optimizer, start, args.decoder_steps, ckpt, args.log_every, log)
     wall = time.time() - t0
     vae.eval()
     l1, psnr = held_out_reconstruction(vae, args.seed)
@@ -492,10 +487,7 @@ def train_unet(args: argparse.Namespace, log: Callable[[str], None]) -> None:
         ema_update(ema_text, text_encoder, step, args.ema)
         return value
 
-    def state_fn(step: int) -> dict:
-        return checkpoint(modules, optimizer, step)
-
-    losses = run_loop(step_fn, state_fn, start, args.steps, ckpt, args.log_every, log)
+    losses = run_loop(step_fn, modules, optimizer, start, args.steps, ckpt, args.log_every, log)
     wall = time.time() - t0
     write_pipeline(out / "pipeline", ema_unet, vae, ema_text)
     log(f"unet: pipeline written to {out / 'pipeline'}")
