@@ -267,14 +267,16 @@ def wsd_scale(step: int, steps: int, warmup: int, decay: int) -> float:
     return min(1.0, (step + 1) / warmup, (steps - step) / decay if decay > 0 else 1.0)
 
 
-def held_out_reconstruction(vae: AutoencoderKL, seed: int) -> tuple[float, float]:
-    """(L1, PSNR in dB) of whole 64 px held-out images through the posterior mean."""
+def held_out_reconstruction(vae: AutoencoderKL, seed: int) -> tuple[float, float, float]:
+    """(L1, PSNR in dB) of whole 64 px held-out images through the posterior mean, and the standard deviation
+    of those posterior means (what SD's latent scaling factor divides by)."""
     held_out, _ = next(batches(seed + 10_000, 256))  # (256, 3, 64, 64)
     with torch.no_grad():
-        recon = vae.decode(vae.encode(held_out).latent_dist.mean).sample
+        latents = vae.encode(held_out).latent_dist.mean  # (256, 4, 16, 16)
+        recon = vae.decode(latents).sample
     l1 = float(F.l1_loss(recon, held_out))
     psnr = float(10 * torch.log10(4.0 / F.mse_loss(recon, held_out)))  # peak-to-peak range is 2
-    return l1, psnr
+    return l1, psnr, float(latents.std())
 
 
 # ------------------------------------------------------------------------------------------------ stage: VAE
@@ -305,9 +307,8 @@ def train_vae(args: argparse.Namespace, log: Callable[[str], None]) -> None:
 
     # Whole-image evaluation on held-out scenes (another seed) and the latent scale SD's convention wants.
     vae.eval()
-    l1, psnr = held_out_reconstruction(vae, args.seed)
-    with torch.no_grad():
-        scaling = float(1.0 / vae.encode(next(batches(args.seed + 10_000, 256))[0]).latent_dist.mean.std())
+    l1, psnr, latent_std = held_out_reconstruction(vae, args.seed)
+    scaling = 1.0 / latent_std
     vae.register_to_config(scaling_factor=scaling)
     vae.save_pretrained(out / "vae", safe_serialization=True)
     log(f"vae: held-out L1 {l1:.4f}, PSNR {psnr:.2f} dB, scaling_factor {scaling:.4f}")
@@ -365,7 +366,7 @@ def train_decoder(args: argparse.Namespace, log: Callable[[str], None]) -> None:
     losses = run_loop(step_fn, {"vae": vae}, optimizer, start, args.decoder_steps, ckpt, args.log_every, log)
     wall = time.time() - t0
     vae.eval()
-    l1, psnr = held_out_reconstruction(vae, args.seed)
+    l1, psnr, _ = held_out_reconstruction(vae, args.seed)
     vae.save_pretrained(out / "vae", safe_serialization=True)
     if (out / "pipeline").exists():
         vae.save_pretrained(out / "pipeline" / "vae", safe_serialization=True)
