@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 from pathlib import Path
 
 import pytest
@@ -417,6 +418,19 @@ def test_the_train_form_decides_the_layers_and_api_callers_get_the_folders_choic
     assert layers("bolt-circle", "attention") == "attention" and layers("kettle", "cross_kv") == "cross_kv"
     with pytest.raises(ConfigError, match="layers: choose one of attention, cross_kv, self_attention"):
         layers("kettle", "everything")
+
+    # A folder whose layers are regular expressions: the form shows none, and an empty field trains the folder's.
+    from bora_diffusion.app.training import folder_recipe
+
+    custom = tmp_path / "concepts" / "kettle"
+    shutil.copytree(REPO / "concepts" / "kettle", custom)
+    toml = custom / "concept.toml"
+    toml.write_text(toml.read_text().replace("rank = 4\n", 'rank = 4\ntargets = ["attn2\\\\.to_v$"]\n'))
+    assert folder_recipe(tmp_path / "concepts", "kettle").targets is None
+    _, adapter, _ = build(
+        Form(source="folder", folder="kettle"), DataDir(tmp_path / "data"), tmp_path / "concepts"
+    )
+    assert adapter.targets == ("attn2\\.to_v$",)
 
 
 def test_safe_names_and_paths(tmp_path):

@@ -65,7 +65,9 @@ class Recipe:
     learning_rate: float
     resolution: int
     train_embedding: bool
-    targets: str  # a TARGET_PRESETS name: which projections the adapters sit on
+    # A TARGET_PRESETS name: which projections the adapters sit on; None for a folder's own regular expressions,
+    # which the form cannot show (left empty, `build` trains the folder's own).
+    targets: str | None
 
 
 def folder_recipe(root: Path | None, folder: str) -> Recipe:
@@ -74,6 +76,7 @@ def folder_recipe(root: Path | None, folder: str) -> Recipe:
     own = load_concept(_known_folder(root, folder)).train
     method = own.method or "sbora_fa"
     start = preset(method)
+    targets = own.targets or AdapterConfig.targets
     return Recipe(
         method=method,
         rank=own.rank or start.rank,
@@ -82,7 +85,7 @@ def folder_recipe(root: Path | None, folder: str) -> Recipe:
         learning_rate=own.learning_rate or start.learning_rate,
         resolution=own.resolution or TrainConfig.resolution,
         train_embedding=bool(own.train_embedding),
-        targets=own.targets if isinstance(own.targets, str) else AdapterConfig.targets,
+        targets=targets if isinstance(targets, str) else None,
     )
 
 
