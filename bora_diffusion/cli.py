@@ -99,6 +99,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--resolution", type=int, help="training resolution in px (default 64, the embedded base's)"
     )
     train.add_argument("--prior-weight", type=float, help="prior preservation weight (0 = off)")
+    train.add_argument(
+        "--lock-weight",
+        type=float,
+        help="keep the keys and values of the concept's captions without its token (0 = off; bora_diffusion.locking)",
+    )
     train.add_argument("--class-images", type=int, help="class images for prior preservation (default 16)")
     train.add_argument(
         "--checkpoint-every", type=int, help="checkpoint every N steps (a final one is always kept)"
@@ -292,6 +297,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     compare.add_argument(
         "--embedding-lr", type=float, help="learning rate of the token embeddings (default: --lr)"
+    )
+    compare.add_argument(
+        "--lock-weight",
+        type=float,
+        default=0.0,
+        help="lock the prompts without each concept's token, for every method (0 = off; bora_diffusion.locking)",
     )
     compare.add_argument("--resume", action="store_true", help="continue from the checkpoints in --out")
     compare.add_argument("--quiet", action="store_true", help="no training progress bar")
@@ -518,8 +529,8 @@ def run_slots(args: argparse.Namespace) -> int:
 ADAPTER_FLAGS = ("method", "rank", "alpha", "blocks", "targets")
 TRAIN_FLAGS = (
     "steps", "learning_rate", "lr_schedule", "warmup_steps", "batch_size", "gradient_accumulation", "resolution",
-    "prior_weight", "class_images", "checkpoint_every", "sample_every", "mixed_precision", "gradient_checkpointing",
-    "attention", "adam_8bit", "train_embedding", "embedding_learning_rate", "seed",
+    "prior_weight", "lock_weight", "class_images", "checkpoint_every", "sample_every", "mixed_precision",
+    "gradient_checkpointing", "attention", "adam_8bit", "train_embedding", "embedding_learning_rate", "seed",
 )  # fmt: skip
 
 
@@ -698,6 +709,7 @@ def run_compare(args: argparse.Namespace) -> int:
             seed=args.seed,
             train_embedding=args.train_embedding,
             embedding_learning_rate=args.embedding_lr,
+            lock_weight=args.lock_weight,
         ),
         run=run_settings,
     )

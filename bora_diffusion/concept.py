@@ -25,7 +25,7 @@ holds letters, digits, '-' and '_' only::
     [train]                         # every key optional; an omitted key means "the trainer's default"
     method = "sbora_fa"             # rank, alpha, blocks (bora_block only), targets: as AdapterConfig
     rank = 4
-    steps = 400                     # learning_rate, batch_size, resolution, prior_weight: as TrainConfig
+    steps = 400                     # learning_rate, batch_size, resolution, prior_weight, lock_weight: as TrainConfig
     train_embedding = false         # also train the token's text embedding (ED-LoRA); embedding_learning_rate
 
 Choosing the token. By default training tunes the UNet and leaves the text encoder frozen, so the token reaches
@@ -168,11 +168,13 @@ class Prompts:
 
 _ADAPTER_FIELDS = ("method", "rank", "alpha", "blocks", "targets")
 _TRAINING_FIELDS = (
-    "steps", "learning_rate", "batch_size", "resolution", "prior_weight", "train_embedding",
+    "steps", "learning_rate", "batch_size", "resolution", "prior_weight", "lock_weight", "train_embedding",
     "embedding_learning_rate",
 )  # fmt: skip
 _INT_FIELDS = frozenset({"rank", "blocks", "steps", "batch_size", "resolution"})
-_FLOAT_FIELDS = frozenset({"alpha", "learning_rate", "prior_weight", "embedding_learning_rate"})
+_FLOAT_FIELDS = frozenset(
+    {"alpha", "learning_rate", "prior_weight", "lock_weight", "embedding_learning_rate"}
+)
 _BOOL_FIELDS = frozenset({"train_embedding"})
 
 
@@ -191,6 +193,7 @@ class TrainDefaults:
     batch_size: int | None = None
     resolution: int | None = None
     prior_weight: float | None = None
+    lock_weight: float | None = None
     train_embedding: bool | None = None
     embedding_learning_rate: float | None = None
 

@@ -25,11 +25,12 @@ import torch.nn.functional as F
 
 from .callbacks import Callback, TrainState
 from .config import AdapterConfig, TrainConfig
-from .data import EncodedSet, encode_ids, encode_images, encode_set
+from .data import EncodedSet, encode_ids, encode_images, encode_prompts, encode_set
 from .embeddings import add_token
 from .errors import BoraError, ConfigError
 from .formats import save_adapter
 from .inject import adapter_state_dict, inject, load_adapter_state_dict, mark_trainable, set_active
+from .locking import PromptLock, lock_prompts
 from .seeding import derive_seed
 from .slots import SlotLedger
 
@@ -77,6 +78,7 @@ class Trainer:
         self.class_dir = Path(class_dir) if class_dir else self.out_dir / "class_images" / concept.class_word
         self.name = concept.name
         self.embedding: torch.nn.Parameter | None = None  # the token's text embedding (D,), when it trains
+        self.lock: PromptLock | None = None  # keeps the token-free prompts' keys and values, when it weighs
 
     # ----------------------------------------------------------------------------------------------- the run
     def train(self, *, resume: bool = False) -> Path:
@@ -98,6 +100,7 @@ class Trainer:
         instance = self._instance_set()
 
         inject(unet, self.adapter, name=self.name, ledger=self.ledger)
+        self.lock = self._prompt_lock() if config.lock_weight > 0 else None
         set_active(unet, [self.name])
         params = mark_trainable(unet, [self.name])
         optimizer = self._optimizer(params)
@@ -177,12 +180,13 @@ class Trainer:
             noisy.to(device, dtype), timesteps.to(device), text.to(device, dtype)
         ).sample.float()
         target = target.to(device)
-        if prior is None:
-            return F.mse_loss(prediction, target)
         n = self.config.batch_size
-        return F.mse_loss(prediction[:n], target[:n]) + self.config.prior_weight * F.mse_loss(
-            prediction[n:], target[n:]
-        )
+        loss = F.mse_loss(prediction[:n], target[:n])
+        if prior is not None:
+            loss = loss + self.config.prior_weight * F.mse_loss(prediction[n:], target[n:])
+        if self.lock is not None:
+            loss = loss + self.config.lock_weight * self.lock()
+        return loss
 
     def _latents(self, data: EncodedSet, generator) -> tuple[torch.Tensor, torch.Tensor]:
         images, text = data.batch(self.config.batch_size, generator)
@@ -225,6 +229,18 @@ class Trainer:
             source=f"concept {self.name!r}",
         )
         return vector.requires_grad_(True)
+
+    def _prompt_lock(self) -> PromptLock:
+        """The lock on the concept's captions without its token (bora_diffusion.locking)."""
+        if getattr(self.pipe, "text_encoder_2", None) is not None:
+            raise ConfigError(
+                "lock_weight supports pipelines with one text encoder (SD 1.x / 2.x); SDXL has two: "
+                "train with lock_weight 0"
+            )
+        captions = [self.concept.instance_prompt(image) for image in self.concept.images]
+        prompts = lock_prompts(self.concept.token, captions, self.concept.class_prompt)
+        states = encode_prompts(self.pipe.tokenizer, self.pipe.text_encoder, prompts)  # (N, 77, D)
+        return PromptLock(self.pipe.unet, self.name, states)
 
     def _prior_set(self) -> EncodedSet:
         prompt = self.concept.class_prompt

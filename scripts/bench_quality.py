@@ -247,6 +247,12 @@ def main(argv: list[str] | None = None) -> int:
         default=0.0,
         help="prior preservation weight for every concept (0 = off)",
     )
+    parser.add_argument(
+        "--lock-weight",
+        type=float,
+        default=0.0,
+        help="lock the prompts without each concept's token, for every method (0 = off; bora_diffusion.locking)",
+    )
     parser.add_argument("--images", type=int, default=4, help="seeds per prompt")
     parser.add_argument("--sampling-steps", type=int, default=20)
     parser.add_argument("--guidance", type=float, default=EMBEDDED_GUIDANCE)
@@ -282,6 +288,7 @@ def main(argv: list[str] | None = None) -> int:
         train_embedding=args.train_embedding,
         embedding_learning_rate=args.embedding_lr,
         prior_weight=args.prior_weight,
+        lock_weight=args.lock_weight,
     )
     settings = CompareSettings(
         methods=tuple(args.methods), rank=args.rank, targets=args.targets, train=train, run=run

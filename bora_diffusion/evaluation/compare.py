@@ -244,6 +244,8 @@ class CompareSettings:
             common += f", each concept's token embedding trained too (ED-LoRA) at lr {embedding_lr:g}"
         if self.train.prior_weight > 0:
             common += f", prior preservation at weight {self.train.prior_weight:g}"
+        if self.train.lock_weight > 0:
+            common += f", prompts without the token locked at weight {self.train.lock_weight:g}"
         if self.targets != "attention":
             common += f", targets {self.targets if isinstance(self.targets, str) else list(self.targets)}"
         if self.rule == "rank":
