@@ -272,8 +272,8 @@ def test_presets_and_folders(app):
     # Picking a folder fills the form with its own recipe, as `bora-diffusion train <folder>` would train it:
     # the world concepts train their token (ED-LoRA), the examples do not.
     recipe = client.predict("bolt-circle", api_name="/folder_recipe")
-    assert recipe == ("sbora_fa", 4, 4, 400, 1e-3, 64, True, "cross_kv")
-    assert client.predict("kettle", api_name="/folder_recipe")[-2:] == (False, "attention")
+    assert recipe == ("sbora_fa", 8, 4, 800, 2e-3, 64, True, "cross_kv", 2.0)
+    assert client.predict("kettle", api_name="/folder_recipe")[-3:] == (False, "attention", 0.0)
 
 
 def _bad_file(folder: Path) -> list[Path]:
@@ -431,6 +431,31 @@ def test_the_train_form_decides_the_layers_and_api_callers_get_the_folders_choic
         Form(source="folder", folder="kettle"), DataDir(tmp_path / "data"), tmp_path / "concepts"
     )
     assert adapter.targets == ("attn2\\.to_v$",)
+
+
+def test_the_train_form_decides_the_prompt_lock_and_a_form_without_it_keeps_the_folders(tmp_path):
+    from bora_diffusion.app.storage import DataDir
+    from bora_diffusion.app.training import Form, build
+
+    data = DataDir(tmp_path / "data")
+
+    def lock(folder: str, weight, targets: str | None = None) -> float:
+        form = Form(source="folder", folder=folder, lock_weight=weight, targets=targets)
+        return build(form, data, REPO / "concepts")[2].lock_weight
+
+    assert lock("bolt-circle", None) == 2.0 and lock("kettle", None) == 0.0  # the folders' own
+    assert lock("bolt-circle", 0) == 0.0 and lock("kettle", 5) == 5.0  # the page's field decides
+    for bad in (-1, "two", float("nan")):
+        with pytest.raises(ConfigError, match="prompt lock: give a number from 0"):
+            lock("kettle", bad)
+    # The lock keeps the cross-attention keys and values: self-attention alone has nothing it could keep.
+    with pytest.raises(ConfigError, match="prompt lock: .*'self_attention'"):
+        lock("bolt-circle", None, "self_attention")
+    upload = Form(source="upload", files=tuple(map(str, draw_images(tmp_path / "up", 3))), name="mug",
+                  token="zqmug", class_word="mug", lock_weight=2, targets="self_attention")  # fmt: skip
+    with pytest.raises(ConfigError, match="prompt lock"):
+        build(upload, data, REPO / "concepts")
+    assert not (tmp_path / "data" / "uploads" / "mug").exists()  # refused before the upload was stored
 
 
 def test_safe_names_and_paths(tmp_path):

@@ -68,6 +68,7 @@ class Recipe:
     # A TARGET_PRESETS name: which projections the adapters sit on; None for a folder's own regular expressions,
     # which the form cannot show (left empty, `build` trains the folder's own).
     targets: str | None
+    lock_weight: float  # prompt locking (bora_diffusion.locking); 0: off
 
 
 def folder_recipe(root: Path | None, folder: str) -> Recipe:
@@ -86,6 +87,7 @@ def folder_recipe(root: Path | None, folder: str) -> Recipe:
         resolution=own.resolution or TrainConfig.resolution,
         train_embedding=bool(own.train_embedding),
         targets=targets if isinstance(targets, str) else None,
+        lock_weight=own.lock_weight or TrainConfig.lock_weight,
     )
 
 
@@ -123,10 +125,14 @@ class Form:
     learning_rate: float = 1e-3
     sample_every: float = 0
     resolution: float = 64
-    # Also train the token's own text embedding (ED-LoRA); None: the concept folder's own choice (API callers).
+    # The last three: None means the concept folder's own choice. Only Python callers of `build` can send None:
+    # the page, and gradio's HTTP API for a caller that leaves a field out, send the field's shown value.
+    # Also train the token's own text embedding (ED-LoRA).
     train_embedding: bool | None = None
-    # Which projections the adapters sit on (a TARGET_PRESETS name); None: the concept folder's own choice.
+    # Which projections the adapters sit on (a TARGET_PRESETS name).
     targets: str | None = None
+    # Prompt locking's weight (bora_diffusion.locking; 0: off).
+    lock_weight: float | None = None
 
 
 def _whole(value, field: str, low: int, high: int) -> int:
@@ -137,6 +143,24 @@ def _whole(value, field: str, low: int, high: int) -> int:
     if not number.is_integer() or not low <= number <= high:
         raise ConfigError(f"{field}: give a whole number from {low} to {high}, got {value!r}")
     return int(number)
+
+
+def _lock_weight(value) -> float:
+    try:
+        weight = float(value)
+    except (TypeError, ValueError):
+        weight = float("nan")
+    if not 0 <= weight <= 1000:
+        raise ConfigError(f"prompt lock: give a number from 0 (off) to 1000, e.g. 2, got {value!r}")
+    return weight
+
+
+def _check_lock(weight: float, targets: str | tuple[str, ...] | None) -> None:
+    if weight > 0 and targets == "self_attention":
+        raise ConfigError(
+            "prompt lock: it keeps the cross-attention keys and values, which 'self_attention' does not adapt; "
+            "set it to 0 or pick other layers"
+        )
 
 
 def build(
@@ -166,6 +190,8 @@ def build(
         raise ConfigError(f"resolution: give a multiple of 8, got {resolution}")
     if form.targets is not None and form.targets not in TARGET_PRESETS:
         raise ConfigError(f"layers: choose one of {', '.join(TARGET_PRESETS)}, got {form.targets!r}")
+    lock_weight = None if form.lock_weight is None else _lock_weight(form.lock_weight)
+    _check_lock(lock_weight or 0, form.targets)  # before an upload is stored
 
     if form.source == "upload":
         if not str(form.name or "").strip():
@@ -181,7 +207,9 @@ def build(
             form.name,
             form.token,
             form.class_word,
-            train=TrainDefaults(method=method, rank=rank, steps=steps, targets=form.targets),
+            train=TrainDefaults(
+                method=method, rank=rank, steps=steps, targets=form.targets, lock_weight=lock_weight or None
+            ),
             min_size=resolution,
         )
     elif form.source == "folder":
@@ -203,5 +231,7 @@ def build(
         learning_rate=learning_rate,
         resolution=resolution,
         train_embedding=None if form.train_embedding is None else bool(form.train_embedding),
+        lock_weight=lock_weight,
     )
+    _check_lock(config.lock_weight, targets)  # a folder's own lock or layers
     return concept, adapter, config

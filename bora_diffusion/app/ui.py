@@ -84,6 +84,11 @@ def build(ctx: Context) -> gr.Blocks:
                         label="Layers",
                         elem_id="train-targets",
                     )
+                    lock = gr.Number(
+                        0,
+                        label="Prompt lock (keeps the keys and values of prompts without the token; 0: off)",
+                        elem_id="train-lock",
+                    )
                     with gr.Row():
                         start = gr.Button("Start training", variant="primary", elem_id="train-start")
                         stop = gr.Button("Stop and save", variant="stop", elem_id="train-stop")
@@ -217,7 +222,7 @@ def build(ctx: Context) -> gr.Blocks:
         # A method picked by hand starts from its preset; a concept folder fills the form with its own recipe.
         # `.input`, not `.change`: a folder's recipe that sets the method must not be reset to the preset.
         method.input(g["method_preset"], method, [rank, blocks, steps, lr], api_name="method_preset")
-        recipe = [method, rank, blocks, steps, lr, resolution, embedding, targets]
+        recipe = [method, rank, blocks, steps, lr, resolution, embedding, targets, lock]
         folder.change(g["folder_recipe"], folder, recipe, api_name="folder_recipe")
         source.input(
             lambda s, f: g["folder_recipe"](f) if s == "folder" and f else [gr.update()] * len(recipe),
@@ -228,7 +233,7 @@ def build(ctx: Context) -> gr.Blocks:
         start.click(
             g["train_start"],
             [source, files, folder, name, token, class_word, method, rank, blocks, steps, lr, sample_every,
-             resolution, embedding, targets],
+             resolution, embedding, targets, lock],
             [job_id, details],
             api_name="train_start",
         )  # fmt: skip
