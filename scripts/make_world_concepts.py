@@ -33,19 +33,25 @@ IMAGES_PER_CONCEPT = 8
 SMALL_IMAGES = 2  # how many views are drawn small (the rest take the full range)
 SMALL_EXTENT = (0.28, 0.34)
 DEFAULT_OUT = Path(__file__).resolve().parent.parent / "concepts"
-# Each concept trains its token's own embedding (ED-LoRA) at textual inversion's learning rate, for 400 steps.
-# On release 1 of the world base the embedding doubled the CLIP-I gain of a 200-step run over the adapters alone
-# (+0.136 against +0.070, mean of notched-ring, spiral-star and eye-heart); on release 2, 400 steps gain +0.154
-# CLIP-I at -0.047 CLIP-T on the six concepts' mean, against +0.095 / -0.006 for 200 (docs/benchmarks.md, "The
-# world concepts' training recipe").
+# Each concept trains its token's own embedding (ED-LoRA) at textual inversion's learning rate. On release 1 of
+# the world base the embedding doubled the CLIP-I gain of a 200-step run over the adapters alone (+0.136 against
+# +0.070, mean of notched-ring, spiral-star and eye-heart).
 EMBEDDING_LR = 5e-3
-TRAIN_STEPS = 400
 # The adapters sit on the cross-attention keys and values only (Custom Diffusion's choice), because the concepts
 # are made to be fused: with every attention projection adapted, six 400-step concepts summed into one model
 # drew the same patchwork for every prompt (identity 0.19, chance 0.17; worst concept's CLIP-I retention 0.62),
 # and on the keys and values they stay apart (identity 0.31 of 0.37 alone; worst retention 0.98) at a fourth of
 # the parameters, for a smaller gain alone (+0.136 against +0.160). docs/benchmarks.md, "Which layers to adapt".
 TARGETS = "cross_kv"
+# Prompt locking (bora_diffusion.locking) keeps the keys and values of the concept's captions without its token,
+# so the adapters can learn more without leaking into other concepts' prompts: at rank 8, 800 steps and lr 2e-3
+# under lock weight 2 the six concepts gain +0.164 CLIP-I alone (+0.136 at rank 4, 400 steps, lr 1e-3 unlocked)
+# and, fused, keep 0.90 of their CLIP-T (0.76) and their worst concept 0.995 of its CLIP-I (0.982).
+# docs/benchmarks.md, "Prompt locking".
+RANK = 8
+TRAIN_STEPS = 800
+LEARNING_RATE = 2e-3
+LOCK_WEIGHT = 2.0
 
 # Made-up tokens: none is a word of the CLIP vocabulary, and their BPE pieces are all different
 # (zor|p, v|lek, yo|xt, gli|x, wo|zt, hu|z|d; the examples use q|wiv and b|xj).
@@ -92,9 +98,11 @@ def make_concept(out: Path, name: str, seed: int) -> Path:
         ),
         train=TrainDefaults(
             method="sbora_fa",
-            rank=4,
+            rank=RANK,
             targets=TARGETS,
             steps=TRAIN_STEPS,
+            learning_rate=LEARNING_RATE,
+            lock_weight=LOCK_WEIGHT,
             resolution=SIZE,
             train_embedding=True,
             embedding_learning_rate=EMBEDDING_LR,
