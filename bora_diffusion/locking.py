@@ -65,12 +65,11 @@ class PromptLock:
                 f"lock_weight: concept {name!r} has no adapter on a layer that reads the text encoder "
                 "(attn2.to_k, attn2.to_v); adapt them (targets 'cross_kv' or 'attention') or set lock_weight 0"
             )
-        self.states = states.detach()  # (N, 77, D)
+        self.states = states.detach().to(self.layers[0].weight)  # (N, 77, D), on the UNet's device and dtype
         with torch.no_grad():
             # ||W_l H||^2 per element, so every layer counts the same whatever its width or scale.
             self.base_power = [
-                max(float(layer.base(self.states.to(layer.weight)).pow(2).mean()), 1e-12)
-                for layer in self.layers
+                max(float(layer.base(self.states).float().pow(2).mean()), 1e-12) for layer in self.layers
             ]
 
     def __call__(self) -> Tensor:
@@ -78,8 +77,7 @@ class PromptLock:
         adapters (in training: the concept's own); a scalar, differentiable in the adapters, 0 while they are."""
         terms = []
         for layer, power in zip(self.layers, self.base_power, strict=True):
-            states = self.states.to(layer.weight)
             with torch.no_grad():
-                base = layer.base(states)  # (N, 77, out)
-            terms.append((layer(states) - base).float().pow(2).mean() / power)
+                base = layer.base(self.states)  # (N, 77, out)
+            terms.append((layer(self.states) - base).float().pow(2).mean() / power)
         return torch.stack(terms).mean()
