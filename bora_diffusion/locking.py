@@ -16,8 +16,8 @@ taken out, and of its class prompt. Those prompts' text-encoder states are compu
 
 added to the denoising loss at `TrainConfig.lock_weight`. The token itself stays free to move the keys and values
 (its states are not in H), and so does the token's own embedding. The layers locked are the adapted projections
-that read the text encoder's states (`attn2.to_k`, `attn2.to_v`); an adapter on a projection that reads image
-features is not touched by the lock, and neither trains faster nor slower for it.
+that read the text encoder's states (`attn2.to_k`, `attn2.to_v`); adapters on projections that read image
+features are left to the denoising loss alone.
 
 It is a cheap cousin of DreamBooth's prior preservation (which asks the UNet's whole output to stay put on class
 images, at the price of generating them and of a second forward pass per step) and of Perfusion's key-locking
