@@ -197,12 +197,15 @@ class Trainer:
         return images.cpu(), text.cpu()
 
     # ------------------------------------------------------------------------------------------ data and setup
+    def _captions(self) -> list[str]:
+        """Each instance image's prompt, in image order."""
+        return [self.concept.instance_prompt(image) for image in self.concept.images]
+
     def _instance_set(self) -> EncodedSet:
-        prompts = [self.concept.instance_prompt(image) for image in self.concept.images]
         return encode_set(
             self.pipe,
             self.concept.images,
-            prompts,
+            self._captions(),
             self.config.resolution,
             cache_latents=self.config.cache_latents,
             cache_text=self.embedding is None,
@@ -237,8 +240,7 @@ class Trainer:
                 "lock_weight supports pipelines with one text encoder (SD 1.x / 2.x); SDXL has two: "
                 "train with lock_weight 0"
             )
-        captions = [self.concept.instance_prompt(image) for image in self.concept.images]
-        prompts = lock_prompts(self.concept.token, captions, self.concept.class_prompt)
+        prompts = lock_prompts(self.concept.token, self._captions(), self.concept.class_prompt)
         states = encode_prompts(self.pipe.tokenizer, self.pipe.text_encoder, prompts)  # (N, 77, D)
         return PromptLock(self.pipe.unet, self.name, states)
 

@@ -135,21 +135,23 @@ class Form:
     lock_weight: float | None = None
 
 
-def _whole(value, field: str, low: int, high: int) -> int:
+def _number(value) -> float:
+    """`value` as a float; NaN (which every range check refuses) when it is not a number."""
     try:
-        number = float(value)
+        return float(value)
     except (TypeError, ValueError):
-        number = float("nan")
+        return float("nan")
+
+
+def _whole(value, field: str, low: int, high: int) -> int:
+    number = _number(value)
     if not number.is_integer() or not low <= number <= high:
         raise ConfigError(f"{field}: give a whole number from {low} to {high}, got {value!r}")
     return int(number)
 
 
 def _lock_weight(value) -> float:
-    try:
-        weight = float(value)
-    except (TypeError, ValueError):
-        weight = float("nan")
+    weight = _number(value)
     if not 0 <= weight <= 1000:
         raise ConfigError(f"prompt lock: give a number from 0 (off) to 1000, e.g. 2, got {value!r}")
     return weight
@@ -178,10 +180,7 @@ def build(
     resolution = _whole(form.resolution, "resolution", 8, 2048)
     sample_every = _whole(form.sample_every or 0, "sample every", 0, MAX_STEPS)
     blocks = _whole(form.blocks, "blocks", 1, 64) if method == "bora_block" else None
-    try:
-        learning_rate = float(form.learning_rate)
-    except (TypeError, ValueError):
-        learning_rate = float("nan")
+    learning_rate = _number(form.learning_rate)
     if not 0 < learning_rate < 1:
         raise ConfigError(
             f"learning rate: give a number between 0 and 1 (e.g. 1e-3), got {form.learning_rate!r}"
