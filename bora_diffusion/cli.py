@@ -104,6 +104,11 @@ def build_parser() -> argparse.ArgumentParser:
         type=float,
         help="keep the keys and values of the concept's captions without its token (0 = off; bora_diffusion.locking)",
     )
+    train.add_argument(
+        "--word-lock-weight",
+        type=float,
+        help="keep the other words of the captions as the trained token embedding found them (0 = off)",
+    )
     train.add_argument("--class-images", type=int, help="class images for prior preservation (default 16)")
     train.add_argument(
         "--checkpoint-every", type=int, help="checkpoint every N steps (a final one is always kept)"
@@ -131,6 +136,12 @@ def build_parser() -> argparse.ArgumentParser:
         type=float,
         dest="embedding_learning_rate",
         help="learning rate of the token embedding (default: --lr)",
+    )
+    train.add_argument(
+        "--embedding-vectors",
+        type=int,
+        help="vectors the trained token stands for, written tok tok_1 ... as diffusers does (default: the "
+        "concept's embedding_vectors, else 1)",
     )
     train.add_argument(
         "--seed", type=int, help="seed of initialization, batches, noise and slots (default 0)"
@@ -299,10 +310,19 @@ def build_parser() -> argparse.ArgumentParser:
         "--embedding-lr", type=float, help="learning rate of the token embeddings (default: --lr)"
     )
     compare.add_argument(
+        "--embedding-vectors", type=int, default=1, help="vectors per trained token embedding (default 1)"
+    )
+    compare.add_argument(
         "--lock-weight",
         type=float,
         default=0.0,
         help="lock the prompts without each concept's token, for every method (0 = off; bora_diffusion.locking)",
+    )
+    compare.add_argument(
+        "--word-lock-weight",
+        type=float,
+        default=0.0,
+        help="with --train-embedding: keep the other words of each concept's captions (0 = off)",
     )
     compare.add_argument("--resume", action="store_true", help="continue from the checkpoints in --out")
     compare.add_argument("--quiet", action="store_true", help="no training progress bar")
@@ -419,7 +439,8 @@ def run_inspect(args: argparse.Namespace) -> int:
     print(f"file:        {info.path}")
     print(f"concept:     {info.name}   token: {info.token or '-'}   class word: {info.class_word or '-'}")
     if info.token_embedding is not None:
-        print(f"embedding:   the token's own text embedding, trained ({info.token_embedding.numel()} values)")
+        vectors, width = info.token_embedding.shape
+        print(f"embedding:   the token's own text embedding, trained ({vectors} x {width} values)")
     print(f"method:      {info.config.method}   rank: {info.config.rank}   scaling: {info.config.scaling:g}")
     print(f"config:      {info.config.to_dict()}")
     print(f"base model:  {info.base_name}   fingerprint: {info.fingerprint}")
@@ -529,8 +550,9 @@ def run_slots(args: argparse.Namespace) -> int:
 ADAPTER_FLAGS = ("method", "rank", "alpha", "blocks", "targets")
 TRAIN_FLAGS = (
     "steps", "learning_rate", "lr_schedule", "warmup_steps", "batch_size", "gradient_accumulation", "resolution",
-    "prior_weight", "lock_weight", "class_images", "checkpoint_every", "sample_every", "mixed_precision",
-    "gradient_checkpointing", "attention", "adam_8bit", "train_embedding", "embedding_learning_rate", "seed",
+    "prior_weight", "lock_weight", "word_lock_weight", "class_images", "checkpoint_every", "sample_every",
+    "mixed_precision", "gradient_checkpointing", "attention", "adam_8bit", "train_embedding",
+    "embedding_learning_rate", "embedding_vectors", "seed",
 )  # fmt: skip
 
 
@@ -709,7 +731,9 @@ def run_compare(args: argparse.Namespace) -> int:
             seed=args.seed,
             train_embedding=args.train_embedding,
             embedding_learning_rate=args.embedding_lr,
+            embedding_vectors=args.embedding_vectors,
             lock_weight=args.lock_weight,
+            word_lock_weight=args.word_lock_weight,
         ),
         run=run_settings,
     )

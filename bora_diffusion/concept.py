@@ -26,11 +26,13 @@ holds letters, digits, '-' and '_' only::
     method = "sbora_fa"             # rank, alpha, blocks (bora_block only), targets: as AdapterConfig
     rank = 4
     steps = 400                     # learning_rate, batch_size, resolution, prior_weight, lock_weight: as TrainConfig
-    train_embedding = false         # also train the token's text embedding (ED-LoRA); embedding_learning_rate
+    train_embedding = false         # also train the token's text embedding (ED-LoRA); embedding_learning_rate,
+                                    # embedding_vectors (how many vectors the token stands for) and
+                                    # word_lock_weight (as TrainConfig) go with it
 
 Choosing the token. By default training tunes the UNet and leaves the text encoder frozen, so the token reaches
 the UNet as the pieces the base tokenizer splits it into (with `train_embedding`, the token instead becomes one new
-token with its own trained embedding, bora_diffusion.embeddings). A token that is itself one word of the vocabulary ("dog", but also
+token, or `embedding_vectors` of them, with its own trained embedding, bora_diffusion.embeddings). A token that is itself one word of the vocabulary ("dog", but also
 DreamBooth's "sks", the name of a rifle, and kohya's "ohwx") arrives with the meaning the base model already
 gives it, which training then overwrites: `load_concept` refuses it. A made-up string splits into several rare
 pieces ("qwiv" -> "q", "wiv"), and that is fine: the adapter learns their combination. Give every concept its
@@ -168,12 +170,12 @@ class Prompts:
 
 _ADAPTER_FIELDS = ("method", "rank", "alpha", "blocks", "targets")
 _TRAINING_FIELDS = (
-    "steps", "learning_rate", "batch_size", "resolution", "prior_weight", "lock_weight", "train_embedding",
-    "embedding_learning_rate",
+    "steps", "learning_rate", "batch_size", "resolution", "prior_weight", "lock_weight", "word_lock_weight",
+    "train_embedding", "embedding_learning_rate", "embedding_vectors",
 )  # fmt: skip
-_INT_FIELDS = frozenset({"rank", "blocks", "steps", "batch_size", "resolution"})
+_INT_FIELDS = frozenset({"rank", "blocks", "steps", "batch_size", "resolution", "embedding_vectors"})
 _FLOAT_FIELDS = frozenset(
-    {"alpha", "learning_rate", "prior_weight", "lock_weight", "embedding_learning_rate"}
+    {"alpha", "learning_rate", "prior_weight", "lock_weight", "word_lock_weight", "embedding_learning_rate"}
 )
 _BOOL_FIELDS = frozenset({"train_embedding"})
 
@@ -194,8 +196,10 @@ class TrainDefaults:
     resolution: int | None = None
     prior_weight: float | None = None
     lock_weight: float | None = None
+    word_lock_weight: float | None = None
     train_embedding: bool | None = None
     embedding_learning_rate: float | None = None
+    embedding_vectors: int | None = None
 
     def __post_init__(self) -> None:
         if isinstance(self.targets, list):

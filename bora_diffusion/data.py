@@ -16,6 +16,8 @@ import torch
 from PIL import Image, ImageOps
 from torch import Tensor
 
+from .embeddings import spell_out
+
 
 def load_image(path: str | Path, resolution: int) -> Tensor:
     """One image as (3, resolution, resolution) float32 in [-1, 1]."""
@@ -41,9 +43,10 @@ def encode_images(vae, images: Tensor, *, batch_size: int = 8) -> Tensor:
 
 
 def tokenize(tokenizer, prompts: Sequence[str]) -> Tensor:
-    """Prompts -> token ids (N, 77), padded to the tokenizer's length as Stable Diffusion pipelines do."""
+    """Prompts -> token ids (N, 77), padded to the tokenizer's length as Stable Diffusion pipelines do, with each
+    multi-vector token spelled out as they do (bora_diffusion.embeddings)."""
     return tokenizer(
-        list(prompts),
+        spell_out(prompts, tokenizer),
         padding="max_length",
         max_length=tokenizer.model_max_length,
         truncation=True,

@@ -10,9 +10,18 @@ The base embedding matrix is never resized or written: `TokenEmbeddings` wraps t
 and substitutes each added token's vector where its id appears. So the base weights stay bit-identical, the
 tokens of several concepts coexist, and a token's vector can be swapped without touching anything else.
 `bake_tokens` turns the wrapper into a plain, larger embedding matrix when a pipeline is saved.
+
+A token may stand for several vectors (textual inversion's "number of vectors"): the tokenizer then holds
+`tok`, `tok_1`, ..., `tok_{N-1}`, diffusers' multi-vector convention, and every prompt spells `tok` out as those N
+tokens (`spell_out`; diffusers' pipelines do the same by themselves). One vector feeds every pixel that
+attends to the token the same value; N of them let the parts of an object attend to different ones, which is
+how a two-colored or patterned object fits into cross-attention alone.
 """
 
 from __future__ import annotations
+
+import re
+from collections.abc import Sequence
 
 import torch
 from torch import Tensor, nn
@@ -22,7 +31,8 @@ from .seeding import derive_seed
 
 
 class TokenEmbeddings(nn.Module):
-    """The text encoder's token embedding plus one trainable vector per added token.
+    """The text encoder's token embedding plus trainable rows for added tokens: one (N, D) matrix per concept
+    token, one row for each of its N vector tokens.
 
     Added tokens have ids past the base vocabulary (the tokenizer appends them); the base embedding looks up a
     clamped id there, which the substitution then overwrites.
@@ -31,8 +41,8 @@ class TokenEmbeddings(nn.Module):
     def __init__(self, base: nn.Embedding) -> None:
         super().__init__()
         self.base = base
-        self.token_ids: list[int] = []
-        self.vectors = nn.ParameterList()  # one (D,) vector per entry of token_ids
+        self.token_ids: list[tuple[int, ...]] = []  # per concept token, the ids of its N vector tokens
+        self.vectors = nn.ParameterList()  # per concept token, its (N, D) rows
 
     @property
     def weight(self) -> Tensor:
@@ -46,15 +56,31 @@ class TokenEmbeddings(nn.Module):
     def forward(self, input_ids: Tensor) -> Tensor:
         known = input_ids.clamp(max=self.base.num_embeddings - 1)
         embeds = self.base(known)  # (..., D)
-        for token_id, vector in zip(self.token_ids, self.vectors, strict=True):
-            here = (input_ids == token_id).unsqueeze(-1)  # (..., 1)
-            embeds = torch.where(here, vector.to(embeds.dtype), embeds)
+        for ids, rows in zip(self.token_ids, self.vectors, strict=True):
+            for token_id, vector in zip(ids, rows, strict=True):
+                here = (input_ids == token_id).unsqueeze(-1)  # (..., 1)
+                embeds = torch.where(here, vector.to(embeds.dtype), embeds)
         return embeds
 
-    def vector(self, token_id: int) -> nn.Parameter | None:
-        if token_id in self.token_ids:
-            return self.vectors[self.token_ids.index(token_id)]
-        return None
+    def set_rows(self, ids: tuple[int, ...], vectors: Tensor) -> nn.Parameter:
+        """Give the concept token whose vector tokens are `ids` the (N, D) rows `vectors`; return the parameter.
+        A token added before with as many vectors keeps its parameter (copied into); one added with another
+        number of vectors is replaced."""
+        index = next((i for i, known in enumerate(self.token_ids) if known[0] == ids[0]), None)
+        if index is not None and self.token_ids[index] == ids:
+            with torch.no_grad():
+                self.vectors[index].copy_(vectors)
+            return self.vectors[index]
+        rows = nn.Parameter(
+            vectors.detach().to(self.base.weight.device, torch.float32).clone(), requires_grad=False
+        )
+        if index is None:
+            self.token_ids.append(ids)
+            self.vectors.append(rows)
+        else:
+            self.token_ids[index] = ids
+            self.vectors[index] = rows
+        return rows
 
 
 def token_embeddings(text_encoder: nn.Module) -> TokenEmbeddings:
@@ -67,54 +93,93 @@ def token_embeddings(text_encoder: nn.Module) -> TokenEmbeddings:
     return wrapper
 
 
+def vector_tokens(token: str, count: int) -> list[str]:
+    """The tokens one concept token's `count` vectors go by: `tok`, `tok_1`, ..., `tok_{count-1}` (diffusers')."""
+    return [token] + [f"{token}_{i}" for i in range(1, count)]
+
+
 def add_token(
     tokenizer,
     text_encoder: nn.Module,
     token: str,
-    vector: Tensor | None = None,
+    vectors: Tensor | None = None,
     *,
+    count: int = 1,
     init_word: str | None = None,
     source: str = "token",
 ) -> nn.Parameter:
-    """Make `token` one token of `tokenizer` with its own embedding vector on `text_encoder`; return that vector.
+    """Make `token` a token of `tokenizer` with its own embedding on `text_encoder`; return its (N, D) rows.
 
-    The vector is `vector` when given (a trained one, from a file), else the mean embedding of `init_word`'s
-    pieces (textual inversion's initializer token: the class word starts the concept near its class), else a
-    draw at the base embeddings' scale. Adding a token again replaces its vector. `source` names what asks, for
-    the error messages.
+    The rows are `vectors` when given (trained ones, from a file: (N, D), or (D,) for one), else `count` copies
+    of the mean embedding of `init_word`'s pieces (textual inversion's initializer token: the class word starts
+    the concept near its class), else a draw at the base embeddings' scale. With N > 1 the token stands for N
+    tokens (`vector_tokens`) that prompts spell out (`spell_out`). Adding a token again replaces its rows.
+    `source` names what asks, for the error messages.
     """
     wrapper = token_embeddings(text_encoder)
     width = wrapper.embedding_dim
-    if vector is not None and tuple(vector.shape) != (width,):
+    if vectors is not None:
+        if vectors.ndim == 1:
+            vectors = vectors.unsqueeze(0)  # (1, D)
+        if vectors.ndim != 2 or vectors.shape[1] != width or len(vectors) < 1:
+            raise ConfigError(
+                f"{source}: the embedding of token {token!r} has shape {tuple(vectors.shape)} but this text "
+                f"encoder embeds in {width} dimensions; it was trained on another base model, load that base"
+            )
+        count = len(vectors)
+    if not isinstance(count, int) or count < 1:
+        raise ConfigError(f"{source}: a token needs at least one embedding vector, got {count!r}")
+    held = _vector_count(token, set(getattr(tokenizer, "get_added_vocab", dict)()))
+    if held > count:  # a tokenizer cannot forget a token, and prompts would still spell out the extra ones
         raise ConfigError(
-            f"{source}: the embedding of token {token!r} has shape {tuple(vector.shape)} but this text encoder "
-            f"embeds in {width} dimensions; it was trained on another base model, load that base"
+            f"{source}: this pipeline's tokenizer already holds token {token!r} as {held} vectors (an earlier "
+            f"concept's), this one has {count}; load a fresh base"
         )
-    tokenizer.add_tokens([token])
-    token_id = tokenizer.convert_tokens_to_ids(token)
-    if token_id < wrapper.base.num_embeddings:
+    names = vector_tokens(token, count)
+    tokenizer.add_tokens(names)
+    ids = tuple(tokenizer.convert_tokens_to_ids(name) for name in names)
+    if ids[0] < wrapper.base.num_embeddings:
         raise ConfigError(
-            f"{source}: token {token!r} is already a word of the text encoder's vocabulary (id {token_id}); "
+            f"{source}: token {token!r} is already a word of the text encoder's vocabulary (id {ids[0]}); "
             "training its embedding would change that word everywhere: pick a made-up token"
         )
     pieces = tokenizer(token, add_special_tokens=False).input_ids
-    if pieces != [token_id]:
+    if pieces != [ids[0]]:
         raise ConfigError(
             f"{source}: token {token!r} does not tokenize as one token ({len(pieces)} pieces); "
             "use one made-up word without spaces or punctuation"
         )
     base = wrapper.base.weight.detach()  # (V, D)
-    if vector is None:
-        vector = _initial_vector(tokenizer, base, init_word, token)
-    param = wrapper.vector(token_id)
-    if param is None:
-        param = nn.Parameter(vector.detach().to(base.device, torch.float32).clone(), requires_grad=False)
-        wrapper.token_ids.append(token_id)
-        wrapper.vectors.append(param)
-    else:
-        with torch.no_grad():
-            param.copy_(vector)
-    return param
+    if vectors is None:
+        vectors = _initial_vector(tokenizer, base, init_word, token).expand(count, -1)  # (N, D)
+    return wrapper.set_rows(ids, vectors)
+
+
+def spell_out(prompts: Sequence[str], tokenizer) -> list[str]:
+    """The prompts with each multi-vector token written as its N tokens ("tok" -> "tok tok_1 tok_2"), the
+    rewrite diffusers' pipelines make before they tokenize; one-vector tokens and other words stay as they are."""
+    added = set(getattr(tokenizer, "get_added_vocab", dict)())
+    counts = {token: _vector_count(token, added) for token in added}
+    spelled = {token: " ".join(vector_tokens(token, n)) for token, n in counts.items() if n > 1}
+    if not spelled:
+        return list(prompts)
+    # A whole word only: "tok" inside "tok_1" or another made-up word stays.
+    pattern = re.compile(
+        r"(?<![\w-])("
+        + "|".join(re.escape(t) for t in sorted(spelled, key=len, reverse=True))
+        + r")(?![\w-])"
+    )
+    return [pattern.sub(lambda match: spelled[match.group(1)], prompt) for prompt in prompts]
+
+
+def _vector_count(token: str, added: set[str]) -> int:
+    """How many vectors `token` goes by among the tokenizer's `added` tokens (0: not added)."""
+    if token not in added:
+        return 0
+    count = 1
+    while f"{token}_{count}" in added:
+        count += 1
+    return count
 
 
 def _initial_vector(tokenizer, base: Tensor, init_word: str | None, token: str) -> Tensor:
@@ -137,7 +202,7 @@ def bake_tokens(text_encoder: nn.Module) -> None:
     if not isinstance(wrapper, TokenEmbeddings):
         return
     base = wrapper.base
-    rows = max(wrapper.token_ids, default=base.num_embeddings - 1) + 1
+    rows = max((max(ids) for ids in wrapper.token_ids), default=base.num_embeddings - 1) + 1
     plain = nn.Embedding(rows, base.embedding_dim, device=base.weight.device, dtype=base.weight.dtype)
     plain.weight.copy_(wrapper(torch.arange(rows, device=base.weight.device)))  # (rows, D)
     plain.weight.requires_grad_(False)

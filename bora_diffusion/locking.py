@@ -1,5 +1,6 @@
 """Prompt locking: while a concept trains, the prompts without its token keep the keys and values the base
-gives them.
+gives them; and word locking: the other words of its own prompts keep what they say when its token embedding
+trains (`WordLock`, at the end).
 
 Adapters on the cross-attention keys and values (`targets = "cross_kv"`) change what every word of a prompt says
 to the image, not only what the concept's token says: trained on "a qwiv kettle on a table", they also learn to
@@ -34,6 +35,7 @@ import torch
 from torch import Tensor, nn
 
 from .adapters import AdaptedLinear
+from .data import encode_ids, tokenize
 from .errors import ConfigError
 from .inject import TARGET_PRESETS, wrappers
 
@@ -81,3 +83,33 @@ class PromptLock:
                 base = layer.base(self.states)  # (N, 77, out)
             terms.append((layer(self.states) - base).float().pow(2).mean() / power)
         return torch.stack(terms).mean()
+
+
+class WordLock:
+    """The word lock of a concept whose token embedding trains: the other words of its own captions keep the
+    text-encoder states the token's initial embedding gave them.
+
+    The text encoder is causal, so a token's embedding reaches the state of every word after it (and of the
+    padding, which the UNet reads too): an embedding trained only to draw the concept also learns to rewrite "on a
+    green background", and the image drops it. Measured on the world concepts, this is what made a token of
+    several vectors lose its prompts (docs/benchmarks.md). The penalty is
+
+        mean over captions c and positions j outside the token of  ||S_c[j] - S0_c[j]||^2 / mean ||S0||^2
+
+    with S the captions' states now and S0 their states at the initial embedding (computed once), which costs a
+    text-encoder pass over the captions per step. The token's own positions stay free.
+    """
+
+    def __init__(self, tokenizer, text_encoder: nn.Module, captions: list[str], token_ids: list[int]) -> None:
+        self.text_encoder = text_encoder
+        self.ids = tokenize(tokenizer, captions)  # (N, 77), a multi-vector token spelled out
+        self.words = ~torch.isin(self.ids, torch.tensor(token_ids))  # (N, 77): every position but the token's
+        with torch.no_grad():
+            self.reference = encode_ids(text_encoder, self.ids)  # (N, 77, D) at the initial embedding
+        self.power = max(float(self.reference[self.words].pow(2).mean()), 1e-12)
+
+    def __call__(self) -> Tensor:
+        """The mean relative squared change of the other words' states; a scalar, differentiable in the token's
+        embedding, 0 while it is at its initial value."""
+        states = encode_ids(self.text_encoder, self.ids)  # (N, 77, D)
+        return (states - self.reference)[self.words].pow(2).mean() / self.power

@@ -26,11 +26,11 @@ import torch.nn.functional as F
 from .callbacks import Callback, TrainState
 from .config import AdapterConfig, TrainConfig
 from .data import EncodedSet, encode_ids, encode_images, encode_prompts, encode_set
-from .embeddings import add_token
+from .embeddings import add_token, vector_tokens
 from .errors import BoraError, ConfigError
 from .formats import save_adapter
 from .inject import adapter_state_dict, inject, load_adapter_state_dict, mark_trainable, set_active
-from .locking import PromptLock, lock_prompts
+from .locking import PromptLock, WordLock, lock_prompts
 from .seeding import derive_seed
 from .slots import SlotLedger
 
@@ -77,8 +77,9 @@ class Trainer:
         self.callbacks = list(callbacks)
         self.class_dir = Path(class_dir) if class_dir else self.out_dir / "class_images" / concept.class_word
         self.name = concept.name
-        self.embedding: torch.nn.Parameter | None = None  # the token's text embedding (D,), when it trains
+        self.embedding: torch.nn.Parameter | None = None  # the token's text embedding (N, D), when it trains
         self.lock: PromptLock | None = None  # keeps the token-free prompts' keys and values, when it weighs
+        self.word_lock: WordLock | None = None  # keeps the other words of the captions, when it weighs
 
     # ----------------------------------------------------------------------------------------------- the run
     def train(self, *, resume: bool = False) -> Path:
@@ -101,6 +102,11 @@ class Trainer:
 
         inject(unet, self.adapter, name=self.name, ledger=self.ledger)
         self.lock = self._prompt_lock() if config.lock_weight > 0 else None
+        # Without a trained embedding the other words cannot move: nothing to lock (a folder's recipe may carry a
+        # word lock that `--no-train-embedding` leaves idle).
+        self.word_lock = (
+            self._word_lock() if config.word_lock_weight > 0 and self.embedding is not None else None
+        )
         set_active(unet, [self.name])
         params = mark_trainable(unet, [self.name])
         optimizer = self._optimizer(params)
@@ -186,6 +192,8 @@ class Trainer:
             loss = loss + self.config.prior_weight * F.mse_loss(prediction[n:], target[n:])
         if self.lock is not None:
             loss = loss + self.config.lock_weight * self.lock()
+        if self.word_lock is not None:
+            loss = loss + self.config.word_lock_weight * self.word_lock()
         return loss
 
     def _latents(self, data: EncodedSet, generator) -> tuple[torch.Tensor, torch.Tensor]:
@@ -212,7 +220,8 @@ class Trainer:
         )
 
     def _add_token(self, processes: int) -> torch.nn.Parameter:
-        """Make the concept's token one new token whose embedding trains, starting from its class word's."""
+        """Make the concept's token a new token of `embedding_vectors` vectors that train, starting from its class
+        word's embedding."""
         if processes > 1:
             raise ConfigError(
                 "train_embedding runs in a single process for now (its gradient is not synchronized across "
@@ -228,6 +237,7 @@ class Trainer:
             self.pipe.tokenizer,
             self.pipe.text_encoder,
             self.concept.token,
+            count=self.config.embedding_vectors,
             init_word=self.concept.class_word,
             source=f"concept {self.name!r}",
         )
@@ -243,6 +253,12 @@ class Trainer:
         prompts = lock_prompts(self.concept.token, self._captions(), self.concept.class_prompt)
         states = encode_prompts(self.pipe.tokenizer, self.pipe.text_encoder, prompts)  # (N, 77, D)
         return PromptLock(self.pipe.unet, self.name, states)
+
+    def _word_lock(self) -> WordLock:
+        """The lock on the other words of the concept's captions (bora_diffusion.locking)."""
+        names = vector_tokens(self.concept.token, len(self.embedding))
+        token_ids = self.pipe.tokenizer.convert_tokens_to_ids(names)
+        return WordLock(self.pipe.tokenizer, self.pipe.text_encoder, self._captions(), token_ids)
 
     def _prior_set(self) -> EncodedSet:
         prompt = self.concept.class_prompt

@@ -242,6 +242,12 @@ def main(argv: list[str] | None = None) -> int:
         "--embedding-lr", type=float, default=None, help="the token embedding's learning rate (default: --lr)"
     )
     parser.add_argument(
+        "--embedding-vectors",
+        type=int,
+        default=1,
+        help="vectors per trained token embedding (textual inversion's number of vectors)",
+    )
+    parser.add_argument(
         "--prior-weight",
         type=float,
         default=0.0,
@@ -252,6 +258,12 @@ def main(argv: list[str] | None = None) -> int:
         type=float,
         default=0.0,
         help="lock the prompts without each concept's token, for every method (0 = off; bora_diffusion.locking)",
+    )
+    parser.add_argument(
+        "--word-lock-weight",
+        type=float,
+        default=0.0,
+        help="with --train-embedding: keep the other words of each concept's captions (0 = off)",
     )
     parser.add_argument("--images", type=int, default=4, help="seeds per prompt")
     parser.add_argument("--sampling-steps", type=int, default=20)
@@ -287,8 +299,10 @@ def main(argv: list[str] | None = None) -> int:
         batch_size=args.batch_size,
         train_embedding=args.train_embedding,
         embedding_learning_rate=args.embedding_lr,
+        embedding_vectors=args.embedding_vectors,
         prior_weight=args.prior_weight,
         lock_weight=args.lock_weight,
+        word_lock_weight=args.word_lock_weight,
     )
     settings = CompareSettings(
         methods=tuple(args.methods), rank=args.rank, targets=args.targets, train=train, run=run

@@ -12,8 +12,8 @@ from test_train import StopAt, make_concept
 
 from bora_diffusion import AdapterConfig
 from bora_diffusion.config import TrainConfig
-from bora_diffusion.data import encode_prompts
-from bora_diffusion.embeddings import TokenEmbeddings, add_token, bake_tokens
+from bora_diffusion.data import encode_prompts, tokenize
+from bora_diffusion.embeddings import TokenEmbeddings, add_token, bake_tokens, spell_out
 from bora_diffusion.errors import ConfigError
 from bora_diffusion.formats import read_adapter, save_adapter
 from bora_diffusion.merge import compose
@@ -59,8 +59,59 @@ def test_an_added_token_is_one_token_and_leaves_every_other_prompt_bit_identical
     embedded = tiny_pipe.text_encoder.get_input_embeddings()(torch.tensor([ids]))  # (1, 1, D)
     toy = tiny_pipe.tokenizer("toy", add_special_tokens=False).input_ids
     base = tiny_pipe.text_encoder.get_input_embeddings().base.weight
-    assert torch.equal(embedded[0, 0], vector)
-    assert torch.allclose(vector, base[toy].mean(0))
+    assert vector.shape == (1, base.shape[1])
+    assert torch.equal(embedded[0, 0], vector[0])
+    assert torch.allclose(vector[0], base[toy].mean(0))
+
+
+def test_a_token_of_three_vectors_is_spelled_out_as_diffusers_does_and_each_part_reads_its_own_row(tiny_pipe):
+    rows = add_token(tiny_pipe.tokenizer, tiny_pipe.text_encoder, "<zq-thing>", count=3, init_word="toy")
+    assert rows.shape == (3, tiny_pipe.text_encoder.get_input_embeddings().embedding_dim)
+    with torch.no_grad():
+        rows.copy_(torch.randn(rows.shape, generator=torch.Generator().manual_seed(0)))
+
+    spelled = spell_out([PROMPT, "<zq-thing>_2 alone", "a <zq-thingy> toy"], tiny_pipe.tokenizer)
+    assert spelled == [
+        "a photo of <zq-thing> <zq-thing>_1 <zq-thing>_2 toy on a table",
+        "<zq-thing>_2 alone",  # a part written out stays as it is, and so does a longer made-up word
+        "a <zq-thingy> toy",
+    ]
+    ids = tokenize(tiny_pipe.tokenizer, [PROMPT])[0]  # (77,)
+    parts = tiny_pipe.tokenizer.convert_tokens_to_ids(["<zq-thing>", "<zq-thing>_1", "<zq-thing>_2"])
+    start = ids.tolist().index(parts[0])
+    assert ids[start : start + 3].tolist() == parts
+    embedded = tiny_pipe.text_encoder.get_input_embeddings()(ids[None])  # (1, 77, D)
+    assert torch.equal(embedded[0, start : start + 3], rows)
+    # diffusers' own encoding (its pipelines spell the token out themselves) reads the same states as ours.
+    theirs, _ = tiny_pipe.encode_prompt(PROMPT, "cpu", 1, False)  # (1, 77, D)
+    assert torch.equal(theirs.float(), text_of(tiny_pipe))
+    # The tokenizer cannot forget <zq-thing>_2: a one-vector file for the same token would read it anyway.
+    with pytest.raises(ConfigError, match="already holds token '<zq-thing>' as 3 vectors.*this one has 1"):
+        add_token(tiny_pipe.tokenizer, tiny_pipe.text_encoder, "<zq-thing>", rows[0].detach())
+
+
+def test_a_token_trained_as_two_vectors_trains_each_and_travels_through_its_file(_tiny_pipe_master, tmp_path):
+    pipe = copy.deepcopy(_tiny_pipe_master)
+    concept = make_concept(tmp_path / "imgs", "thing", 0)
+    config = dataclasses.replace(CONFIG, embedding_vectors=2)
+    path = Trainer(
+        pipe,
+        concept,
+        AdapterConfig(method="sbora_fa", rank=2),
+        config,
+        out_dir=tmp_path / "run",
+        base_name="tiny",
+    ).train()
+    info = read_adapter(path)
+    assert info.token_embedding.shape == (2, pipe.text_encoder.get_input_embeddings().embedding_dim)
+    first, second = info.token_embedding
+    # Both started at the class word's embedding; each position gets its own gradient, so they part.
+    assert (first - second).norm() > 0.01 * first.norm()
+    fresh = copy.deepcopy(_tiny_pipe_master)
+    compose(fresh, [(path, 1.0)])
+    assert torch.equal(text_of(fresh), text_of(pipe))
+    with pytest.raises(ConfigError, match="embedding_vectors must be a positive integer"):
+        TrainConfig(embedding_vectors=0)
 
 
 def test_training_moves_the_token_embedding_and_nothing_else_of_the_text_encoder(trained, _tiny_pipe_master):
@@ -109,7 +160,7 @@ def test_a_file_with_an_embedding_is_refused_on_a_bare_unet_or_another_text_enco
         info.config,
         base_name="tiny",
         token="<zq-thing>",
-        token_embedding=torch.zeros(info.token_embedding.numel() + 1),
+        token_embedding=torch.zeros(1, info.token_embedding.shape[1] + 1),
     )
     with pytest.raises(ConfigError, match=r"wrong\.safetensors.*embeds in \d+ dimensions"):
         compose(copy.deepcopy(_tiny_pipe_master), [(wrong, 1.0)])

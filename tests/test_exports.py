@@ -245,19 +245,19 @@ def test_unsupported_dtype_is_refused(native, tmp_path):
         export_kohya(native.path, tmp_path / "k.safetensors", dtype=torch.float64)
 
 
-@pytest.mark.parametrize("layout", ["diffusers", "kohya"])
+@pytest.mark.parametrize(("layout", "vectors"), [("diffusers", 1), ("kohya", 1), ("diffusers", 3)])
 def test_a_trained_token_embedding_exports_as_textual_inversion_stock_diffusers_loads(
-    layout, master, tmp_path
+    layout, vectors, master, tmp_path
 ):
     """LoRA file + embedding file in stock diffusers == our composition of the native file, on a prompt that
-    uses the token (so the embedding matters)."""
+    uses the token (so the embedding matters); a token of 3 vectors is spelled out by diffusers itself."""
     prompt = "a photo of <zq-dog> dog"
     unet = copy.deepcopy(master.unet)
     config = AdapterConfig(method="sbora_fa", rank=RANK, alpha=ALPHA)
     inject(unet, config, name="dog")
     perturb(unet, "dog", std=0.1)
     width = master.text_encoder.get_input_embeddings().embedding_dim
-    vector = torch.randn(width, generator=torch.Generator().manual_seed(5))
+    vector = torch.randn(vectors, width, generator=torch.Generator().manual_seed(5))
     native = save_adapter(
         tmp_path / "dog.safetensors",
         unet,
@@ -277,7 +277,7 @@ def test_a_trained_token_embedding_exports_as_textual_inversion_stock_diffusers_
     embedding = export_embedding(native, embedding_path(lora))
     assert embedding == tmp_path / f"{layout}.embedding.safetensors"
     tensors, metadata = tensors_and_metadata(embedding)
-    assert set(tensors) == {"emb_params"} and tensors["emb_params"].shape == (1, width)
+    assert set(tensors) == {"emb_params"} and tensors["emb_params"].shape == (vectors, width)
     assert metadata["token"] == "<zq-dog>"
     stock = fresh(master)
     stock.tokenizer = copy.deepcopy(master.tokenizer)

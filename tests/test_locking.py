@@ -1,5 +1,6 @@
 """Prompt locking: which prompts it locks, what it measures, which layers it reads, and that training under it
-keeps the token-free prompts' keys and values where the base has them while the token's still move."""
+keeps the token-free prompts' keys and values where the base has them while the token's still move. Word
+locking: what it measures, and that under it a trained token embedding leaves the other words' states."""
 
 from __future__ import annotations
 
@@ -12,10 +13,12 @@ from test_train import make_concept
 
 from bora_diffusion import AdapterConfig
 from bora_diffusion.config import TrainConfig
-from bora_diffusion.data import encode_prompts
+from bora_diffusion.data import encode_prompts, tokenize
+from bora_diffusion.embeddings import add_token, vector_tokens
 from bora_diffusion.errors import ConfigError
+from bora_diffusion.formats import read_adapter
 from bora_diffusion.inject import inject, set_active, wrappers
-from bora_diffusion.locking import PromptLock, lock_prompts
+from bora_diffusion.locking import PromptLock, WordLock, lock_prompts
 from bora_diffusion.train import Trainer
 
 
@@ -101,3 +104,88 @@ def test_training_under_the_lock_keeps_the_token_free_prompts_and_moves_the_toke
     # ... while the token's own states still move: the change the adapter makes is at least twice as much the
     # token's (measured: lora 140x, sbora_fa 2.5x, sbora_fb 5.7x).
     assert held_token / held_locked > 2 * free_token / free_locked
+
+
+# --- the word lock ------------------------------------------------------------------------------------------
+
+CAPTIONS = ["a photo of <zq-thing> toy", "<zq-thing> toy on a red table"]
+
+
+def _word_lock(pipe, rows: int = 2) -> WordLock:
+    """A word lock on CAPTIONS, its reference taken at the token's current rows."""
+    ids = pipe.tokenizer.convert_tokens_to_ids(vector_tokens("<zq-thing>", rows))
+    return WordLock(pipe.tokenizer, pipe.text_encoder, CAPTIONS, ids)
+
+
+def test_the_word_lock_is_the_relative_change_of_the_other_words_states(tiny_pipe):
+    rows = add_token(tiny_pipe.tokenizer, tiny_pipe.text_encoder, "<zq-thing>", count=2, init_word="toy")
+    lock = _word_lock(tiny_pipe)
+    assert float(lock().detach()) == 0.0
+    before = encode_prompts(tiny_pipe.tokenizer, tiny_pipe.text_encoder, CAPTIONS)  # (2, 77, D)
+    with torch.no_grad():
+        rows.add_(torch.randn(rows.shape, generator=torch.Generator().manual_seed(1)))
+    after = encode_prompts(tiny_pipe.tokenizer, tiny_pipe.text_encoder, CAPTIONS)
+
+    ids = tokenize(tiny_pipe.tokenizer, CAPTIONS)  # (2, 77)
+    parts = tiny_pipe.tokenizer.convert_tokens_to_ids(vector_tokens("<zq-thing>", 2))
+    token = torch.isin(ids, torch.tensor(parts))
+    assert token.sum() == 4  # two parts in each caption
+    words = ~token
+    expected = (after - before)[words].pow(2).mean() / before[words].pow(2).mean()
+    assert float(lock().detach()) == pytest.approx(float(expected), rel=1e-5)
+    assert float(lock().detach()) > 0
+    # The text encoder is causal: the words before the token keep their states exactly.
+    first = ids[0].tolist().index(parts[0])
+    assert first > 1 and torch.equal(after[0, :first], before[0, :first])
+
+
+def test_a_word_lock_without_a_trained_embedding_stays_idle(_tiny_pipe_master, tmp_path):
+    concept = make_concept(tmp_path / "imgs", "thing", 0)
+    config = TrainConfig(steps=1, word_lock_weight=1.0)  # a recipe's word lock under --no-train-embedding
+    trainer = Trainer(
+        copy.deepcopy(_tiny_pipe_master),
+        concept,
+        AdapterConfig(method="lora", rank=2),
+        config,
+        out_dir=tmp_path / "o",
+        base_name="t",
+    )
+    assert trainer.train().is_file()
+    assert trainer.word_lock is None  # the words cannot move without a trained embedding: nothing to lock
+    with pytest.raises(ConfigError, match="word_lock_weight must be >= 0"):
+        TrainConfig(word_lock_weight=-1.0)
+
+
+def test_training_under_the_word_lock_keeps_the_other_words_and_moves_the_token(_tiny_pipe_master, tmp_path):
+    concept = make_concept(tmp_path / "imgs", "thing", 0)
+    moved, changed = {}, {}
+    for weight in (0.0, 10.0):
+        config = TrainConfig(
+            steps=20,
+            learning_rate=1e-2,
+            seed=0,
+            train_embedding=True,
+            embedding_learning_rate=5e-2,
+            embedding_vectors=2,
+            word_lock_weight=weight,
+        )
+        adapter = AdapterConfig(method="sbora_fa", rank=2, targets="cross_kv")
+        path = Trainer(
+            copy.deepcopy(_tiny_pipe_master),
+            concept,
+            adapter,
+            config,
+            out_dir=tmp_path / str(weight),
+            base_name="t",
+        ).train()
+        # The states at the token's initial rows, then at its trained ones.
+        pipe = copy.deepcopy(_tiny_pipe_master)
+        start = add_token(pipe.tokenizer, pipe.text_encoder, "<zq-thing>", count=2, init_word="toy").clone()
+        lock = _word_lock(pipe)
+        trained = read_adapter(path).token_embedding
+        add_token(pipe.tokenizer, pipe.text_encoder, "<zq-thing>", trained)
+        with torch.no_grad():
+            changed[weight] = float(lock())
+        moved[weight] = float((trained - start).norm())
+    assert changed[10.0] < 0.3 * changed[0.0]  # the other words keep their states ...
+    assert moved[10.0] > 0.3 * moved[0.0]  # ... while the token still trains

@@ -242,6 +242,10 @@ class CompareSettings:
         if self.train.train_embedding:
             embedding_lr = self.train.embedding_learning_rate or self.train.learning_rate
             common += f", each concept's token embedding trained too (ED-LoRA) at lr {embedding_lr:g}"
+            if self.train.embedding_vectors > 1:
+                common += f" as {self.train.embedding_vectors} vectors"
+            if self.train.word_lock_weight > 0:
+                common += f", its other words locked at weight {self.train.word_lock_weight:g}"
         if self.train.prior_weight > 0:
             common += f", prior preservation at weight {self.train.prior_weight:g}"
         if self.train.lock_weight > 0:

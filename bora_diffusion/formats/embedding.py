@@ -32,6 +32,6 @@ def export_embedding(
     adapter = source if isinstance(source, AdapterFile) else read_adapter(source)
     if adapter.token_embedding is None:
         return None
-    vectors = adapter.token_embedding.to(dtype).unsqueeze(0)  # (1, D): one vector per token
+    vectors = adapter.token_embedding.to(dtype)  # (N, D): diffusers adds them as `token`, `token_1`, ...
     metadata = {"format": "pt", "token": adapter.token or "", "name": adapter.name}
     return write_safetensors(path, {EMBEDDING_KEY: vectors}, metadata)

@@ -1,8 +1,9 @@
 """The native adapter file: one `.safetensors` per concept that describes itself.
 
 Tensors are keyed `<module path>.<tensor>` (e.g. `...attn1.to_q.B`, `...attn1.to_q.index`), plus
-`concept.token_embedding` (D,) when the concept token's text embedding was trained (bora_diffusion.embeddings);
-the safetensors metadata (string -> string, JSON where structured) holds:
+`concept.token_embedding` (N, D) when the concept token's text embedding was trained (bora_diffusion.embeddings;
+files written before tokens had several vectors hold (D,), read as (1, D)); the safetensors metadata (string ->
+string, JSON where structured) holds:
 
     format            "bora-diffusion-adapter"
     format_version    "1"
@@ -58,7 +59,7 @@ class AdapterFile:
     library_version: str
     training: dict | None
     tensors: dict[str, Tensor]  # the UNet adapters' tensors
-    token_embedding: Tensor | None = None  # (D,): the token's trained text embedding, if it was trained
+    token_embedding: Tensor | None = None  # (N, D): the token's trained text embedding, if it was trained
 
     def slots(self) -> dict[str, Tensor]:
         """Module path -> slot index (r,), for slot methods; empty otherwise."""
@@ -86,7 +87,8 @@ def save_adapter(
     token_embedding: Tensor | None = None,
 ) -> Path:
     """Write concept `name` of `model` to `path` atomically; return the path. `training` (the training settings)
-    is recorded as given, for provenance; `token_embedding` is the token's trained text embedding (D,), if any."""
+    is recorded as given, for provenance; `token_embedding` is the token's trained text embedding, (N, D) or
+    (D,) for one vector, if any."""
     from .. import __version__
 
     layers = {p: (w.out_features, w.in_features) for p, w in wrappers(model) if name in w.adapters}
@@ -94,7 +96,8 @@ def save_adapter(
     if token_embedding is not None:
         if token is None:
             raise ConfigError("a token embedding needs its token: pass token=")
-        tensors[TOKEN_EMBEDDING] = token_embedding.detach().float().contiguous().cpu()
+        rows = token_embedding.detach().float().reshape(-1, token_embedding.shape[-1])  # (N, D)
+        tensors[TOKEN_EMBEDDING] = rows.contiguous().cpu()
     space = get(config.method).slot_space
     seed = (
         next((w.adapters[name].slot_seed for _, w in wrappers(model) if name in w.adapters), 0)
@@ -172,9 +175,13 @@ def read_adapter(path: str | os.PathLike) -> AdapterFile:
             f"{path}: base-model fingerprint does not match its layer list; the file is corrupt"
         )
     token_embedding = tensors.pop(TOKEN_EMBEDDING, None)
-    if token_embedding is not None and (token_embedding.ndim != 1 or not concept.get("token")):
+    if token_embedding is not None and token_embedding.ndim == 1:
+        token_embedding = token_embedding.unsqueeze(0)  # (1, D): written before tokens had several vectors
+    if token_embedding is not None and (
+        token_embedding.ndim != 2 or not len(token_embedding) or not concept.get("token")
+    ):
         raise AdapterFileError(
-            f"{path}: malformed {TOKEN_EMBEDDING} (needs a token and shape (D,)); corrupt file"
+            f"{path}: malformed {TOKEN_EMBEDDING} (needs a token and shape (N, D)); corrupt file"
         )
     orphans = sorted({key.rpartition(".")[0] for key in tensors} - set(layers))
     if orphans:
