@@ -49,9 +49,17 @@ TARGETS = "cross_kv"
 # -0.043 against -0.069), for less gain alone (+0.109 against +0.136 CLIP-I). Recipes that gain more (rank 8,
 # 800 steps, lr 2e-3: +0.164) lose identity when fused. docs/benchmarks.md, "Prompt locking".
 RANK = 4
-TRAIN_STEPS = 400
 LEARNING_RATE = 1e-3
 LOCK_WEIGHT = 1.0
+# The token stands for 3 vectors (textual inversion's "number of vectors"): one vector gives every pixel that
+# reads the token the same value, several let an object's parts read different ones. Alone that costs the prompt
+# (4 vectors: CLIP-T -0.155, context 0.69 -> 0.57), because the causal text encoder lets the token rewrite every
+# word after it; the word lock (bora_diffusion.locking.WordLock) keeps those words as the initial token found
+# them. 3 vectors under word lock 10 for 600 steps: CLIP-I gain +0.161 against +0.109, CLIP-T -0.019 against
+# -0.043, context 0.73 against 0.75. docs/benchmarks.md, "Several vectors per token".
+EMBEDDING_VECTORS = 3
+WORD_LOCK_WEIGHT = 10.0
+TRAIN_STEPS = 600
 
 # Made-up tokens: none is a word of the CLIP vocabulary, and their BPE pieces are all different
 # (zor|p, v|lek, yo|xt, gli|x, wo|zt, hu|z|d; the examples use q|wiv and b|xj).
@@ -103,9 +111,11 @@ def make_concept(out: Path, name: str, seed: int) -> Path:
             steps=TRAIN_STEPS,
             learning_rate=LEARNING_RATE,
             lock_weight=LOCK_WEIGHT,
+            word_lock_weight=WORD_LOCK_WEIGHT,
             resolution=SIZE,
             train_embedding=True,
             embedding_learning_rate=EMBEDDING_LR,
+            embedding_vectors=EMBEDDING_VECTORS,
         ),
     )
     write_text(

@@ -1,23 +1,27 @@
 """Personalization on the shipped world base, end to end: does training a concept actually teach it?
 
-The default training run of one shipped world concept on the embedded base (its concept.toml recipe: 400 steps,
-adapters on the cross-attention keys and values under prompt lock 1 plus the token's own embedding, ED-LoRA),
+The default training run of one shipped world concept on the embedded base (its concept.toml recipe: 600 steps,
+adapters on the cross-attention keys and values under prompt lock 1 plus the token's own embedding as 3
+vectors under word lock 10, ED-LoRA),
 then the concept's prompts generated on the base and on the tuned model with the same seeds, scored by the
 shipped world CLIP against the concept's reference images (CLIP-I, the "default" conventions). The gain must
 clear a margin that a broken trainer cannot reach:
 
 - gradients that never reach the adapter or the embedding leave the adapter at zero and the token at its
-  initial vector (its class word's embedding), so the tuned model is the base reading "circle circle" where the
-  prompt says "huzd circle": it scores below the base (measured once by cutting them, below);
+  initial vectors (its class word's embedding, three times), so the tuned model is the base reading "circle
+  circle circle circle" where the prompt says "huzd circle": it scores near the base (measured once by cutting
+  them, below);
 - prompting another concept's token instead of the trained one must not score the gain either (the test below):
   the identity has to be bound to the token, not smeared over everything the model draws.
 
-Measured with this test's settings (release 2 of the shipped base, the world CLIP, the locked 400-step
-cross-attention recipe): base 0.216, tuned 0.630 (gain +0.414), another token 0.243 (+0.027). With
+Measured with this test's settings (release 2 of the shipped base, the world CLIP, the 600-step recipe with a
+3-vector token): base 0.216, tuned 0.400 (gain +0.183), another token 0.255 (+0.039). With
 `torch.Tensor.backward` replaced by a no-op (no gradient reaches the adapter or the token) the tuned model
-scores 0.064 (gain -0.152) and the test fails. Unlocked, the same recipe gained +0.439 (other token
-+0.005); on every attention projection +0.489 (other token -0.010), the 200-step recipe +0.341 (other token
-+0.104); on release 1 the test measured +0.176 and -0.115 (-0.219 with no gradient); before the world concepts
+scores 0.241 (gain +0.024) and the test fails. The one-vector 400-step recipe before (commit 40f4be0) gained
++0.414 here (other token +0.027, -0.152 with no gradient): bolt-circle, at guidance 5, learns less under the
+new recipe, while the six concepts' mean at guidance 3 learns more (docs/benchmarks.md). Unlocked, the
+one-vector recipe gained +0.439 (other token +0.005); on every attention projection +0.489 (other token
+-0.010), the 200-step recipe +0.341 (other token +0.104); on release 1 the test measured +0.176 and -0.115 (-0.219 with no gradient); before the world concepts
 trained their token (adapters only, 150 steps), +0.195 and -0.079 (+0.000 with no gradient).
 
 Sampling uses guidance 5, not the base's default 3: at 3 (with the previous world CLIP) the same run gained
@@ -47,7 +51,7 @@ REPO = Path(__file__).resolve().parent.parent
 
 CONCEPT = "bolt-circle"
 OTHER_TOKEN = "vlek"  # notched-ring's token: a word the base reads, but not this concept
-MARGIN = 0.15  # CLIP-I gain the run must reach (the issue's target); with gradients cut it scored -0.152
+MARGIN = 0.15  # CLIP-I gain the run must reach (the issue's target); with gradients cut it scored +0.024
 SEEDS = [0, 1]
 SAMPLING = SamplingSettings(steps=15, guidance=5.0)
 
