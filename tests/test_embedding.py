@@ -27,23 +27,21 @@ def text_of(pipe, prompt: str = PROMPT) -> torch.Tensor:
     return encode_prompts(pipe.tokenizer, pipe.text_encoder, [prompt])  # (1, 77, D)
 
 
+def train_thing(pipe, folder, config: TrainConfig = CONFIG):
+    """Train the stand-in concept "thing" (token <zq-thing>, class word "toy") on `pipe`; its file's path."""
+    concept = make_concept(folder / "imgs", "thing", 0)
+    adapter = AdapterConfig(method="sbora_fa", rank=2)
+    return Trainer(pipe, concept, adapter, config, out_dir=folder / "run", base_name="tiny").train()
+
+
 @pytest.fixture(scope="module")
 def trained(_tiny_pipe_master, tmp_path_factory):
     """A concept trained with its token embedding; the pipeline it trained on and the initial vector."""
     pipe = copy.deepcopy(_tiny_pipe_master)
-    folder = tmp_path_factory.mktemp("embedding")
-    concept = make_concept(folder / "imgs", "thing", 0)
     start = add_token(
-        copy.deepcopy(pipe.tokenizer), copy.deepcopy(pipe.text_encoder), concept.token, init_word="toy"
+        copy.deepcopy(pipe.tokenizer), copy.deepcopy(pipe.text_encoder), "<zq-thing>", init_word="toy"
     )
-    path = Trainer(
-        pipe,
-        concept,
-        AdapterConfig(method="sbora_fa", rank=2),
-        CONFIG,
-        out_dir=folder / "run",
-        base_name="tiny",
-    ).train()
+    path = train_thing(pipe, tmp_path_factory.mktemp("embedding"))
     return pipe, path, start.detach().clone()
 
 
@@ -92,16 +90,7 @@ def test_a_token_of_three_vectors_is_spelled_out_as_diffusers_does_and_each_part
 
 def test_a_token_trained_as_two_vectors_trains_each_and_travels_through_its_file(_tiny_pipe_master, tmp_path):
     pipe = copy.deepcopy(_tiny_pipe_master)
-    concept = make_concept(tmp_path / "imgs", "thing", 0)
-    config = dataclasses.replace(CONFIG, embedding_vectors=2)
-    path = Trainer(
-        pipe,
-        concept,
-        AdapterConfig(method="sbora_fa", rank=2),
-        config,
-        out_dir=tmp_path / "run",
-        base_name="tiny",
-    ).train()
+    path = train_thing(pipe, tmp_path, dataclasses.replace(CONFIG, embedding_vectors=2))
     info = read_adapter(path)
     assert info.token_embedding.shape == (2, pipe.text_encoder.get_input_embeddings().embedding_dim)
     first, second = info.token_embedding
