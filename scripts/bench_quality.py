@@ -265,6 +265,9 @@ def main(argv: list[str] | None = None) -> int:
         default=0.0,
         help="with --train-embedding: keep the other words of each concept's captions (0 = off)",
     )
+    parser.add_argument(
+        "--seed", type=int, default=TrainConfig.seed, help="training seed: slots, initialization, noise"
+    )
     parser.add_argument("--images", type=int, default=4, help="seeds per prompt")
     parser.add_argument("--sampling-steps", type=int, default=20)
     parser.add_argument("--guidance", type=float, default=EMBEDDED_GUIDANCE)
@@ -303,6 +306,7 @@ def main(argv: list[str] | None = None) -> int:
         prior_weight=args.prior_weight,
         lock_weight=args.lock_weight,
         word_lock_weight=args.word_lock_weight,
+        seed=args.seed,
     )
     settings = CompareSettings(
         methods=tuple(args.methods), rank=args.rank, targets=args.targets, train=train, run=run

@@ -55,8 +55,9 @@ LOCK_WEIGHT = 1.0
 # reads the token the same value, several let an object's parts read different ones. Alone that costs the prompt
 # (4 vectors: CLIP-T -0.155, context 0.69 -> 0.57), because the causal text encoder lets the token rewrite every
 # word after it; the word lock (bora_diffusion.locking.WordLock) keeps those words as the initial token found
-# them. 3 vectors under word lock 10 for 600 steps: CLIP-I gain +0.161 against +0.109, CLIP-T -0.019 against
-# -0.043, context 0.73 against 0.75. docs/benchmarks.md, "Several vectors per token".
+# them. 3 vectors under word lock 10 for 600 steps, over training seeds 0-2: CLIP-I gain +0.139 against +0.116,
+# CLIP-T +0.001 against -0.055, every concept above 0.95 of its CLIP-I fused; fused it keeps less of the prompt
+# (CLIP-T retention 0.88 against 0.99). docs/benchmarks.md, "Several vectors per token".
 EMBEDDING_VECTORS = 3
 WORD_LOCK_WEIGHT = 10.0
 TRAIN_STEPS = 600
