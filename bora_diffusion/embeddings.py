@@ -14,8 +14,9 @@ tokens of several concepts coexist, and a token's vector can be swapped without 
 A token may stand for several vectors (textual inversion's "number of vectors"): the tokenizer then holds
 `tok`, `tok_1`, ..., `tok_{N-1}`, diffusers' multi-vector convention, and every prompt spells `tok` out as those N
 tokens (`spell_out`; diffusers' pipelines do the same by themselves). One vector feeds every pixel that
-attends to the token the same value; N of them let the parts of an object attend to different ones, which is
-how a two-colored or patterned object fits into cross-attention alone.
+attends to the token the same value; N of them let the parts of an object attend to different ones (on the
+world concepts a token of 3 vectors drew objects in more of their colors, a few in two at once, where one
+vector drew one; docs/benchmarks.md).
 """
 
 from __future__ import annotations

@@ -16,9 +16,10 @@ taken out, and of its class prompt. Those prompts' text-encoder states are compu
     W_l:  the layer's base weight; W'_l: the same layer with the concept's adapter
 
 added to the denoising loss at `TrainConfig.lock_weight`. The token itself stays free to move the keys and values
-(its states are not in H), and so does the token's own embedding. The layers locked are the adapted projections
-that read the text encoder's states (`attn2.to_k`, `attn2.to_v`); adapters on projections that read image
-features are left to the denoising loss alone.
+(its states are not in H), and so does the token's own embedding (what that does to the words after the token
+is the word lock's, below). The layers locked are the adapted projections that read the text encoder's states
+(`attn2.to_k`, `attn2.to_v`); adapters on projections that read image features are left to the denoising loss
+alone.
 
 It is a cheap cousin of DreamBooth's prior preservation (which asks the UNet's whole output to stay put on class
 images, at the price of generating them and of a second forward pass per step) and of Perfusion's key-locking

@@ -2,8 +2,8 @@
 beside the base model before tuning. The project's miniature of SBoRA's diffusion table (arXiv 2407.05413).
 
     source scripts/env.sh
-    .venv/bin/python scripts/bench_quality.py --targets cross_kv --steps 400 --train-embedding \
-        --embedding-lr 5e-3                                         # all methods, the concepts' own recipe
+    .venv/bin/python scripts/bench_quality.py --targets cross_kv --steps 600 --lock-weight 1 --train-embedding \
+        --embedding-lr 5e-3 --embedding-vectors 3 --word-lock-weight 10   # all methods, the concepts' own recipe
     .venv/bin/python scripts/bench_quality.py --methods lora sbora_fa --concepts concepts/spiral-star --images 2
 
 What runs, in order, all on the embedded default (or `--base`) and scored by the scorer's default backbone (the
