@@ -25,20 +25,21 @@ holds letters, digits, '-' and '_' only::
     [train]                         # every key optional; an omitted key means "the trainer's default"
     method = "sbora_fa"             # rank, alpha, blocks (bora_block only), targets: as AdapterConfig
     rank = 4
-    steps = 400                     # learning_rate, batch_size, resolution, prior_weight, lock_weight: as TrainConfig
+    steps = 400                     # learning_rate, batch_size, resolution, prior_weight, lock_weight:
+                                    # as TrainConfig
     train_embedding = false         # also train the token's text embedding (ED-LoRA); embedding_learning_rate,
                                     # embedding_vectors (how many vectors the token stands for) and
                                     # word_lock_weight (as TrainConfig) go with it
 
 Choosing the token. By default training tunes the UNet and leaves the text encoder frozen, so the token reaches
-the UNet as the pieces the base tokenizer splits it into (with `train_embedding`, the token instead becomes one new
-token, or `embedding_vectors` of them, with its own trained embedding, bora_diffusion.embeddings). A token that is itself one word of the vocabulary ("dog", but also
-DreamBooth's "sks", the name of a rifle, and kohya's "ohwx") arrives with the meaning the base model already
-gives it, which training then overwrites: `load_concept` refuses it. A made-up string splits into several rare
-pieces ("qwiv" -> "q", "wiv"), and that is fine: the adapter learns their combination. Give every concept its
-own pieces: "<zq-kettle>" and "<zq-robot>" differ only in their class words, which the prompts hold anyway, so
-they cannot tell two merged concepts apart; and common pieces (the "my" and "dog" of "<my-dog>") drift with the
-concept wherever else they are used.
+the UNet as the pieces the base tokenizer splits it into (with `train_embedding`, the token instead becomes one
+new token, or `embedding_vectors` of them, with its own trained embedding, bora_diffusion.embeddings). A token
+that is itself one word of the vocabulary ("dog", but also DreamBooth's "sks", the name of a rifle, and kohya's
+"ohwx") arrives with the meaning the base model already gives it, which training then overwrites: `load_concept`
+refuses it. A made-up string splits into several rare pieces ("qwiv" -> "q", "wiv"), and that is fine: the adapter
+learns their combination. Give every concept its own pieces: "<zq-kettle>" and "<zq-robot>" differ only in their
+class words, which the prompts hold anyway, so they cannot tell two merged concepts apart; and common pieces (the
+"my" and "dog" of "<my-dog>") drift with the concept wherever else they are used.
 
 `load_concept` collects every problem of a folder and raises one `ConceptError` that lists them all in one line.
 """
