@@ -50,6 +50,8 @@ from torch import Tensor, nn
 from bora_diffusion import adapters
 from bora_diffusion.config import AdapterConfig
 
+from sd15_shaped import TEXT_TOKENS, VAE_FACTOR, unet_config
+
 PEFT_LORA = "peft_lora"
 PEFT_DORA = "peft_dora"
 FROZEN = "frozen"
@@ -65,32 +67,9 @@ SD15_PROJECTIONS: tuple[tuple[tuple[int, int], int], ...] = (
     ((1280, 1280), 36),
     ((1280, 768), 12),
 )
-SD15_VAE_FACTOR = 8
-TEXT_TOKENS = 77
 MEMORY_STEPS = 2  # training steps a memory probe takes (the first allocates the optimizer state)
 
 Sample = TypeVar("Sample")
-
-
-def sd15_unet_config() -> dict[str, Any]:
-    """The UNet config of Stable Diffusion 1.5 (runwayml/stable-diffusion-v1-5, unet/config.json)."""
-    return {
-        "sample_size": 64,
-        "in_channels": 4,
-        "out_channels": 4,
-        "block_out_channels": (320, 640, 1280, 1280),
-        "layers_per_block": 2,
-        "down_block_types": ("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
-        "up_block_types": ("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3,
-        "mid_block_type": "UNetMidBlock2DCrossAttn",
-        "cross_attention_dim": 768,
-        "attention_head_dim": 8,
-        "norm_num_groups": 32,
-        "act_fn": "silu",
-        "flip_sin_to_cos": True,
-        "freq_shift": 0,
-        "downsample_padding": 1,
-    }
 
 
 @dataclass(frozen=True)
@@ -313,7 +292,7 @@ def build_unet(spec: UNetSpec, setup: Setup) -> tuple[nn.Module, int]:
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(setup.seed)
         if spec.sd15:
-            unet, factor = UNet2DConditionModel(**sd15_unet_config()), SD15_VAE_FACTOR
+            unet, factor = UNet2DConditionModel(**unet_config()), VAE_FACTOR
         else:
             from bora_diffusion.embedded import build_tiny_pipeline
 

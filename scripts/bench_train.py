@@ -12,8 +12,14 @@ the peak resident memory above the loaded pipeline while encoding the data and t
 mark is reset through /proc/self/clear_refs) or max_memory_allocated (CUDA), trainable
 parameters and the adapter file size; ratios are to the diffusers recipe.
 
+`--sd15` trains on a pipeline of SD 1.5's shape with random weights (`sd15_shaped.py`), for GPU runs on
+machines that cannot download the real one; `--mixed-precision` runs both under autocast (accelerate's for ours,
+`torch.autocast` and, for fp16, a gradient scaler for the recipe); `--config KEY=VALUE` sets a field of our
+`TrainConfig` (a TOML value), e.g. to time a trained token under the word lock.
+
     HF_HUB_OFFLINE=1 .venv/bin/python scripts/bench_train.py                  # embedded default, example concept
     HF_HUB_OFFLINE=1 .venv/bin/python scripts/bench_train.py --steps 30 --rounds 3 --json out.json
+    python3 scripts/bench_train.py --sd15 --device cuda --resolution 512 --mixed-precision bf16 --rounds 1
 """
 
 from __future__ import annotations
@@ -28,7 +34,9 @@ import statistics
 import sys
 import tempfile
 import time
+import tomllib
 from pathlib import Path
+from queue import Empty
 
 import torch
 
@@ -44,7 +52,7 @@ def run_ours(method: str, args: argparse.Namespace, queue) -> None:
     from bora_diffusion.train import Trainer
 
     pipe = load_base(args.base, device=args.device)
-    concept = load_concept(args.concept, min_size=args.resolution, tokenizer=pipe.tokenizer)
+    concept = load_concept(args.concept, min_size=1, tokenizer=pipe.tokenizer)  # resized to --resolution
     stamps: list[float] = []
 
     class Clock(Callback):
@@ -55,7 +63,14 @@ def run_ours(method: str, args: argparse.Namespace, queue) -> None:
     start_rss = _start_peak_window()
     _reset_cuda_peak(args.device)
     adapter = AdapterConfig(method=method, rank=args.rank, blocks=4 if method == "bora_block" else None)
-    config = TrainConfig(steps=args.steps, learning_rate=1e-4, resolution=args.resolution, seed=0)
+    config = TrainConfig(
+        steps=args.steps,
+        learning_rate=1e-4,
+        resolution=args.resolution,
+        seed=0,
+        mixed_precision=args.mixed_precision,
+        **args.config,
+    )
     with tempfile.TemporaryDirectory() as out:
         path = Trainer(
             pipe, concept, adapter, config, out_dir=out, base_name="bench", callbacks=[Clock()]
@@ -76,7 +91,7 @@ def run_recipe(args: argparse.Namespace, queue) -> None:
     from bora_diffusion.pipeline import load_base
 
     pipe = load_base(args.base, device=args.device)
-    concept = load_concept(args.concept, min_size=args.resolution, tokenizer=pipe.tokenizer)
+    concept = load_concept(args.concept, min_size=1, tokenizer=pipe.tokenizer)  # resized to --resolution
     start_rss = _start_peak_window()
     _reset_cuda_peak(args.device)
     data = encode_set(
@@ -98,19 +113,25 @@ def run_recipe(args: argparse.Namespace, queue) -> None:
     )
     params = [p for p in unet.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=1e-4, weight_decay=1e-2)
+    precision = {"no": None, "fp16": torch.float16, "bf16": torch.bfloat16}[args.mixed_precision]
+    device_type = torch.device(args.device).type
+    scaler = torch.amp.GradScaler(device_type, enabled=precision == torch.float16)
     generator = torch.Generator().manual_seed(0)
     unet.train()
     stamps = []
     for _ in range(args.steps):
-        latents, text = data.batch(1, generator)
-        noise = torch.randn(latents.shape, generator=generator)
-        t = torch.randint(scheduler.config.num_train_timesteps, (1,), generator=generator)
+        latents, text = (x.to(args.device) for x in data.batch(1, generator))  # the cache lives on the device
+        noise = torch.randn(latents.shape, generator=generator).to(args.device)
+        t = torch.randint(scheduler.config.num_train_timesteps, (1,), generator=generator).to(args.device)
         noisy = scheduler.add_noise(latents, noise, t)
-        pred = unet(noisy.to(args.device), t.to(args.device), text.to(args.device)).sample
-        loss = F.mse_loss(pred.float(), noise.to(args.device))
-        loss.backward()
+        with torch.autocast(device_type, dtype=precision, enabled=precision is not None):
+            pred = unet(noisy, t, text).sample
+        loss = F.mse_loss(pred.float(), noise)
+        scaler.scale(loss).backward()
+        scaler.unscale_(optimizer)
         torch.nn.utils.clip_grad_norm_(params, 1.0)
-        optimizer.step()
+        scaler.step(optimizer)
+        scaler.update()
         optimizer.zero_grad(set_to_none=True)
         _sync(args.device)
         stamps.append(time.perf_counter())
@@ -156,18 +177,42 @@ def _sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
+def _config_field(text: str) -> tuple[str, object]:
+    key, sep, value = text.partition("=")
+    if not sep:
+        raise argparse.ArgumentTypeError(f"{text!r} is not KEY=VALUE")
+    try:
+        return key.strip(), tomllib.loads(f"value = {value}")["value"]
+    except tomllib.TOMLDecodeError:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a TOML value (quote strings)") from None
+
+
 def _in_fresh_process(name: str, args: argparse.Namespace) -> dict:
     context = multiprocessing.get_context("spawn")
     queue = context.Queue()
     target, extra = (run_recipe, ()) if name == RECIPE else (run_ours, (name,))
     process = context.Process(target=target, args=(*extra, args, queue))
     process.start()
-    result = queue.get()
-    process.join()
-    return result
+    try:
+        # A run that dies puts nothing in the queue: poll, so that its death ends the benchmark, not a wait.
+        while process.is_alive():
+            try:
+                return queue.get(timeout=5)
+            except Empty:
+                continue
+        try:  # it may have put its result and exited between two polls
+            return queue.get(timeout=5)
+        except Empty:
+            raise SystemExit(
+                f"{name}: its run died (exit code {process.exitcode}); see its traceback"
+            ) from None
+    finally:
+        process.join()
 
 
 def main(argv: list[str] | None = None) -> None:
+    from bora_diffusion import BoraError, TrainConfig
+
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--base", default=None, help="base model (default: the embedded default)")
     parser.add_argument("--concept", default=str(REPO / "concepts" / "kettle"), help="a concept folder")
@@ -178,8 +223,30 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--rounds", type=int, default=2, help="runs per configuration, in rotating order")
     parser.add_argument("--resolution", type=int, default=64)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--sd15", action="store_true", help="an SD-1.5-shaped base with random weights")
+    parser.add_argument("--mixed-precision", choices=("no", "fp16", "bf16"), default="no")
+    parser.add_argument(
+        "--config",
+        action="append",
+        default=[],
+        type=_config_field,
+        metavar="KEY=VALUE",
+        help="a field of our TrainConfig as TOML (repeatable), e.g. train_embedding=true",
+    )
     parser.add_argument("--json", help="write the raw numbers here")
     args = parser.parse_args(argv)
+    args.config = dict(args.config)
+    try:  # a wrong field fails here, not in every run's process
+        TrainConfig(**args.config)
+    except (TypeError, BoraError) as error:
+        parser.error(f"--config: {error}")
+    if args.sd15 and args.base:
+        parser.error("--sd15 builds its own base; leave out --base")
+    if args.sd15:
+        from sd15_shaped import write_pipeline
+
+        scratch = tempfile.TemporaryDirectory(prefix="sd15-shaped-")
+        args.base = str(write_pipeline(Path(scratch.name) / "pipeline"))
 
     names = [RECIPE, *args.methods.split(",")]
     runs: dict[str, list[dict]] = {name: [] for name in names}
@@ -198,8 +265,10 @@ def main(argv: list[str] | None = None) -> None:
     ref = rows[RECIPE]
     print(
         f"# bench_train: {args.steps} steps x {args.rounds} rounds, rank {args.rank}, {args.resolution} px, "
-        f"{args.device}, torch {torch.__version__}, {platform.processor() or platform.machine()}, "
-        f"{os.cpu_count()} cpus\n"
+        f"{'SD-1.5-shaped base' if args.sd15 else args.base or 'embedded default'}, {args.device}"
+        f"{' (' + torch.cuda.get_device_name() + ')' if args.device.startswith('cuda') else ''}, "
+        f"mixed precision {args.mixed_precision}, our config {args.config or 'default'}, "
+        f"torch {torch.__version__}, {platform.processor() or platform.machine()}, {os.cpu_count()} cpus\n"
     )
     print("| method | s/step | x recipe | peak MiB | x recipe | trainable | file KiB |")
     print("|---|---|---|---|---|---|---|")
