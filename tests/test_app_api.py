@@ -272,8 +272,8 @@ def test_presets_and_folders(app):
     # Picking a folder fills the form with its own recipe, as `bora-diffusion train <folder>` would train it:
     # the world concepts train their token (ED-LoRA), the examples do not.
     recipe = client.predict("bolt-circle", api_name="/folder_recipe")
-    assert recipe == ("sbora_fa", 4, 4, 600, 1e-3, 64, True, "cross_kv", 1.0)
-    assert client.predict("kettle", api_name="/folder_recipe")[-3:] == (False, "attention", 0.0)
+    assert recipe == ("sbora_fa", 4, 4, 600, 1e-3, 64, True, "cross_kv", 1.0, 3, 10.0)
+    assert client.predict("kettle", api_name="/folder_recipe")[-5:] == (False, "attention", 0.0, 1, 0.0)
 
 
 def _bad_file(folder: Path) -> list[Path]:
@@ -456,6 +456,47 @@ def test_the_train_form_decides_the_prompt_lock_and_a_form_without_it_keeps_the_
     with pytest.raises(ConfigError, match="prompt lock"):
         build(upload, data, REPO / "concepts")
     assert not (tmp_path / "data" / "uploads" / "mug").exists()  # refused before the upload was stored
+
+
+def test_the_train_form_decides_the_token_vectors_and_word_lock_and_a_form_without_them_keeps_the_folders(
+    tmp_path,
+):
+    from bora_diffusion.app.storage import DataDir
+    from bora_diffusion.app.training import Form, build
+
+    data = DataDir(tmp_path / "data")
+
+    def config(folder: str, vectors=None, word_lock=None):
+        form = Form(source="folder", folder=folder, embedding_vectors=vectors, word_lock_weight=word_lock)
+        return build(form, data, REPO / "concepts")[2]
+
+    own = config("bolt-circle")  # the world concepts' recipe: a 3-vector token under word lock 10
+    assert (own.embedding_vectors, own.word_lock_weight) == (3, 10.0)
+    assert (config("kettle").embedding_vectors, config("kettle").word_lock_weight) == (1, 0.0)
+    page = config("bolt-circle", vectors=2, word_lock=0)  # the page's fields decide
+    assert (page.embedding_vectors, page.word_lock_weight) == (2, 0.0)
+    for bad in (0, 1.5, 76, "three"):
+        with pytest.raises(ConfigError, match="token vectors: give a whole number from 1 to 75"):
+            config("kettle", vectors=bad)
+    for bad in (-1, "ten", float("nan")):
+        with pytest.raises(ConfigError, match="word lock: give a number from 0 .off. to 1000"):
+            config("kettle", word_lock=bad)
+
+    # An upload keeps what it was trained with in its concept.toml, as the folders do.
+    upload = Form(source="upload", files=tuple(map(str, draw_images(tmp_path / "up", 3))), name="mug",
+                  token="zqmug", class_word="mug", train_embedding=True, embedding_vectors=3,
+                  word_lock_weight=5)  # fmt: skip
+    concept, _, trained = build(upload, data, REPO / "concepts")
+    assert (trained.train_embedding, trained.embedding_vectors, trained.word_lock_weight) == (True, 3, 5.0)
+    assert (
+        concept.train.train_embedding,
+        concept.train.embedding_vectors,
+        concept.train.word_lock_weight,
+    ) == (
+        True,
+        3,
+        5.0,
+    )
 
 
 def test_safe_names_and_paths(tmp_path):

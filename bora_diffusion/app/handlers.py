@@ -81,9 +81,11 @@ class Handlers:
     def concept_folders(self) -> list[str]:
         return training.concept_folders(self.ctx.concepts_root)
 
-    def folder_recipe(self, folder: str) -> tuple[str, int, int, int, float, int, bool, str, float]:
-        """(method, rank, blocks, steps, learning rate, resolution, train embedding, layers, prompt lock) of a
-        concept folder's own recipe (its concept.toml over the method's preset)."""
+    def folder_recipe(
+        self, folder: str
+    ) -> tuple[str, int, int, int, float, int, bool, str, float, int, float]:
+        """(method, rank, blocks, steps, learning rate, resolution, train embedding, layers, prompt lock, token
+        vectors, word lock) of a concept folder's own recipe (its concept.toml over the method's preset)."""
         return astuple(training.folder_recipe(self.ctx.concepts_root, folder))
 
     def train_start(
@@ -104,6 +106,8 @@ class Handlers:
         train_embedding=None,
         targets=None,
         lock_weight=None,
+        embedding_vectors=None,
+        word_lock_weight=None,
     ) -> tuple[str, dict]:
         form = training.Form(
             source=source,
@@ -122,6 +126,8 @@ class Handlers:
             train_embedding=train_embedding,  # None: the folder's own choice (`training.build`)
             targets=targets or None,  # likewise
             lock_weight=lock_weight,  # likewise
+            embedding_vectors=embedding_vectors,  # likewise
+            word_lock_weight=word_lock_weight,  # likewise
         )
         concept, adapter, config = training.build(
             form, self.ctx.data, self.ctx.concepts_root, self.ctx.jobs.check_name

@@ -69,6 +69,8 @@ class Recipe:
     # which the form cannot show (left empty, `build` trains the folder's own).
     targets: str | None
     lock_weight: float  # prompt locking (bora_diffusion.locking); 0: off
+    embedding_vectors: int  # vectors of the trained token (read when train_embedding is on)
+    word_lock_weight: float  # keeps the other words' text states while the token trains; 0: off
 
 
 def folder_recipe(root: Path | None, folder: str) -> Recipe:
@@ -88,6 +90,8 @@ def folder_recipe(root: Path | None, folder: str) -> Recipe:
         train_embedding=bool(own.train_embedding),
         targets=targets if isinstance(targets, str) else None,
         lock_weight=own.lock_weight or TrainConfig.lock_weight,
+        embedding_vectors=own.embedding_vectors or TrainConfig.embedding_vectors,
+        word_lock_weight=own.word_lock_weight or TrainConfig.word_lock_weight,
     )
 
 
@@ -125,7 +129,7 @@ class Form:
     learning_rate: float = 1e-3
     sample_every: float = 0
     resolution: float = 64
-    # The last three: None means the concept folder's own choice. Only Python callers of `build` can send None:
+    # The last five: None means the concept folder's own choice. Only Python callers of `build` can send None:
     # the page, and gradio's HTTP API for a caller that leaves a field out, send the field's shown value.
     # Also train the token's own text embedding (ED-LoRA).
     train_embedding: bool | None = None
@@ -133,6 +137,10 @@ class Form:
     targets: str | None = None
     # Prompt locking's weight (bora_diffusion.locking; 0: off).
     lock_weight: float | None = None
+    # How many vectors the trained token has (textual inversion's number of vectors).
+    embedding_vectors: float | None = None
+    # The word lock's weight (bora_diffusion.locking.WordLock; 0: off).
+    word_lock_weight: float | None = None
 
 
 def _number(value) -> float:
@@ -150,10 +158,10 @@ def _whole(value, field: str, low: int, high: int) -> int:
     return int(number)
 
 
-def _lock_weight(value) -> float:
+def _weight(value, field: str, example: int) -> float:
     weight = _number(value)
     if not 0 <= weight <= 1000:
-        raise ConfigError(f"prompt lock: give a number from 0 (off) to 1000, e.g. 2, got {value!r}")
+        raise ConfigError(f"{field}: give a number from 0 (off) to 1000, e.g. {example}, got {value!r}")
     return weight
 
 
@@ -189,7 +197,14 @@ def build(
         raise ConfigError(f"resolution: give a multiple of 8, got {resolution}")
     if form.targets is not None and form.targets not in TARGET_PRESETS:
         raise ConfigError(f"layers: choose one of {', '.join(TARGET_PRESETS)}, got {form.targets!r}")
-    lock_weight = None if form.lock_weight is None else _lock_weight(form.lock_weight)
+    lock_weight = None if form.lock_weight is None else _weight(form.lock_weight, "prompt lock", 2)
+    word_lock_weight = (
+        None if form.word_lock_weight is None else _weight(form.word_lock_weight, "word lock", 10)
+    )
+    # A token of more vectors than the text encoder's 77 positions minus start and end could never be read.
+    vectors = (
+        None if form.embedding_vectors is None else _whole(form.embedding_vectors, "token vectors", 1, 75)
+    )
     _check_lock(lock_weight or 0, form.targets)  # before an upload is stored
 
     if form.source == "upload":
@@ -207,7 +222,14 @@ def build(
             form.token,
             form.class_word,
             train=TrainDefaults(
-                method=method, rank=rank, steps=steps, targets=form.targets, lock_weight=lock_weight or None
+                method=method,
+                rank=rank,
+                steps=steps,
+                targets=form.targets,
+                lock_weight=lock_weight or None,
+                train_embedding=None if form.train_embedding is None else bool(form.train_embedding),
+                word_lock_weight=word_lock_weight or None,
+                embedding_vectors=vectors,
             ),
             min_size=resolution,
         )
@@ -231,6 +253,8 @@ def build(
         resolution=resolution,
         train_embedding=None if form.train_embedding is None else bool(form.train_embedding),
         lock_weight=lock_weight,
+        word_lock_weight=word_lock_weight,
+        embedding_vectors=vectors,
     )
     _check_lock(config.lock_weight, targets)  # a folder's own lock or layers
     return concept, adapter, config

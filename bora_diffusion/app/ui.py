@@ -69,11 +69,23 @@ def build(ctx: Context) -> gr.Blocks:
                         sample_every = gr.Number(0, label="Sample every N steps (0: never)", precision=0,
                                                  elem_id="train-sample-every")  # fmt: skip
                         resolution = gr.Number(64, label="Resolution", precision=0)
-                    embedding = gr.Checkbox(
-                        False,
-                        label="Also train the token's own text embedding (ED-LoRA)",
-                        elem_id="train-embedding",
-                    )
+                    with gr.Row():
+                        embedding = gr.Checkbox(
+                            False,
+                            label="Also train the token's own text embedding (ED-LoRA)",
+                            elem_id="train-embedding",
+                        )
+                        vectors = gr.Number(
+                            1,
+                            label="Token vectors (with the embedding)",
+                            precision=0,
+                            elem_id="train-vectors",
+                        )
+                        word_lock = gr.Number(
+                            0,
+                            label="Word lock (keeps the other words' text states as the token trains; 0: off)",
+                            elem_id="train-word-lock",
+                        )
                     targets = gr.Dropdown(
                         [
                             ("every attention projection (attention)", "attention"),
@@ -222,7 +234,7 @@ def build(ctx: Context) -> gr.Blocks:
         # A method picked by hand starts from its preset; a concept folder fills the form with its own recipe.
         # `.input`, not `.change`: a folder's recipe that sets the method must not be reset to the preset.
         method.input(g["method_preset"], method, [rank, blocks, steps, lr], api_name="method_preset")
-        recipe = [method, rank, blocks, steps, lr, resolution, embedding, targets, lock]
+        recipe = [method, rank, blocks, steps, lr, resolution, embedding, targets, lock, vectors, word_lock]
         folder.change(g["folder_recipe"], folder, recipe, api_name="folder_recipe")
         source.input(
             lambda s, f: g["folder_recipe"](f) if s == "folder" and f else [gr.update()] * len(recipe),
@@ -233,7 +245,7 @@ def build(ctx: Context) -> gr.Blocks:
         start.click(
             g["train_start"],
             [source, files, folder, name, token, class_word, method, rank, blocks, steps, lr, sample_every,
-             resolution, embedding, targets, lock],
+             resolution, embedding, targets, lock, vectors, word_lock],
             [job_id, details],
             api_name="train_start",
         )  # fmt: skip
