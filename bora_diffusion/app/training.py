@@ -205,6 +205,7 @@ def build(
     vectors = (
         None if form.embedding_vectors is None else _whole(form.embedding_vectors, "token vectors", 1, 75)
     )
+    train_embedding = None if form.train_embedding is None else bool(form.train_embedding)
     _check_lock(lock_weight or 0, form.targets)  # before an upload is stored
 
     if form.source == "upload":
@@ -227,7 +228,7 @@ def build(
                 steps=steps,
                 targets=form.targets,
                 lock_weight=lock_weight or None,
-                train_embedding=None if form.train_embedding is None else bool(form.train_embedding),
+                train_embedding=train_embedding,
                 word_lock_weight=word_lock_weight or None,
                 embedding_vectors=vectors,
             ),
@@ -251,7 +252,7 @@ def build(
         steps=steps,
         learning_rate=learning_rate,
         resolution=resolution,
-        train_embedding=None if form.train_embedding is None else bool(form.train_embedding),
+        train_embedding=train_embedding,
         lock_weight=lock_weight,
         word_lock_weight=word_lock_weight,
         embedding_vectors=vectors,

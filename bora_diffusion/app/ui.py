@@ -83,7 +83,7 @@ def build(ctx: Context) -> gr.Blocks:
                         )
                         word_lock = gr.Number(
                             0,
-                            label="Word lock (keeps the other words' text states as the token trains; 0: off)",
+                            label="Word lock (the other words keep their text states; 0: off)",
                             elem_id="train-word-lock",
                         )
                     targets = gr.Dropdown(
