@@ -45,7 +45,7 @@ REPO = Path(__file__).resolve().parent.parent
 
 
 def run_ours(method: str, args: argparse.Namespace, queue) -> None:
-    from bora_diffusion import AdapterConfig, TrainConfig
+    from bora_diffusion import AdapterConfig
     from bora_diffusion.callbacks import Callback
     from bora_diffusion.concept import load_concept
     from bora_diffusion.pipeline import load_base
@@ -63,14 +63,7 @@ def run_ours(method: str, args: argparse.Namespace, queue) -> None:
     start_rss = _start_peak_window()
     _reset_cuda_peak(args.device)
     adapter = AdapterConfig(method=method, rank=args.rank, blocks=4 if method == "bora_block" else None)
-    config = TrainConfig(
-        steps=args.steps,
-        learning_rate=1e-4,
-        resolution=args.resolution,
-        seed=0,
-        mixed_precision=args.mixed_precision,
-        **args.config,
-    )
+    config = our_config(args)
     with tempfile.TemporaryDirectory() as out:
         path = Trainer(
             pipe, concept, adapter, config, out_dir=out, base_name="bench", callbacks=[Clock()]
@@ -78,6 +71,14 @@ def run_ours(method: str, args: argparse.Namespace, queue) -> None:
         size = path.stat().st_size
     params = sum(p.numel() for p in pipe.unet.parameters() if p.requires_grad)
     queue.put(_result(stamps, start_rss, args.device, params, size))
+
+
+def our_config(args: argparse.Namespace):
+    """Our TrainConfig: the recipe's budget, then the `--config` fields over it."""
+    from bora_diffusion import TrainConfig
+
+    budget = {"steps": args.steps, "learning_rate": 1e-4, "resolution": args.resolution, "seed": 0}
+    return TrainConfig(**{**budget, "mixed_precision": args.mixed_precision, **args.config})
 
 
 def run_recipe(args: argparse.Namespace, queue) -> None:
@@ -211,7 +212,7 @@ def _in_fresh_process(name: str, args: argparse.Namespace) -> dict:
 
 
 def main(argv: list[str] | None = None) -> None:
-    from bora_diffusion import BoraError, TrainConfig
+    from bora_diffusion import BoraError
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--base", default=None, help="base model (default: the embedded default)")
@@ -237,7 +238,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     args.config = dict(args.config)
     try:  # a wrong field fails here, not in every run's process
-        TrainConfig(**args.config)
+        our_config(args)
     except (TypeError, BoraError) as error:
         parser.error(f"--config: {error}")
     if args.sd15 and args.base:
