@@ -24,6 +24,10 @@ one-vector recipe gained +0.439 (other token +0.005); on every attention project
 -0.010), the 200-step recipe +0.341 (other token +0.104); on release 1 the test measured +0.176 and -0.115 (-0.219 with no gradient); before the world concepts
 trained their token (adapters only, 150 steps), +0.195 and -0.079 (+0.000 with no gradient).
 
+The other-token check has caught a recipe: 4 images a step (`batch_size = 4`, under prompt lock 2) gained
++0.446 with the token and +0.192 with the other one, so the concept had moved onto "circle" itself, and the
+test failed; the concepts kept one image a step (docs/benchmarks.md, "Several vectors per token").
+
 Sampling uses guidance 5, not the base's default 3: at 3 (with the previous world CLIP) the same run gained
 +0.282 with its token but +0.228 with the other one (the update binds to the class word "circle" nearly as
 much as to the token), which the other-token check below rightly refuses; at 5 the token carries the identity.
