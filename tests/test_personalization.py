@@ -11,22 +11,26 @@ clear a margin that a broken trainer cannot reach:
   initial vectors (its class word's embedding, three times), so the tuned model is the base reading "circle
   circle circle circle" where the prompt says "huzd circle": it scores near the base (measured once by cutting
   them, below);
-- prompting another concept's token instead of the trained one must not score the gain either (the test below):
-  the identity has to be bound to the token, not smeared over everything the model draws.
+- prompting another concept's token instead of the trained one must not score the gain either (the test below;
+  its gain is over the base reading that same token): the identity has to be bound to the token, not smeared
+  over everything the model draws.
 
 Measured with this test's settings (release 2 of the shipped base, the world CLIP, the 600-step recipe with a
-3-vector token): base 0.216, tuned 0.400 (gain +0.183), another token 0.255 (+0.039). With
-`torch.Tensor.backward` replaced by a no-op (no gradient reaches the adapter or the token) the tuned model
-scores 0.241 (gain +0.024) and the test fails. The one-vector 400-step recipe before (commit 40f4be0) gained
-+0.414 here (other token +0.027, -0.152 with no gradient): bolt-circle, at guidance 5, learns less under the
-new recipe, while the six concepts' mean at guidance 3 learns more (docs/benchmarks.md). Unlocked, the
-one-vector recipe gained +0.439 (other token +0.005); on every attention projection +0.489 (other token
--0.010), the 200-step recipe +0.341 (other token +0.104); on release 1 the test measured +0.176 and -0.115 (-0.219 with no gradient); before the world concepts
-trained their token (adapters only, 150 steps), +0.195 and -0.079 (+0.000 with no gradient).
+3-vector token): base 0.216, tuned 0.400 (gain +0.183); another token 0.246 on the base, 0.255 tuned (+0.008).
+With `torch.Tensor.backward` replaced by a no-op (no gradient reaches the adapter or the token) the tuned
+model scores 0.241 (gain +0.024) and the test fails. The one-vector 400-step recipe before (commit 40f4be0)
+gained +0.414 here (other token +0.027, -0.152 with no gradient; those other-token figures, down to release
+1's below, were taken over the base reading the concept's token, not the other one): bolt-circle, at guidance
+5, learns less under the new recipe, while the six concepts' mean at guidance 3 learns more
+(docs/benchmarks.md). Unlocked, the one-vector recipe gained +0.439 (other token +0.005); on every attention
+projection +0.489 (other token -0.010), the 200-step recipe +0.341 (other token +0.104); on release 1 the test
+measured +0.176 and -0.115 (-0.219 with no gradient); before the world concepts trained their token (adapters
+only, 150 steps), +0.195 and -0.079 (+0.000 with no gradient).
 
 The other-token check has caught a recipe: 4 images a step (`batch_size = 4`, under prompt lock 2) gained
-+0.446 with the token and +0.192 with the other one, so the concept had moved onto "circle" itself, and the
-test failed; the concepts kept one image a step (docs/benchmarks.md, "Several vectors per token").
++0.446 with the token and +0.162 with the other one (0.246 -> 0.408), so the concept had moved onto "circle"
+itself, and the test failed; the concepts kept one image a step (docs/benchmarks.md, "Several vectors per
+token").
 
 Sampling uses guidance 5, not the base's default 3: at 3 (with the previous world CLIP) the same run gained
 +0.282 with its token but +0.228 with the other one (the update binds to the class word "circle" nearly as
@@ -72,8 +76,10 @@ def image_alignment(pipe, concept, scorer, out, token: str) -> float:
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
-    """The base's score, then one training run; returns (pipe, concept, tuned file, scorer, out, base score).
-    The base is scored first: training adds the concept's token to this pipeline's tokenizer."""
+    """The base's scores, then one training run; returns (pipe, concept, tuned file, scorer, out, base scores by
+    token). The base is scored first: training adds the concept's token to this pipeline's tokenizer. It is
+    scored with the other token too, because a made-up word alone moves the base's images (and their CLIP-I) a
+    lot: "vlek circle" scores 0.246 where "huzd circle" scores 0.216."""
     out = tmp_path_factory.mktemp("personalization")
     before = torch.get_num_threads()
     torch.set_num_threads(2)
@@ -82,7 +88,10 @@ def run(tmp_path_factory):
         pipe.set_progress_bar_config(disable=True)
         concept = load_concept(REPO / "concepts" / CONCEPT)
         scorer = ClipScorer("default", device="cpu")
-        base = image_alignment(pipe, concept, scorer, out / "base", concept.token)
+        base = {
+            token: image_alignment(pipe, concept, scorer, out / f"base-{token}", token)
+            for token in (concept.token, OTHER_TOKEN)
+        }
         adapter = concept.train.adapter_config()
         config = concept.train.train_config()  # the concept's own recipe: the default run of `train`
         [file] = train_concepts(
@@ -96,15 +105,20 @@ def run(tmp_path_factory):
 
 def test_training_raises_image_alignment_by_the_margin(run):
     pipe, concept, file, scorer, out, base = run
+    base, other_base = base[concept.token], base[OTHER_TOKEN]
     compose(pipe, [(file, 1.0)])
     try:
         tuned = image_alignment(pipe, concept, scorer, out / "tuned", concept.token)
         wrong = image_alignment(pipe, concept, scorer, out / "wrong", OTHER_TOKEN)
     finally:
         eject(pipe.unet)
-    print(f"CLIP-I base {base:.3f} tuned {tuned:.3f} (gain {tuned - base:+.3f}) other token {wrong:.3f}")
+    drift = wrong - other_base
+    print(
+        f"CLIP-I base {base:.3f} tuned {tuned:.3f} (gain {tuned - base:+.3f}); other token base "
+        f"{other_base:.3f} tuned {wrong:.3f} (gain {drift:+.3f})"
+    )
     assert tuned - base >= MARGIN
-    # Another token with the same class word picks up some of the concept (DreamBooth's language drift: the
+    # Another token with the same class word may pick up some of the concept (DreamBooth's language drift: the
     # update also binds to "circle"), but far less than the trained token and below the margin.
-    assert wrong - base < MARGIN
-    assert tuned - base > 2 * (wrong - base)
+    assert drift < MARGIN
+    assert tuned - base > 2 * drift
