@@ -130,7 +130,7 @@ def add_token(
         count = len(vectors)
     if not isinstance(count, int) or count < 1:
         raise ConfigError(f"{source}: a token needs at least one embedding vector, got {count!r}")
-    held = _vector_count(token, set(getattr(tokenizer, "get_added_vocab", dict)()))
+    held = _vector_count(token, added_tokens(tokenizer))
     if held > count:  # a tokenizer cannot forget a token, and prompts would still spell out the extra ones
         raise ConfigError(
             f"{source}: this pipeline's tokenizer already holds token {token!r} as {held} vectors (an earlier "
@@ -159,7 +159,7 @@ def add_token(
 def spell_out(prompts: Sequence[str], tokenizer) -> list[str]:
     """The prompts with each multi-vector token written as its N tokens ("tok" -> "tok tok_1 tok_2"), the
     rewrite diffusers' pipelines make before they tokenize; one-vector tokens and other words stay as they are."""
-    added = set(getattr(tokenizer, "get_added_vocab", dict)())
+    added = added_tokens(tokenizer)
     counts = {token: _vector_count(token, added) for token in added}
     spelled = {token: " ".join(vector_tokens(token, n)) for token, n in counts.items() if n > 1}
     if not spelled:
@@ -171,6 +171,11 @@ def spell_out(prompts: Sequence[str], tokenizer) -> list[str]:
         + r")(?![\w-])"
     )
     return [pattern.sub(lambda match: spelled[match.group(1)], prompt) for prompt in prompts]
+
+
+def added_tokens(tokenizer) -> set[str]:
+    """The tokens added to `tokenizer` on top of its vocabulary (by concepts, here or in diffusers)."""
+    return set(getattr(tokenizer, "get_added_vocab", dict)())
 
 
 def _vector_count(token: str, added: set[str]) -> int:

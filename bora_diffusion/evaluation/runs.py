@@ -51,6 +51,7 @@ from PIL import Image, ImageDraw
 
 from ..atomic import atomic_path, write_text
 from ..concept import Concept
+from ..embeddings import added_tokens
 from ..errors import ConfigError
 from ..formats import AdapterFile, read_adapter
 from ..generate import SamplingSettings, generate
@@ -409,7 +410,7 @@ def _prepare(concepts: Sequence[EvalConcept], settings: RunSettings) -> list[_Pr
 
 def _added_tokens(pipe) -> set[str]:
     """The tokens earlier concepts added to this pipeline's tokenizer (lower case)."""
-    return {token.lower() for token in getattr(pipe.tokenizer, "get_added_vocab", dict)()}
+    return {token.lower() for token in added_tokens(pipe.tokenizer)}
 
 
 def _check_leftover_tokens(pipe, prepared: Sequence[_Prepared]) -> None:
