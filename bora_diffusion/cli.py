@@ -109,6 +109,11 @@ def build_parser() -> argparse.ArgumentParser:
         type=float,
         help="keep the other words of the captions as the trained token embedding found them (0 = off)",
     )
+    train.add_argument(
+        "--snr-gamma",
+        type=float,
+        help="Min-SNR-gamma loss weighting, kohya's --min_snr_gamma (default off; 5 is the paper's)",
+    )
     train.add_argument("--class-images", type=int, help="class images for prior preservation (default 16)")
     train.add_argument(
         "--checkpoint-every", type=int, help="checkpoint every N steps (a final one is always kept)"
@@ -323,6 +328,9 @@ def build_parser() -> argparse.ArgumentParser:
         type=float,
         default=0.0,
         help="with --train-embedding: keep the other words of each concept's captions (0 = off)",
+    )
+    compare.add_argument(
+        "--snr-gamma", type=float, help="Min-SNR-gamma loss weighting for every method (default off)"
     )
     compare.add_argument("--resume", action="store_true", help="continue from the checkpoints in --out")
     compare.add_argument("--quiet", action="store_true", help="no training progress bar")
@@ -552,7 +560,7 @@ TRAIN_FLAGS = (
     "steps", "learning_rate", "lr_schedule", "warmup_steps", "batch_size", "gradient_accumulation", "resolution",
     "prior_weight", "lock_weight", "word_lock_weight", "class_images", "checkpoint_every", "sample_every",
     "mixed_precision", "gradient_checkpointing", "attention", "adam_8bit", "train_embedding",
-    "embedding_learning_rate", "embedding_vectors", "seed",
+    "embedding_learning_rate", "embedding_vectors", "snr_gamma", "seed",
 )  # fmt: skip
 
 
@@ -734,6 +742,7 @@ def run_compare(args: argparse.Namespace) -> int:
             embedding_vectors=args.embedding_vectors,
             lock_weight=args.lock_weight,
             word_lock_weight=args.word_lock_weight,
+            snr_gamma=args.snr_gamma,
         ),
         run=run_settings,
     )

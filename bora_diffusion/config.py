@@ -100,6 +100,9 @@ class TrainConfig:
     `train_embedding` also trains the concept token's own text embedding (textual inversion / ED-LoRA; see
     bora_diffusion.embeddings) at `embedding_learning_rate` (default: `learning_rate`), without weight decay, as
     `embedding_vectors` vectors (textual inversion's number of vectors; 1 = one new token).
+    `snr_gamma` weighs each sample's denoising loss by min(SNR(t), gamma) / SNR(t) (Min-SNR-gamma, arXiv
+    2303.09556; / (SNR(t) + 1) for v-prediction): the nearly clean timesteps, whose loss is large and says little
+    about the concept, stop drowning out the noisy ones. None = off (every timestep weighs 1); 5 is the paper's.
     """
 
     steps: int = 200
@@ -126,6 +129,7 @@ class TrainConfig:
     train_embedding: bool = False
     embedding_learning_rate: float | None = None
     embedding_vectors: int = 1
+    snr_gamma: float | None = None
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -143,6 +147,10 @@ class TrainConfig:
             )
         if self.max_grad_norm is not None and not self.max_grad_norm > 0:
             raise ConfigError(f"max_grad_norm must be positive or None, got {self.max_grad_norm!r}")
+        if self.snr_gamma is not None and not self.snr_gamma > 0:
+            raise ConfigError(
+                f"snr_gamma must be positive (or omitted for no weighting), got {self.snr_gamma!r}"
+            )
         if self.prior_weight < 0:
             raise ConfigError(f"prior_weight must be >= 0, got {self.prior_weight!r}")
         for name in ("lock_weight", "word_lock_weight"):

@@ -187,9 +187,16 @@ class Trainer:
         ).sample.float()
         target = target.to(device)
         n = self.config.batch_size
-        loss = F.mse_loss(prediction[:n], target[:n])
-        if prior is not None:
-            loss = loss + self.config.prior_weight * F.mse_loss(prediction[n:], target[n:])
+        if self.config.snr_gamma is None:
+            loss = F.mse_loss(prediction[:n], target[:n])
+            if prior is not None:
+                loss = loss + self.config.prior_weight * F.mse_loss(prediction[n:], target[n:])
+        else:
+            per_sample = (prediction - target).pow(2).flatten(1).mean(1)  # (B,)
+            per_sample = per_sample * min_snr_weights(scheduler, timesteps, self.config.snr_gamma).to(device)
+            loss = per_sample[:n].mean()
+            if prior is not None:
+                loss = loss + self.config.prior_weight * per_sample[n:].mean()
         if self.lock is not None:
             loss = loss + self.config.lock_weight * self.lock()
         if self.word_lock is not None:
@@ -398,6 +405,17 @@ class Trainer:
     def _emit(self, hook: str, *args) -> None:
         for callback in self.callbacks:
             getattr(callback, hook)(*args)
+
+
+def min_snr_weights(scheduler, timesteps: torch.Tensor, gamma: float) -> torch.Tensor:
+    """(B,) Min-SNR-gamma loss weights (arXiv 2303.09556) for timesteps (B,): min(SNR, gamma) / SNR for an
+    epsilon-predicting model, min(SNR, gamma) / (SNR + 1) for a v-predicting one, where SNR(t) = alpha_bar(t) /
+    (1 - alpha_bar(t)). Either way the clean image's squared error weighs min(SNR, gamma): the nearly clean
+    timesteps count no more than the one where SNR = gamma."""
+    alpha_bar = scheduler.alphas_cumprod.to(torch.float64)[timesteps.cpu()]  # (B,)
+    snr = alpha_bar / (1 - alpha_bar)
+    denominator = snr + 1 if scheduler.config.prediction_type == "v_prediction" else snr
+    return (snr.clamp(max=gamma) / denominator).float()
 
 
 def _resume_key(config: TrainConfig) -> dict:

@@ -266,6 +266,9 @@ def main(argv: list[str] | None = None) -> int:
         help="with --train-embedding: keep the other words of each concept's captions (0 = off)",
     )
     parser.add_argument(
+        "--snr-gamma", type=float, default=None, help="Min-SNR-gamma loss weighting (default: off)"
+    )
+    parser.add_argument(
         "--seed", type=int, default=TrainConfig.seed, help="training seed: slots, initialization, noise"
     )
     parser.add_argument("--images", type=int, default=4, help="seeds per prompt")
@@ -306,6 +309,7 @@ def main(argv: list[str] | None = None) -> int:
         prior_weight=args.prior_weight,
         lock_weight=args.lock_weight,
         word_lock_weight=args.word_lock_weight,
+        snr_gamma=args.snr_gamma,
         seed=args.seed,
     )
     settings = CompareSettings(

@@ -1,5 +1,5 @@
-"""Training on the tiny pipeline: it learns, resumes bit for bit, stops on a NaN loss, and trains several concepts
-on disjoint slots."""
+"""Training on the tiny pipeline: it learns, resumes bit for bit, stops on a NaN loss, trains several concepts
+on disjoint slots, and weighs timesteps by Min-SNR-gamma when asked."""
 
 from __future__ import annotations
 
@@ -15,8 +15,9 @@ from PIL import Image
 from bora_diffusion import AdapterConfig
 from bora_diffusion.callbacks import Callback
 from bora_diffusion.config import TrainConfig
+from bora_diffusion.errors import ConfigError
 from bora_diffusion.formats import read_adapter
-from bora_diffusion.train import Trainer, TrainingDiverged, train_concepts
+from bora_diffusion.train import Trainer, TrainingDiverged, min_snr_weights, train_concepts
 
 
 @dataclass
@@ -108,6 +109,73 @@ def test_training_lowers_the_loss_and_records_the_concept(tiny_pipe, tmp_path):
     info = read_adapter(path)
     assert (info.token, info.class_word, info.base_name) == ("<zq-thing>", "toy", "tiny")
     assert info.training == config.to_dict()
+
+
+@pytest.mark.parametrize("prediction_type", ["epsilon", "v_prediction"])
+def test_min_snr_weights_put_min_snr_gamma_on_the_clean_images_error(prediction_type):
+    from diffusers import DDPMScheduler
+
+    scheduler = DDPMScheduler(  # Stable Diffusion's schedule, as the embedded base's
+        beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", prediction_type=prediction_type
+    )
+    # SNR from the betas themselves, not from the scheduler's alphas_cumprod that the code reads.
+    betas = torch.linspace(0.00085**0.5, 0.012**0.5, 1000, dtype=torch.float64) ** 2
+    alpha_bar = torch.cumprod(1 - betas, 0)
+    snr = alpha_bar / (1 - alpha_bar)
+    timesteps = torch.tensor([0, 10, 100, 146, 147, 500, 999])
+    weights = min_snr_weights(scheduler, timesteps, 5.0).double()
+    # A prediction's squared error is the clean image's times SNR (epsilon) or SNR + 1 (v); weighted, the
+    # clean image's error counts min(SNR, 5).
+    scale = snr[timesteps] + (1 if prediction_type == "v_prediction" else 0)
+    # rtol: the scheduler keeps alpha_bar in float32, where 1 - alpha_bar(0) has four digits left.
+    torch.testing.assert_close(weights * scale, snr[timesteps].clamp(max=5.0), rtol=1e-4, atol=0)
+    if prediction_type == "epsilon":  # noisy timesteps keep their full weight, the nearly clean ones lose it
+        assert weights[4:].tolist() == [1.0, 1.0, 1.0] and weights[0] < 0.01
+
+
+def test_snr_gamma_weighs_the_training_loss(tiny_pipe, _tiny_pipe_master, tmp_path):
+    concept = make_concept(tmp_path / "imgs", "thing", 1)
+
+    def first_loss(pipe, snr_gamma):
+        losses = []
+
+        class Record(Callback):
+            def on_step_end(self, state):
+                losses.append(state.loss)
+
+        config = TrainConfig(steps=1, seed=0, snr_gamma=snr_gamma)
+        out = tmp_path / f"out-{snr_gamma}"
+        Trainer(
+            pipe,
+            concept,
+            AdapterConfig(method="lora"),
+            config,
+            out_dir=out,
+            base_name="t",
+            callbacks=[Record()],
+        ).train()
+        return losses[0]
+
+    plain = first_loss(tiny_pipe, None)
+    # Every weight is 1 while gamma exceeds every timestep's SNR (the largest is about 1e3): the same loss.
+    assert first_loss(copy.deepcopy(_tiny_pipe_master), 1e6) == pytest.approx(plain, rel=1e-5)
+    # A tiny gamma weighs every timestep below 1 (the noisiest's SNR is about 5e-3).
+    assert first_loss(copy.deepcopy(_tiny_pipe_master), 1e-3) < 0.5 * plain
+    with pytest.raises(ConfigError, match="snr_gamma must be positive"):
+        TrainConfig(snr_gamma=0.0)
+
+
+def test_the_command_line_hands_snr_gamma_to_training(tmp_path, monkeypatch, capsys):
+    from bora_diffusion.cli import TRAIN_FLAGS, build_parser, main
+    from bora_diffusion.concept import TrainDefaults
+
+    args = build_parser().parse_args(["train", "concepts/kettle", "--out", "x", "--snr-gamma", "5"])
+    assert TrainDefaults().train_config(**{key: getattr(args, key) for key in TRAIN_FLAGS}).snr_gamma == 5.0
+    monkeypatch.setenv("BORA_DIFFUSION_HOME", str(tmp_path / "home"))
+    assert main(["train", "concepts/kettle", "--out", str(tmp_path / "run"), "--snr-gamma", "-1"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "snr_gamma must be positive" in err
+    assert not (tmp_path / "run" / "kettle.safetensors").exists()
 
 
 def test_a_nan_loss_stops_with_a_clear_message_and_keeps_the_checkpoint(tiny_pipe, tmp_path):

@@ -250,6 +250,8 @@ class CompareSettings:
             common += f", prior preservation at weight {self.train.prior_weight:g}"
         if self.train.lock_weight > 0:
             common += f", prompts without the token locked at weight {self.train.lock_weight:g}"
+        if self.train.snr_gamma is not None:
+            common += f", Min-SNR-gamma loss weighting at gamma {self.train.snr_gamma:g}"
         if self.targets != "attention":
             common += f", targets {self.targets if isinstance(self.targets, str) else list(self.targets)}"
         if self.rule == "rank":
