@@ -354,6 +354,15 @@ def _add_scoring_args(parser: argparse.ArgumentParser) -> None:
         "bare base first, and each concept's gain over it is reported)",
     )
     parser.add_argument(
+        "--other-words",
+        help="made-up words drawn in the token's place (prompt i with word i), on the base and with the concept, "
+        "to measure drift: how much of the concept other words pick up; comma-separated (default: the "
+        "evaluation's eight)",
+    )
+    parser.add_argument(
+        "--no-other-words", action="store_true", help="skip the other-word images (drift is not measured)"
+    )
+    parser.add_argument(
         "--images", type=int, default=4, help="images per prompt, seeds SEED..SEED+N-1 (default 4)"
     )
     parser.add_argument(
@@ -619,6 +628,7 @@ def _scoring(args: argparse.Namespace):
     import torch
 
     from .evaluation import ClipScorer, RunSettings, preset
+    from .evaluation.runs import OTHER_WORDS
     from .generate import SamplingSettings
     from .pipeline import load_base
 
@@ -637,10 +647,17 @@ def _scoring(args: argparse.Namespace):
         composed=not getattr(args, "no_composed", False),
         fuse=not getattr(args, "live", False),
         force=getattr(args, "force", False),
+        # Drift is read against the base with the same words: without the base, their images would say nothing.
+        other_words=() if args.no_other_words or args.no_base else _words(args.other_words) or OTHER_WORDS,
     )
     scorer = ClipScorer(preset(args.conventions, **overrides), device=device)
     pipe = load_base(args.base, device=device)
     return pipe, scorer, settings
+
+
+def _words(text: str | None) -> tuple[str, ...]:
+    """'qorb,vlok' -> ('qorb', 'vlok'); None -> ()."""
+    return tuple(word.strip() for word in text.split(",")) if text else ()
 
 
 def _print_progress(message: str, done: int, total: int) -> None:
@@ -699,6 +716,11 @@ def run_evaluate(args: argparse.Namespace) -> int:
         if result.base is not None:
             line += f"  gain T {result.gain('clip_t'):+.4f} I {result.gain('clip_i'):+.4f}"
         print(line)
+        if result.drift("clip_i") is not None:
+            print(
+                f"{'':<12} drift     CLIP-I {result.drift('clip_i'):+.4f} with other words in the token's place "
+                f"({result.base_other.clip_i:.4f} on the base, {result.alone_other.clip_i:.4f} tuned)"
+            )
         if result.composed is not None:
             retention = {metric: result.retention(metric) for metric in ("clip_t", "clip_i")}
             unreadable |= None in retention.values()

@@ -10,13 +10,16 @@ What runs, in order, all on the embedded default (or `--base`) and scored by the
 shipped world CLIP) under the "default" conventions:
 
 1. **Base before tuning**: each concept's prompts (prompt set `world`: backgrounds and companion objects, token
-   included) generated with the same seeds as every method, scored against the concept's references.
+   included) generated with the same seeds as every method, scored against the concept's references; and again
+   with made-up other words in the token's place (`--other-words`), against which each method's drift is read.
 2. **Each method** (both steps are `bora_diffusion.evaluation.compare_methods`): trained on every concept at matched budgets
    (`--rank` for the first method, the others at the rank whose trainable-parameter count is nearest), then each
    concept generated alone and with all concepts composed into one model (fused), with its retention =
    composed / alone. Slot methods (sbora_fa, sbora_fb, ortho) get disjoint slots from one ledger, so composing
    them is an exact sum of non-overlapping updates; the dense methods (lora, dora, bora_block, bora_bidim) are
    composed by summing their deltas: the **lora row's composed setting is naive LoRA summing**, the baseline.
+   Each concept alone is also drawn with the other words: its CLIP-I gain there is the concept's **drift**, how
+   much of it other words pick up (DreamBooth's language drift; near 0 when the concept is bound to its token).
 
 Writes `<out>/quality.md` (the summary table: means over concepts, the change over the base, retention mean and
 worst concept, identity and context accuracy), `<out>/quality.json`, `<out>/quality.png` (bar chart) and everything `compare` writes
@@ -52,6 +55,7 @@ from bora_diffusion.evaluation import (
     compare_methods,
 )
 from bora_diffusion.evaluation.chart import bar_panels
+from bora_diffusion.evaluation.runs import OTHER_WORDS
 from bora_diffusion.generate import SamplingSettings
 from bora_diffusion.inject import TARGET_PRESETS
 from bora_diffusion.pipeline import EMBEDDED_GUIDANCE, base_name, load_base
@@ -108,6 +112,11 @@ def summary_rows(base: dict[str, SettingScores], comparison: Comparison) -> list
             row["delta_context"] = row["context"] - rows[0]["context"]
         # Per concept: how far above its own base score the tuned model got (the personalization gain).
         row["gain_i_min"] = min(concepts[n].gain("clip_i") for n in names)
+        drift = [concepts[n].drift("clip_i") for n in names]
+        if None not in drift:  # the same gain with another word in the token's place: language drift
+            row["drift_i"] = statistics.fmean(drift)
+            row["drift_i_max"] = max(drift)
+            row["drift_i_worst"] = names[drift.index(row["drift_i_max"])]
         if all(concepts[n].composed is not None for n in names):
             row["clip_t_composed"] = statistics.fmean(concepts[n].composed.clip_t for n in names)
             row["clip_i_composed"] = statistics.fmean(concepts[n].composed.clip_i for n in names)
@@ -143,16 +152,21 @@ def markdown(rows: list[dict[str, Any]], comparison: Comparison, concepts: int, 
         f"{run.images_per_prompt} seeds per prompt, {run.sampling.steps} DDIM steps, guidance "
         f"{run.sampling.guidance:g}; {wall_s / 60:.0f} min in all. Means over the concepts.",
         "",
-        "**Each concept alone** (gain = tuned - base, same prompts and seeds)",
+        "**Each concept alone** (gain = tuned - base, same prompts and seeds; drift = the CLIP-I gain again with "
+        f"other words in the token's place, prompt i with word i of {', '.join(run.other_words)}: what other words "
+        "pick up of the concept)",
         "",
         "| model | rank | params | CLIP-T | CLIP-I | CLIP-T vs base | CLIP-I vs base | worst concept's CLIP-I gain "
-        "| identity | context (vs base) |",
-        "|" + "---|" * 10,
+        "| drift | worst concept's drift | identity | context (vs base) |",
+        "|" + "---|" * 12,
     ]
     for row in rows:
         cells = [row["model"], "-" if row["rank"] is None else str(row["rank"]), f"{row['params']:,}"]
         cells += [_fmt(row["clip_t"]), _fmt(row["clip_i"]), _fmt(row.get("delta_t"), signed=True)]
         cells += [_fmt(row.get("delta_i"), signed=True), _fmt(row.get("gain_i_min"), signed=True)]
+        worst_drift = row.get("drift_i_max")
+        cells.append(_fmt(row.get("drift_i"), signed=True))
+        cells.append("-" if worst_drift is None else f"{worst_drift:+.3f} ({row['drift_i_worst']})")
         cells.append(_fmt(row.get("identity"), ".2f"))
         context, delta = _fmt(row.get("context"), ".2f"), row.get("delta_context")
         cells.append(context if delta is None else f"{context} ({delta:+.2f})")
@@ -274,6 +288,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--images", type=int, default=4, help="seeds per prompt")
     parser.add_argument("--sampling-steps", type=int, default=20)
     parser.add_argument("--guidance", type=float, default=EMBEDDED_GUIDANCE)
+    parser.add_argument(
+        "--other-words",
+        nargs="+",
+        default=list(OTHER_WORDS),
+        help=f"drawn in the token's place, prompt i with word i, to measure drift (default {' '.join(OTHER_WORDS)})",
+    )
     parser.add_argument("--base", default=None, help="default: the embedded world base")
     parser.add_argument("--out", type=Path, default=REPO / "outputs" / "bench_quality")
     parser.add_argument("--threads", type=int, default=2)
@@ -298,6 +318,7 @@ def main(argv: list[str] | None = None) -> int:
         prompt_set="world",
         images_per_prompt=args.images,
         sampling=SamplingSettings(steps=args.sampling_steps, guidance=args.guidance),
+        other_words=tuple(args.other_words),
     )
     train = TrainConfig(
         steps=args.steps,

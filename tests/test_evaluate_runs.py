@@ -12,6 +12,7 @@ import contextlib
 import copy
 import csv
 import dataclasses
+import io
 import json
 from pathlib import Path
 
@@ -44,6 +45,7 @@ from bora_diffusion.evaluation import (
     trainable_parameters,
 )
 from bora_diffusion.evaluation.context import context_accuracy
+from bora_diffusion.evaluation.runs import OTHER_WORDS
 from bora_diffusion.formats import read_adapter, save_adapter
 from bora_diffusion.generate import SamplingSettings
 from bora_diffusion.inject import concepts, inject
@@ -254,6 +256,47 @@ def test_the_base_before_tuning_is_scored_once_and_read_against(compared):
     assert len(base_rows) == 1 and f"{reports['lora'].concept('kettle').base.clip_i:.4f}" in base_rows[0]
 
 
+def test_drift_is_the_gain_again_with_other_words_in_the_tokens_place(compared):
+    """compare also draws each concept's prompts with other words instead of its token (prompt i with word i),
+    on the base once and with each method's concept alone; drift = alone_other - base_other, in the reports and
+    the CSV."""
+    out, _ = compared
+    assert sorted(p.name for p in (out / "base_other").iterdir()) == sorted(NAMES)
+    rows = {
+        (r["method"], r["concept"]): r
+        for r in csv.DictReader(io.StringIO((out / "comparison.csv").read_text()))
+    }
+    for method in METHODS:
+        report = EvaluationReport.load(out / method / "eval" / "evaluation.json")
+        assert report.settings.other_words == OTHER_WORDS
+        for name in NAMES:
+            concept = report.concept(name)
+            assert (out / method / "eval" / concept.base_other.folder).resolve() == (
+                out / "base_other" / name
+            ).resolve()
+            drift = concept.alone_other.clip_i - concept.base_other.clip_i
+            assert concept.drift("clip_i") == pytest.approx(drift, abs=1e-12)
+            assert float(rows[method, name]["drift_i"]) == pytest.approx(drift, abs=1e-9)
+            manifest = json.loads(
+                (out / method / "eval" / concept.alone_other.folder / "manifest.json").read_text()
+            )
+            prompts = list(dict.fromkeys(entry["prompt"] for entry in manifest["images"]))  # prompt order
+            assert len(prompts) == len(concept.prompts) and all(concept.token not in p for p in prompts)
+            for prompt, word in zip(prompts, OTHER_WORDS, strict=False):  # quick-object: 4 prompts, 4 words
+                assert f"{word} {concept.class_word}" in prompt
+            # CLIP-T reads each other word as the class word, as it reads the token.
+            clip_t = json.loads(
+                (out / method / "eval" / concept.alone_other.folder / "clip_t.json").read_text()
+            )
+            assert not any(word in entry["text"] for entry in clip_t["per_image"] for word in OTHER_WORDS)
+    # Same prompts and seeds, the adapter on or off: the tuned model drew something else for the other word too.
+    base = np.asarray(Image.open(out / "base_other" / "robot" / "p00-s0.png"), dtype=np.int16)
+    tuned = np.asarray(
+        Image.open(out / "sbora_fa" / "eval" / "alone_other" / "robot" / "p00-s0.png"), dtype=np.int16
+    )
+    assert np.abs(base - tuned).max() > 0
+
+
 def test_matched_ranks_are_the_nearest_in_trainable_parameters(compared, tiny_pipe):
     budgets = json.loads((compared[0] / "comparison.json").read_text())["budgets"]
     assert [(b["method"], b["rank"]) for b in budgets] == [("lora", 2), ("sbora_fa", 4)]
@@ -308,6 +351,7 @@ def test_evaluate_from_the_command_line(compared, home, tmp_path, capsys):
     printed = capsys.readouterr().out
     assert printed.count("alone     CLIP-T") == 2 and printed.count("retention T") == 2
     assert printed.count("base      CLIP-T") == 2 and printed.count("gain T") == 2
+    assert printed.count("drift     CLIP-I") == 2 and "with other words in the token's place" in printed
     data = json.loads((out / "evaluation.json").read_text())
     assert data["settings"]["prompt_set"] == "quick-live" and data["settings"]["seeds"] == [0]
     assert [c["prompt_set"] for c in data["concepts"]] == ["quick-live", "quick-object"]
@@ -328,6 +372,17 @@ def test_evaluate_from_the_command_line(compared, home, tmp_path, capsys):
     assert "unknown prompt set 'dreambench'" in capsys.readouterr().err
     assert main(["evaluate", f"{files[0]}={FOLDERS[0]}@quick", "--out", str(out)]) == 2
     assert "unknown prompt set 'quick'" in capsys.readouterr().err
+    token = read_adapter(files[0]).token
+    assert (
+        main(["evaluate", f"{files[0]}={FOLDERS[0]}", "--out", str(out), "--other-words", f"qorb,{token}"])
+        == 2
+    )
+    err = capsys.readouterr().err
+    assert f"token {token!r} is also one of the run's other words" in err and err.count("\n") == 1
+    assert (
+        main(["evaluate", f"{files[0]}={FOLDERS[0]}", "--out", str(out), "--other-words", "two words"]) == 2
+    )
+    assert "other words must be single words of ASCII letters, got 'two words'" in capsys.readouterr().err
 
 
 def test_run_checks_every_concept_before_generating(tiny_pipe, tiny_clip, tmp_path):
@@ -444,15 +499,15 @@ def test_world_prompts_get_context_accuracy_scored_on_the_texts_clip_t_saw(tiny_
 
 
 def test_the_overview_shows_references_and_every_setting(compared, tmp_path, home):
-    """evaluate writes overview.png: per concept a references row, then base, alone and composed rows, one
-    first-seed image per prompt, each tile the generated image enlarged to 128 px."""
+    """evaluate writes overview.png: per concept a references row, then base, alone and composed rows and both
+    with the other word, one first-seed image per prompt, each tile the generated image enlarged to 128 px."""
     files = [compared[0] / "lora" / "train" / f"{name}.safetensors" for name in NAMES]
     out = tmp_path / "eval"
     pairs = [f"{file}={folder}" for file, folder in zip(files, FOLDERS, strict=True)]
     assert main(["evaluate", *pairs, "--out", str(out), *SCORING]) == 0
     sheet = Image.open(out / "overview.png")
     prompts = len(EvaluationReport.load(out / "evaluation.json").concepts[0].prompts)
-    assert sheet.size == (prompts * 128, 2 * 4 * (128 + 16))  # 2 concepts x (references + 3 settings)
+    assert sheet.size == (prompts * 128, 2 * 6 * (128 + 16))  # 2 concepts x (references + 5 settings)
     tile = np.asarray(sheet.convert("RGB"))[3 * 144 + 16 : 4 * 144, 0:128]  # row 3: kettle composed
     image = (
         Image.open(out / "composed" / "kettle" / "p00-s0.png")

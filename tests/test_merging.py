@@ -58,7 +58,11 @@ from bora_diffusion.train import train_concepts
 REPO = Path(__file__).resolve().parent.parent
 CONCEPTS = ("band-triangle", "bolt-circle", "spiral-star")
 SETTINGS = RunSettings(
-    prompt_set="world", images_per_prompt=2, sampling=SamplingSettings(steps=15, guidance=3.0), before=False
+    prompt_set="world",
+    images_per_prompt=2,
+    sampling=SamplingSettings(steps=15, guidance=3.0),
+    before=False,
+    other_words=(),  # drift is the personalization test's; this one asks what fusing keeps
 )
 
 pytestmark = pytest.mark.skipif(

@@ -117,6 +117,7 @@ def run(
         sampling=SamplingSettings(steps=int(steps), guidance=default_guidance(pipelines.base)),
         composed=len(specs) > 1,
         fuse=fuse,
+        other_words=(),  # the page's table has no drift column: no images it would not show
     )
     scorer = scorers.get(conventions)
     out = data.new_folder("evaluations")
@@ -222,6 +223,7 @@ def compare(
             prompt_set=prompt_set,
             images_per_prompt=int(images_per_prompt),
             sampling=SamplingSettings(steps=int(sample_steps), guidance=default_guidance(pipelines.base)),
+            other_words=(),  # likewise
         ),
     )
     scorer = scorers.get(conventions)

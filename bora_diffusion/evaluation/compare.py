@@ -307,7 +307,7 @@ class Comparison:
 
     def rows(self) -> list[dict[str, Any]]:
         """One row per method and concept (the CSV): budget, CLIP-T / CLIP-I before tuning, alone and composed,
-        retention, identity, context."""
+        retention, identity, context, and CLIP-I with other words in the token's place (base, alone, drift)."""
         rows = []
         for result in self.results:
             budget = result.budget
@@ -334,6 +334,9 @@ class Comparison:
                         "context_base": concept.base.context if concept.base else None,
                         "context_alone": concept.alone.context,
                         "context_composed": composed.context if composed else None,
+                        "clip_i_base_other": concept.base_other.clip_i if concept.base_other else None,
+                        "clip_i_alone_other": concept.alone_other.clip_i if concept.alone_other else None,
+                        "drift_i": concept.drift("clip_i"),
                         "clip_t_alone_sem": concept.alone.clip_t_sem,
                         "clip_i_alone_sem": concept.alone.clip_i_sem,
                         "clip_t_composed_sem": composed.clip_t_sem if composed else None,
@@ -503,6 +506,14 @@ def _mean_retention(report: EvaluationReport, metric: str) -> str:
     return mean if len(known) == len(values) else f"{mean} ({len(known)} of {len(values)})"
 
 
+def _seen_from(up: str, setting: str, name: str, scores: Mapping[str, SettingScores]) -> SettingScores | None:
+    """A base setting's scores of concept `name`, its folder written from a method's eval folder (`up` leads
+    from there to the output folder); None when that setting did not run."""
+    if name not in scores:
+        return None
+    return dataclasses.replace(scores[name], folder=f"{up}/{setting}/{name}")
+
+
 def compare_methods(
     pipe,
     concepts: Sequence[CompareConcept],
@@ -533,16 +544,17 @@ def compare_methods(
     )
     # The base before tuning is the same for every method (same prompts, seeds and base): scored once, first,
     # while the pipeline's tokenizer still reads the tokens as the base does (training adds trained ones).
+    pairs = [(item.concept, item.references) for item in concepts]
     base = (
-        evaluate_base(
-            pipe,
-            [(item.concept, item.references) for item in concepts],
-            scorer,
-            out_dir,
-            base_name=base_name,
-            settings=settings.run,
-        )
+        evaluate_base(pipe, pairs, scorer, out_dir, base_name=base_name, settings=settings.run)
         if settings.run.before
+        else {}
+    )
+    base_other = (
+        evaluate_base(
+            pipe, pairs, scorer, out_dir, base_name=base_name, settings=settings.run, other_words=True
+        )
+        if settings.run.before and settings.run.other_words
         else {}
     )
     run = dataclasses.replace(settings.run, before=False)
@@ -574,7 +586,11 @@ def compare_methods(
             # The base images live beside the methods' folders; the report points at them from where it is.
             up = os.path.relpath(out_dir, folder / "eval")
             concepts_with_base = tuple(
-                dataclasses.replace(c, base=dataclasses.replace(base[c.name], folder=f"{up}/base/{c.name}"))
+                dataclasses.replace(
+                    c,
+                    base=_seen_from(up, "base", c.name, base),
+                    base_other=_seen_from(up, "base_other", c.name, base_other),
+                )
                 for c in report.concepts
             )
             report = dataclasses.replace(report, concepts=concepts_with_base, settings=settings.run)

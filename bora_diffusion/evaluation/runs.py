@@ -20,6 +20,14 @@ least `RETENTION_MIN_SEMS` standard errors above zero.
 Retention cannot see bleeding (a style the concepts share raises every concept's CLIP-I), so with two or more
 concepts each setting also gets each concept's **identity** (`identity.py`): the share of its images that match
 its own references best among all the concepts' references.
+Other words: a concept's gain says its token draws it, not that only its token does. Training can also teach
+the adapters to draw it for the class word, whatever word stands before it (DreamBooth's language drift). So each
+concept's prompts are drawn once more with **other words** in the token's place (`RunSettings.other_words`,
+made-up words no concept uses, prompt i with word i), on the base and with the concept alone; the concept's
+**drift** is the CLIP-I gain those prompts pick up (alone - base, both with the same words: a made-up word moves
+the base's images by itself). A concept bound to its token drifts near 0. One word is not enough: which words
+pick a concept up varies a lot (bolt-circle tuned at 4 images a step: "vlek circle" +0.16, "vlok circle" +0.21,
+"qorb circle" -0.06, "trev circle" -0.01), so a panel of words, one per prompt, is averaged.
 CLIP-T falls when a concept stops looking like its class word, whatever else the image gets right, so on prompts
 in the world's grammar each setting also gets **context** accuracy (`context.py`): the share of the prompts'
 background and companion attributes CLIP reads right, the concept's words left out of the question.
@@ -29,8 +37,10 @@ Images, each setting's manifest and the per-image `AlignmentReport`s land under 
     <out>/base/<concept>/        p00-s0.png ... manifest.json grid.png clip_t.json clip_i.json
     <out>/alone/<concept>/       the same, generated with the concept's file loaded
     <out>/composed/<concept>/    the same, generated with every concept composed
+    <out>/base_other/<concept>/  the prompts with other words in the token's place, on the base
+    <out>/alone_other/<concept>/ the same with the concept's file loaded
     <out>/evaluation.json        the `EvaluationReport`: means, retention, conventions, settings, provenance
-    <out>/overview.png           references, then base / alone / composed images per concept (first seed)
+    <out>/overview.png           references, then every setting's images per concept (first seed)
 
 Nothing is printed; `progress(message, done, total)` is called before each generation and scoring step.
 """
@@ -86,8 +96,12 @@ __all__ = [
 
 REPORT_VERSION = 1
 # "base": no adapter (before tuning); "alone": the concept's file is the only adapter on the base; "composed":
-# every concept of the run is on it.
-SETTINGS = ("base", "alone", "composed")
+# every concept of the run is on it; "base_other" and "alone_other": base and alone with other words in the
+# token's place.
+SETTINGS = ("base", "alone", "composed", "base_other", "alone_other")
+# Made-up words whose images say how much of a concept other words pick up, prompt i drawn with word i (cycled):
+# each splits into pieces no world caption holds, as the concepts' own tokens do, and none is a shipped token.
+OTHER_WORDS = ("qorb", "vlok", "kesh", "trev", "wunk", "plim", "brol", "dazm")
 # Retention is reported only when the alone mean is at least this many standard errors above zero (z >= 2: a
 # mean that large arises by chance about 2% of the time when the true mean is zero).
 RETENTION_MIN_SEMS = 2.0
@@ -130,7 +144,8 @@ class RunSettings:
     """How images are drawn: the prompt set, N images per prompt with seeds `seed .. seed + N - 1`, the sampler
     settings, whether the base before tuning is scored too (`before`), and whether the composed setting runs
     (with 2+ concepts) fused into the weights or live. `force` composes concepts whose slots overlap (trained on
-    separate ledgers) instead of refusing them."""
+    separate ledgers) instead of refusing them. `other_words` are drawn in the token's place, prompt i with
+    word i (cycled), to measure drift (the base_other and alone_other settings); empty skips both."""
 
     prompt_set: str = "quick-object"
     images_per_prompt: int = 4
@@ -140,8 +155,13 @@ class RunSettings:
     composed: bool = True
     fuse: bool = True
     force: bool = False
+    other_words: tuple[str, ...] = OTHER_WORDS
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "other_words", tuple(self.other_words))
+        for word in self.other_words:
+            if not (isinstance(word, str) and word.isascii() and word.isalpha()):
+                raise ConfigError(f"other words must be single words of ASCII letters, got {word!r}")
         load_prompt_set(self.prompt_set)  # an unknown name fails here, with the known ones listed
         if isinstance(self.images_per_prompt, bool) or not isinstance(self.images_per_prompt, int):
             raise ConfigError(f"images_per_prompt must be an integer, got {self.images_per_prompt!r}")
@@ -155,12 +175,14 @@ class RunSettings:
     def to_dict(self) -> dict[str, Any]:
         data = dataclasses.asdict(self)
         data["seeds"] = self.seeds
+        data["other_words"] = list(self.other_words)  # as JSON reads it back
         return data
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> RunSettings:
         values = {key: value for key, value in data.items() if key != "seeds"}
         values["sampling"] = SamplingSettings(**values.get("sampling", {}))
+        values.setdefault("other_words", ())  # reports from before the other words had none
         return cls(**values)
 
 
@@ -191,7 +213,7 @@ class SettingScores:
 @dataclass(frozen=True)
 class ConceptResult:
     """One concept: who it is, what it was prompted with, and its scores before tuning, alone and composed (the
-    first and last optional)."""
+    first and last optional), and with other words in its token's place (optional)."""
 
     name: str
     token: str
@@ -205,12 +227,23 @@ class ConceptResult:
     alone: SettingScores
     composed: SettingScores | None = None
     base: SettingScores | None = None
+    base_other: SettingScores | None = None
+    alone_other: SettingScores | None = None
 
     def gain(self, metric: str) -> float | None:
         """alone - base for "clip_t" or "clip_i": what tuning changed; None without a base setting."""
         if metric not in ("clip_t", "clip_i"):
             raise ConfigError(f"metric must be 'clip_t' or 'clip_i', got {metric!r}")
         return None if self.base is None else getattr(self.alone, metric) - getattr(self.base, metric)
+
+    def drift(self, metric: str) -> float | None:
+        """alone_other - base_other for "clip_t" or "clip_i": what tuning changed in the images of other words in
+        the token's place (language drift: near 0 when the concept is bound to its token); None without both."""
+        if metric not in ("clip_t", "clip_i"):
+            raise ConfigError(f"metric must be 'clip_t' or 'clip_i', got {metric!r}")
+        if self.base_other is None or self.alone_other is None:
+            return None
+        return getattr(self.alone_other, metric) - getattr(self.base_other, metric)
 
     def retention(self, metric: str) -> float | None:
         """composed / alone for "clip_t" or "clip_i"; None without a composed setting or when the alone mean is
@@ -231,14 +264,15 @@ class ConceptResult:
         data["prompts"] = list(self.prompts)
         data["retention"] = {"clip_t": self.retention("clip_t"), "clip_i": self.retention("clip_i")}
         data["gain"] = {"clip_t": self.gain("clip_t"), "clip_i": self.gain("clip_i")}
+        data["drift"] = {"clip_t": self.drift("clip_t"), "clip_i": self.drift("clip_i")}
         return data
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> ConceptResult:
-        values = {key: value for key, value in data.items() if key not in ("retention", "gain")}
+        values = {key: value for key, value in data.items() if key not in ("retention", "gain", "drift")}
         values["prompts"] = tuple(values["prompts"])
         values["alone"] = SettingScores(**values["alone"])
-        for setting in ("composed", "base"):
+        for setting in ("composed", "base", "base_other", "alone_other"):
             values[setting] = SettingScores(**values[setting]) if values.get(setting) else None
         return cls(**values)
 
@@ -273,6 +307,8 @@ class EvaluationReport:
             text = f"{r.name}: T {r.alone.clip_t:.4f} I {r.alone.clip_i:.4f}{_identity_and_context(r.alone)}"
             if r.base is not None:
                 text += f" (base T {r.base.clip_t:.4f} I {r.base.clip_i:.4f})"
+            if r.drift("clip_i") is not None:
+                text += f" drift I {r.drift('clip_i'):+.4f}"
             if r.composed is not None:
                 kept_t, kept_i = format_ratio(r.retention("clip_t")), format_ratio(r.retention("clip_i"))
                 text += (
@@ -298,6 +334,8 @@ class EvaluationReport:
             "retention_rule": "composed mean / alone mean, same prompts and seeds; null unless the alone mean is "
             f"> 0 and > {RETENTION_MIN_SEMS:g} standard errors",
             "gain_rule": "alone mean - base mean (no adapter), same prompts and seeds",
+            "drift_rule": "the gain again with the settings' other_words in the token's place, prompt i with word "
+            "i (alone_other - base_other): what other words pick up of the concept; null without other words",
             "identity_rule": "share of a concept's images whose CLIP-I is highest against its own references "
             "among every concept's of the run; null with one concept",
             "context_rule": "share of right picks when CLIP chooses each image's background color and texture and "
@@ -369,6 +407,10 @@ class _Prepared:
         return self.info.token or ""
 
     @property
+    def tokens(self) -> tuple[str, ...]:
+        return (self.token,)
+
+    @property
     def class_word(self) -> str:
         return self.info.class_word or ""
 
@@ -398,6 +440,11 @@ def _prepare(concepts: Sequence[EvalConcept], settings: RunSettings) -> list[_Pr
             raise ConceptFileError(
                 f"{spec.file}: token {info.token!r} is also the token of {tokens[info.token.lower()]}; two "
                 "concepts with one token cannot be told apart in prompts"
+            )
+        if info.token.lower() in {word.lower() for word in settings.other_words}:
+            raise ConceptFileError(
+                f"{spec.file}: token {info.token!r} is also one of the run's other words (drawn in the token's "
+                "place to measure drift); leave it out of the other words"
             )
         names[info.name], tokens[info.token.lower()] = spec.file, spec.file
         references = tuple(reference_images(spec.references))
@@ -459,10 +506,14 @@ def evaluate_concepts(
     if composed and not settings.force:  # overlapping slots fail now, not after the other settings' images
         check_slots([item.info for item in prepared])
     before = [_BaseItem.of(item) for item in prepared] if settings.before else []
+    words = settings.other_words
+    before_other = [item.with_words(words) for item in before] if words else []
     if before:
-        _check_base_tokens(pipe, before)
+        _check_base_tokens(pipe, before + before_other)
     settings_run = ["alone", "composed"] if composed else ["alone"]
-    total = 2 * len(prepared) * len(settings_run) + 2 * len(before)
+    if words:
+        settings_run.append("alone_other")
+    total = 2 * len(prepared) * len(settings_run) + 2 * (len(before) + len(before_other))
     done = 0
 
     def step(message: str) -> None:
@@ -474,7 +525,11 @@ def evaluate_concepts(
     base, _, base_images = _generate_and_score(
         pipe, [], before, scorer, out_dir, "base", settings, base_name, step
     )
+    base_other, _, _ = _generate_and_score(
+        pipe, [], before_other, scorer, out_dir, "base_other", settings, base_name, step
+    )
     alone: dict[str, SettingScores] = {}
+    alone_other: dict[str, SettingScores] = {}
     alone_images: dict[str, list[Path]] = {}
     for item in prepared:
         files = [(item.spec.file, item.spec.scale)]
@@ -483,6 +538,12 @@ def evaluate_concepts(
         )
         alone |= scores
         alone_images |= images
+        if words:
+            other = [_BaseItem.of(item).with_words(words)]
+            scores, _, _ = _generate_and_score(
+                pipe, files, other, scorer, out_dir, "alone_other", settings, base_name, step
+            )
+            alone_other |= scores
     together: dict[str, SettingScores] = {}
     composition: dict[str, Any] | None = None
     if composed:
@@ -509,6 +570,8 @@ def evaluate_concepts(
             alone=alone[item.info.name],
             composed=together.get(item.info.name),
             base=base.get(item.info.name),
+            base_other=base_other.get(item.info.name),
+            alone_other=alone_other.get(item.info.name),
         )
         for item in prepared
     )
@@ -529,8 +592,9 @@ def evaluate_concepts(
 
 def overview(report: EvaluationReport, out_dir: str | os.PathLike[str]) -> Image.Image:
     """Before and after at a glance: per concept a row of its references, then one row per setting (base,
-    alone, composed) with each prompt's first-seed image, labelled with the setting's CLIP-T / CLIP-I. Tiles
-    are drawn at least 128 px (nearest-neighbour, so small models' pixels stay visible)."""
+    alone, composed, and base and alone with the other word) with each prompt's first-seed image, labelled with
+    the setting's CLIP-T / CLIP-I. Tiles are drawn at least 128 px (nearest-neighbour, so small models' pixels
+    stay visible)."""
     out_dir = Path(out_dir)
     seed = report.settings.seed
     rows: list[tuple[str, list[Path]]] = []
@@ -542,7 +606,8 @@ def overview(report: EvaluationReport, out_dir: str | os.PathLike[str]) -> Image
             if scores is None:
                 continue
             folder = out_dir / scores.folder
-            label = f"{setting}: T {scores.clip_t:.3f} I {scores.clip_i:.3f}"
+            name = setting.replace("_other", ", other words")
+            label = f"{name}: T {scores.clip_t:.3f} I {scores.clip_i:.3f}"
             rows.append((label, [folder / f"p{p:02d}-s{seed}.png" for p in range(len(concept.prompts))]))
     first = Image.open(rows[1][1][0])
     tile = max(128, first.width)
@@ -606,8 +671,7 @@ def _generate_and_score(
             generated[item.name],
             item.prompts,
             settings,
-            item.token,
-            item.class_word,
+            {token: item.class_word for token in item.tokens},
             item.references,
             out_dir / setting / item.name,
             out_dir,
@@ -633,14 +697,24 @@ class _BaseItem:
     """What the before-tuning setting needs of a concept: its prompts and references, no adapter file."""
 
     name: str
-    token: str
+    tokens: tuple[str, ...]  # the words its prompts hold in the token's place: its token, or other words
     class_word: str
+    prompt_set: str
     prompts: tuple[str, ...]
     references: tuple[Path, ...]
 
     @classmethod
     def of(cls, item: _Prepared) -> _BaseItem:
-        return cls(item.name, item.token, item.class_word, item.prompts, item.references)
+        return cls(item.name, item.tokens, item.class_word, item.prompt_set, item.prompts, item.references)
+
+    def with_words(self, words: Sequence[str]) -> _BaseItem:
+        """The same concept prompted with other words in its token's place, prompt i with word i (cycled)."""
+        templates = load_prompt_set(self.prompt_set)
+        used = [words[i % len(words)] for i in range(len(templates))]
+        prompts = [
+            fill_prompts([t], word, self.class_word)[0] for t, word in zip(templates, used, strict=True)
+        ]
+        return dataclasses.replace(self, tokens=tuple(dict.fromkeys(used)), prompts=tuple(prompts))
 
 
 def _check_base_tokens(pipe, items: Sequence[_BaseItem]) -> None:
@@ -648,12 +722,13 @@ def _check_base_tokens(pipe, items: Sequence[_BaseItem]) -> None:
     pipeline would be read through that concept's trained vector instead."""
     added = _added_tokens(pipe)
     for item in items:
-        if item.token.lower() in added:
-            raise ConfigError(
-                f"this pipeline's tokenizer already holds token {item.token!r}, added by an earlier concept, so "
-                "its images before tuning would use that concept's embedding; score the base on a freshly "
-                "loaded pipeline, or turn the before-tuning setting off"
-            )
+        for token in item.tokens:
+            if token.lower() in added:
+                raise ConfigError(
+                    f"this pipeline's tokenizer already holds token {token!r}, added by an earlier concept, so "
+                    "its images before tuning would use that concept's embedding; score the base on a freshly "
+                    "loaded pipeline, or turn the before-tuning setting off"
+                )
 
 
 def _score(
@@ -661,16 +736,15 @@ def _score(
     images: Sequence[Path],
     prompts: Sequence[str],
     settings: RunSettings,
-    token: str,
-    class_word: str,
+    tokens: Mapping[str, str],
     references: Sequence[Path],
     folder: Path,
     out_dir: Path,
 ) -> SettingScores:
-    """CLIP-T and CLIP-I of one concept's images (in `generate`'s prompt-major order); the per-image reports
-    land in `folder`."""
+    """CLIP-T and CLIP-I of one concept's images (in `generate`'s prompt-major order); `tokens` maps each word
+    standing for the concept to its class word for CLIP-T. The per-image reports land in `folder`."""
     per_image_prompts = [prompt for prompt in prompts for _ in settings.seeds]
-    text = scorer.text_alignment(images, per_image_prompts, tokens={token: class_word})
+    text = scorer.text_alignment(images, per_image_prompts, tokens=tokens)
     image = scorer.image_alignment(images, list(references))
     text.save(folder / "clip_t.json")
     image.save(folder / "clip_i.json")
@@ -694,10 +768,14 @@ def evaluate_base(
     *,
     base_name: str,
     settings: RunSettings = RunSettings(),
+    other_words: bool = False,
 ) -> dict[str, SettingScores]:
     """The before-tuning setting alone, for (concept, reference folder) pairs that have no trained file yet
     (e.g. before a comparison trains them): each concept's prompts with the same seeds on the bare base, scored
-    against its references. `evaluate_concepts` runs the same setting itself when `settings.before`."""
+    against its references. `evaluate_concepts` runs the same setting itself when `settings.before`. With
+    `other_words`, the base_other setting instead: `settings.other_words` in the token's place."""
+    if other_words and not settings.other_words:
+        raise ConfigError("the base with other words needs settings.other_words")
     out_dir = Path(out_dir)
     present = model_concepts(pipe.unet)
     if present:
@@ -710,9 +788,13 @@ def evaluate_base(
         references = tuple(reference_images(folder))
         check_images(references, [str(path) for path in references])
         prompts = tuple(fill_prompts(templates, concept.token, concept.class_word))
-        items.append(_BaseItem(concept.name, concept.token, concept.class_word, prompts, references))
+        item = _BaseItem(
+            concept.name, (concept.token,), concept.class_word, settings.prompt_set, prompts, references
+        )
+        items.append(item.with_words(settings.other_words) if other_words else item)
     _check_base_tokens(pipe, items)
+    setting = "base_other" if other_words else "base"
     scores, _, images = _generate_and_score(
-        pipe, [], items, scorer, out_dir, "base", settings, base_name, lambda _: None
+        pipe, [], items, scorer, out_dir, setting, settings, base_name, lambda _: None
     )
-    return _with_identity(scorer, scores, images, items)
+    return scores if other_words else _with_identity(scorer, scores, images, items)
