@@ -355,9 +355,9 @@ def _add_scoring_args(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--other-words",
-        help="made-up words drawn in the token's place (prompt i with word i), on the base and with the concept, "
-        "to measure drift: how much of the concept other words pick up; comma-separated (default: the "
-        "evaluation's eight)",
+        help="made-up words drawn in the token's place (every prompt with every word, at the first seed), on the "
+        "base and with the concept, to measure drift: how much of the concept other words pick up; "
+        "comma-separated (default: the evaluation's eight)",
     )
     parser.add_argument(
         "--no-other-words", action="store_true", help="skip the other-word images (drift is not measured)"

@@ -153,8 +153,8 @@ def markdown(rows: list[dict[str, Any]], comparison: Comparison, concepts: int, 
         f"{run.sampling.guidance:g}; {wall_s / 60:.0f} min in all. Means over the concepts.",
         "",
         "**Each concept alone** (gain = tuned - base, same prompts and seeds; drift = the CLIP-I gain again with "
-        f"other words in the token's place, prompt i with word i of {', '.join(run.other_words)}: what other words "
-        "pick up of the concept)",
+        f"other words in the token's place, every prompt with each of {', '.join(run.other_words)}: what other "
+        "words pick up of the concept)",
         "",
         "| model | rank | params | CLIP-T | CLIP-I | CLIP-T vs base | CLIP-I vs base | worst concept's CLIP-I gain "
         "| drift | worst concept's drift | identity | context (vs base) |",
@@ -292,7 +292,7 @@ def main(argv: list[str] | None = None) -> int:
         "--other-words",
         nargs="+",
         default=list(OTHER_WORDS),
-        help=f"drawn in the token's place, prompt i with word i, to measure drift (default {' '.join(OTHER_WORDS)})",
+        help=f"drawn in the token's place to measure drift (default {' '.join(OTHER_WORDS)})",
     )
     parser.add_argument("--base", default=None, help="default: the embedded world base")
     parser.add_argument("--out", type=Path, default=REPO / "outputs" / "bench_quality")

@@ -257,9 +257,9 @@ def test_the_base_before_tuning_is_scored_once_and_read_against(compared):
 
 
 def test_drift_is_the_gain_again_with_other_words_in_the_tokens_place(compared):
-    """compare also draws each concept's prompts with other words instead of its token (prompt i with word i),
-    on the base once and with each method's concept alone; drift = alone_other - base_other, in the reports and
-    the CSV."""
+    """compare also draws each concept's prompts with other words instead of its token (every prompt with every
+    word, one seed), on the base once and with each method's concept alone; drift = alone_other - base_other, in
+    the reports and the CSV."""
     out, _ = compared
     assert sorted(p.name for p in (out / "base_other").iterdir()) == sorted(NAMES)
     rows = {
@@ -280,10 +280,11 @@ def test_drift_is_the_gain_again_with_other_words_in_the_tokens_place(compared):
             manifest = json.loads(
                 (out / method / "eval" / concept.alone_other.folder / "manifest.json").read_text()
             )
-            prompts = list(dict.fromkeys(entry["prompt"] for entry in manifest["images"]))  # prompt order
-            assert len(prompts) == len(concept.prompts) and all(concept.token not in p for p in prompts)
-            for prompt, word in zip(prompts, OTHER_WORDS, strict=False):  # quick-object: 4 prompts, 4 words
-                assert f"{word} {concept.class_word}" in prompt
+            drawn = [(entry["prompt"], entry["seed"]) for entry in manifest["images"]]
+            expected = [
+                (prompt.replace(concept.token, word), 0) for prompt in concept.prompts for word in OTHER_WORDS
+            ]
+            assert drawn == expected and concept.alone_other.images == len(concept.prompts) * len(OTHER_WORDS)
             # CLIP-T reads each other word as the class word, as it reads the token.
             clip_t = json.loads(
                 (out / method / "eval" / concept.alone_other.folder / "clip_t.json").read_text()

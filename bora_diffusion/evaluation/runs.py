@@ -23,11 +23,12 @@ its own references best among all the concepts' references.
 Other words: a concept's gain says its token draws it, not that only its token does. Training can also teach
 the adapters to draw it for the class word, whatever word stands before it (DreamBooth's language drift). So each
 concept's prompts are drawn once more with **other words** in the token's place (`RunSettings.other_words`,
-made-up words no concept uses, prompt i with word i), on the base and with the concept alone; the concept's
-**drift** is the CLIP-I gain those prompts pick up (alone - base, both with the same words: a made-up word moves
-the base's images by itself). A concept bound to its token drifts near 0. One word is not enough: which words
-pick a concept up varies a lot (bolt-circle tuned at 4 images a step: "vlek circle" +0.16, "vlok circle" +0.21,
-"qorb circle" -0.06, "trev circle" -0.01), so a panel of words, one per prompt, is averaged.
+made-up words no concept uses; every prompt with every word, once, at the first seed), on the base and with the
+concept alone; the concept's **drift** is the CLIP-I gain those images pick up (alone - base, both with the same
+words: a made-up word moves the base's images by itself). A concept bound to its token drifts near 0. One word
+is not enough, nor one word per prompt: which words pick a concept up varies a lot (bolt-circle tuned at 4
+images a step: "vlok circle" +0.21, "vlek circle" +0.16, "qorb circle" -0.06) and varies with the prompt, so
+that with one word per prompt a concept's drift went from +0.31 to -0.05 when the words changed prompts.
 CLIP-T falls when a concept stops looking like its class word, whatever else the image gets right, so on prompts
 in the world's grammar each setting also gets **context** accuracy (`context.py`): the share of the prompts'
 background and companion attributes CLIP reads right, the concept's words left out of the question.
@@ -99,8 +100,8 @@ REPORT_VERSION = 1
 # every concept of the run is on it; "base_other" and "alone_other": base and alone with other words in the
 # token's place.
 SETTINGS = ("base", "alone", "composed", "base_other", "alone_other")
-# Made-up words whose images say how much of a concept other words pick up, prompt i drawn with word i (cycled):
-# each splits into pieces no world caption holds, as the concepts' own tokens do, and none is a shipped token.
+# Made-up words whose images say how much of a concept other words pick up (every prompt with every word): each
+# splits into pieces no world caption holds, as the concepts' own tokens do, and none is a shipped token.
 OTHER_WORDS = ("qorb", "vlok", "kesh", "trev", "wunk", "plim", "brol", "dazm")
 # Retention is reported only when the alone mean is at least this many standard errors above zero (z >= 2: a
 # mean that large arises by chance about 2% of the time when the true mean is zero).
@@ -144,8 +145,9 @@ class RunSettings:
     """How images are drawn: the prompt set, N images per prompt with seeds `seed .. seed + N - 1`, the sampler
     settings, whether the base before tuning is scored too (`before`), and whether the composed setting runs
     (with 2+ concepts) fused into the weights or live. `force` composes concepts whose slots overlap (trained on
-    separate ledgers) instead of refusing them. `other_words` are drawn in the token's place, prompt i with
-    word i (cycled), to measure drift (the base_other and alone_other settings); empty skips both."""
+    separate ledgers) instead of refusing them. `other_words` are drawn in the token's place, every prompt with
+    every word at the first seed, to measure drift (the base_other and alone_other settings); empty skips
+    both."""
 
     prompt_set: str = "quick-object"
     images_per_prompt: int = 4
@@ -334,8 +336,9 @@ class EvaluationReport:
             "retention_rule": "composed mean / alone mean, same prompts and seeds; null unless the alone mean is "
             f"> 0 and > {RETENTION_MIN_SEMS:g} standard errors",
             "gain_rule": "alone mean - base mean (no adapter), same prompts and seeds",
-            "drift_rule": "the gain again with the settings' other_words in the token's place, prompt i with word "
-            "i (alone_other - base_other): what other words pick up of the concept; null without other words",
+            "drift_rule": "the gain again with the settings' other_words in the token's place, every prompt with "
+            "every word at the first seed (alone_other - base_other): what other words pick up of the concept; "
+            "null without other words",
             "identity_rule": "share of a concept's images whose CLIP-I is highest against its own references "
             "among every concept's of the run; null with one concept",
             "context_rule": "share of right picks when CLIP chooses each image's background color and texture and "
@@ -526,7 +529,7 @@ def evaluate_concepts(
         pipe, [], before, scorer, out_dir, "base", settings, base_name, step
     )
     base_other, _, _ = _generate_and_score(
-        pipe, [], before_other, scorer, out_dir, "base_other", settings, base_name, step
+        pipe, [], before_other, scorer, out_dir, "base_other", _one_draw(settings), base_name, step
     )
     alone: dict[str, SettingScores] = {}
     alone_other: dict[str, SettingScores] = {}
@@ -541,7 +544,7 @@ def evaluate_concepts(
         if words:
             other = [_BaseItem.of(item).with_words(words)]
             scores, _, _ = _generate_and_score(
-                pipe, files, other, scorer, out_dir, "alone_other", settings, base_name, step
+                pipe, files, other, scorer, out_dir, "alone_other", _one_draw(settings), base_name, step
             )
             alone_other |= scores
     together: dict[str, SettingScores] = {}
@@ -708,13 +711,19 @@ class _BaseItem:
         return cls(item.name, item.tokens, item.class_word, item.prompt_set, item.prompts, item.references)
 
     def with_words(self, words: Sequence[str]) -> _BaseItem:
-        """The same concept prompted with other words in its token's place, prompt i with word i (cycled)."""
-        templates = load_prompt_set(self.prompt_set)
-        used = [words[i % len(words)] for i in range(len(templates))]
+        """The same concept prompted with other words in its token's place: every prompt with every word."""
         prompts = [
-            fill_prompts([t], word, self.class_word)[0] for t, word in zip(templates, used, strict=True)
+            fill_prompts([template], word, self.class_word)[0]
+            for template in load_prompt_set(self.prompt_set)
+            for word in words
         ]
-        return dataclasses.replace(self, tokens=tuple(dict.fromkeys(used)), prompts=tuple(prompts))
+        return dataclasses.replace(self, tokens=tuple(words), prompts=tuple(prompts))
+
+
+def _one_draw(settings: RunSettings) -> RunSettings:
+    """The other-word settings draw each (prompt, word) pair once, at the run's first seed: there the words are
+    the draws that matter (see the module's docstring)."""
+    return dataclasses.replace(settings, images_per_prompt=1)
 
 
 def _check_base_tokens(pipe, items: Sequence[_BaseItem]) -> None:
@@ -793,8 +802,8 @@ def evaluate_base(
         )
         items.append(item.with_words(settings.other_words) if other_words else item)
     _check_base_tokens(pipe, items)
-    setting = "base_other" if other_words else "base"
+    setting, run = ("base_other", _one_draw(settings)) if other_words else ("base", settings)
     scores, _, images = _generate_and_score(
-        pipe, [], items, scorer, out_dir, setting, settings, base_name, lambda _: None
+        pipe, [], items, scorer, out_dir, setting, run, base_name, lambda _: None
     )
     return scores if other_words else _with_identity(scorer, scores, images, items)
