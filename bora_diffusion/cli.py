@@ -717,9 +717,11 @@ def run_evaluate(args: argparse.Namespace) -> int:
             line += f"  gain T {result.gain('clip_t'):+.4f} I {result.gain('clip_i'):+.4f}"
         print(line)
         if result.drift("clip_i") is not None:
+            sem = result.drift_sem("clip_i")
             print(
-                f"{'':<12} drift     CLIP-I {result.drift('clip_i'):+.4f} with other words in the token's place "
-                f"({result.base_other.clip_i:.4f} on the base, {result.alone_other.clip_i:.4f} tuned)"
+                f"{'':<12} drift     CLIP-I {result.drift('clip_i'):+.4f}{'' if sem is None else f' +- {sem:.4f}'} "
+                f"with other words in the token's place ({result.base_other.clip_i:.4f} on the base, "
+                f"{result.alone_other.clip_i:.4f} tuned)"
             )
         if result.composed is not None:
             retention = {metric: result.retention(metric) for metric in ("clip_t", "clip_i")}

@@ -101,8 +101,9 @@ class TrainConfig:
     bora_diffusion.embeddings) at `embedding_learning_rate` (default: `learning_rate`), without weight decay, as
     `embedding_vectors` vectors (textual inversion's number of vectors; 1 = one new token).
     `snr_gamma` weighs each sample's denoising loss by min(SNR(t), gamma) / SNR(t) (Min-SNR-gamma, arXiv
-    2303.09556; / (SNR(t) + 1) for v-prediction): the nearly clean timesteps, whose loss is large and says little
-    about the concept, stop drowning out the noisy ones. None = off (every timestep weighs 1); 5 is the paper's.
+    2303.09556; / (SNR(t) + 1) for v-prediction), so that the nearly clean timesteps count no more than the one
+    where SNR = gamma (the paper's case: they pull against the noisy ones). None = off (every timestep weighs 1);
+    5 is the paper's. On the world concepts it gained less than off (docs/benchmarks.md).
     """
 
     steps: int = 200

@@ -113,7 +113,7 @@ def summary_rows(base: dict[str, SettingScores], comparison: Comparison) -> list
         # Per concept: how far above its own base score the tuned model got (the personalization gain).
         row["gain_i_min"] = min(concepts[n].gain("clip_i") for n in names)
         drift = [concepts[n].drift("clip_i") for n in names]
-        if None not in drift:  # the same gain with another word in the token's place: language drift
+        if None not in drift:  # the same gain with other words in the token's place: language drift
             row["drift_i"] = statistics.fmean(drift)
             row["drift_i_max"] = max(drift)
             row["drift_i_worst"] = names[drift.index(row["drift_i_max"])]

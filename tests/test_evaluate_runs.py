@@ -14,6 +14,7 @@ import csv
 import dataclasses
 import io
 import json
+import math
 from pathlib import Path
 
 import numpy as np
@@ -277,6 +278,9 @@ def test_drift_is_the_gain_again_with_other_words_in_the_tokens_place(compared):
             drift = concept.alone_other.clip_i - concept.base_other.clip_i
             assert concept.drift("clip_i") == pytest.approx(drift, abs=1e-12)
             assert float(rows[method, name]["drift_i"]) == pytest.approx(drift, abs=1e-9)
+            sem = math.hypot(concept.alone_other.clip_i_sem, concept.base_other.clip_i_sem)
+            assert concept.drift_sem("clip_i") == pytest.approx(sem) and sem > 0
+            assert float(rows[method, name]["drift_i_sem"]) == pytest.approx(sem, abs=1e-9)
             manifest = json.loads(
                 (out / method / "eval" / concept.alone_other.folder / "manifest.json").read_text()
             )
@@ -352,7 +356,10 @@ def test_evaluate_from_the_command_line(compared, home, tmp_path, capsys):
     printed = capsys.readouterr().out
     assert printed.count("alone     CLIP-T") == 2 and printed.count("retention T") == 2
     assert printed.count("base      CLIP-T") == 2 and printed.count("gain T") == 2
-    assert printed.count("drift     CLIP-I") == 2 and "with other words in the token's place" in printed
+    drift_lines = [line for line in printed.splitlines() if "drift     CLIP-I" in line]
+    assert len(drift_lines) == 2 and all(
+        " +- " in line and "with other words" in line for line in drift_lines
+    )
     data = json.loads((out / "evaluation.json").read_text())
     assert data["settings"]["prompt_set"] == "quick-live" and data["settings"]["seeds"] == [0]
     assert [c["prompt_set"] for c in data["concepts"]] == ["quick-live", "quick-object"]

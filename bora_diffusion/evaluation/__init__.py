@@ -43,7 +43,7 @@ from .errors import (
     WeightsUnavailableError,
 )
 from .images import generated_images, load_rgb, reference_images
-from .prompt_sets import fill_prompts, load_prompt_set, prompt_sets
+from .prompt_sets import fill_prompts, fill_with_words, load_prompt_set, prompt_sets
 from .report import AlignmentReport
 from .runs import (
     ConceptFileError,
@@ -89,6 +89,7 @@ __all__ = [
     "evaluate_base",
     "evaluate_concepts",
     "fill_prompts",
+    "fill_with_words",
     "generated_images",
     "known_backbones",
     "load_clip",

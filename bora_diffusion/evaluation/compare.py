@@ -337,6 +337,7 @@ class Comparison:
                         "clip_i_base_other": concept.base_other.clip_i if concept.base_other else None,
                         "clip_i_alone_other": concept.alone_other.clip_i if concept.alone_other else None,
                         "drift_i": concept.drift("clip_i"),
+                        "drift_i_sem": concept.drift_sem("clip_i"),
                         "clip_t_alone_sem": concept.alone.clip_t_sem,
                         "clip_i_alone_sem": concept.alone.clip_i_sem,
                         "clip_t_composed_sem": composed.clip_t_sem if composed else None,

@@ -16,12 +16,13 @@ and diffed without Python.
 from __future__ import annotations
 
 import difflib
+from collections.abc import Sequence
 from importlib import resources
 
 from ..concept import fill
 from ..errors import ConfigError
 
-__all__ = ["fill_prompts", "load_prompt_set", "prompt_sets"]
+__all__ = ["fill_prompts", "fill_with_words", "load_prompt_set", "prompt_sets"]
 
 _SETS = ("dreambench-object", "dreambench-live", "quick-object", "quick-live", "world")
 
@@ -47,3 +48,11 @@ def load_prompt_set(name: str) -> tuple[str, ...]:
 def fill_prompts(templates: tuple[str, ...] | list[str], token: str, class_word: str) -> list[str]:
     """The templates with the concept's token and class word filled in, e.g. "a qwiv kettle on the beach"."""
     return [fill(template, token, class_word) for template in templates]
+
+
+def fill_with_words(
+    templates: tuple[str, ...] | list[str], words: Sequence[str], class_word: str
+) -> list[str]:
+    """Every template with every one of `words` in the token's place (template-major): the prompts whose images
+    measure a concept's drift (evaluation.runs), e.g. "a qorb kettle on the beach", "a vlok kettle on the beach"."""
+    return [fill(template, word, class_word) for template in templates for word in words]

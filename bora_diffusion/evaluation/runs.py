@@ -74,7 +74,7 @@ from .conventions import Conventions
 from .errors import EvaluationError
 from .identity import identity_shares
 from .images import check_images, reference_images
-from .prompt_sets import fill_prompts, load_prompt_set
+from .prompt_sets import fill_prompts, fill_with_words, load_prompt_set
 from .report import check_version
 from .scorer import ClipScorer
 
@@ -247,6 +247,15 @@ class ConceptResult:
             return None
         return getattr(self.alone_other, metric) - getattr(self.base_other, metric)
 
+    def drift_sem(self, metric: str) -> float | None:
+        """The standard error of `drift(metric)` as if its two means were independent (the square root of the sum
+        of their squared standard errors): an upper bound, since both settings draw the same prompts, words and
+        seed; None where a standard error is missing."""
+        if self.drift(metric) is None:
+            return None
+        sems = (getattr(self.alone_other, f"{metric}_sem"), getattr(self.base_other, f"{metric}_sem"))
+        return None if None in sems else math.hypot(*sems)
+
     def retention(self, metric: str) -> float | None:
         """composed / alone for "clip_t" or "clip_i"; None without a composed setting or when the alone mean is
         not clearly above zero (`RETENTION_MIN_SEMS` standard errors; > 0 when a single image leaves no standard
@@ -267,11 +276,13 @@ class ConceptResult:
         data["retention"] = {"clip_t": self.retention("clip_t"), "clip_i": self.retention("clip_i")}
         data["gain"] = {"clip_t": self.gain("clip_t"), "clip_i": self.gain("clip_i")}
         data["drift"] = {"clip_t": self.drift("clip_t"), "clip_i": self.drift("clip_i")}
+        data["drift_sem"] = {"clip_t": self.drift_sem("clip_t"), "clip_i": self.drift_sem("clip_i")}
         return data
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> ConceptResult:
-        values = {key: value for key, value in data.items() if key not in ("retention", "gain", "drift")}
+        derived = ("retention", "gain", "drift", "drift_sem")
+        values = {key: value for key, value in data.items() if key not in derived}
         values["prompts"] = tuple(values["prompts"])
         values["alone"] = SettingScores(**values["alone"])
         for setting in ("composed", "base", "base_other", "alone_other"):
@@ -595,9 +606,9 @@ def evaluate_concepts(
 
 def overview(report: EvaluationReport, out_dir: str | os.PathLike[str]) -> Image.Image:
     """Before and after at a glance: per concept a row of its references, then one row per setting (base,
-    alone, composed, and base and alone with the other word) with each prompt's first-seed image, labelled with
-    the setting's CLIP-T / CLIP-I. Tiles are drawn at least 128 px (nearest-neighbour, so small models' pixels
-    stay visible)."""
+    alone, composed, and base and alone with other words) with each prompt's first-seed image (the other-word
+    rows: the first prompt with one word after another), labelled with the setting's CLIP-T / CLIP-I. Tiles are
+    drawn at least 128 px (nearest-neighbour, so small models' pixels stay visible)."""
     out_dir = Path(out_dir)
     seed = report.settings.seed
     rows: list[tuple[str, list[Path]]] = []
@@ -712,11 +723,7 @@ class _BaseItem:
 
     def with_words(self, words: Sequence[str]) -> _BaseItem:
         """The same concept prompted with other words in its token's place: every prompt with every word."""
-        prompts = [
-            fill_prompts([template], word, self.class_word)[0]
-            for template in load_prompt_set(self.prompt_set)
-            for word in words
-        ]
+        prompts = fill_with_words(load_prompt_set(self.prompt_set), words, self.class_word)
         return dataclasses.replace(self, tokens=tuple(words), prompts=tuple(prompts))
 
 
