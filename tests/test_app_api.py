@@ -272,7 +272,7 @@ def test_presets_and_folders(app):
     # Picking a folder fills the form with its own recipe, as `bora-diffusion train <folder>` would train it:
     # the world concepts train their token (ED-LoRA), the examples do not.
     recipe = client.predict("bolt-circle", api_name="/folder_recipe")
-    assert recipe == ("sbora_fa", 4, 4, 600, 1e-3, 64, True, "cross_kv", 1.0, 3, 10.0)
+    assert recipe == ("sbora_fa", 4, 4, 500, 1e-3, 64, True, "cross_kv", 2.0, 3, 10.0)
     assert client.predict("kettle", api_name="/folder_recipe")[-5:] == (False, "attention", 0.0, 1, 0.0)
 
 
