@@ -443,7 +443,7 @@ def test_the_train_form_decides_the_prompt_lock_and_a_form_without_it_keeps_the_
         form = Form(source="folder", folder=folder, lock_weight=weight, targets=targets)
         return build(form, data, REPO / "concepts")[2].lock_weight
 
-    assert lock("bolt-circle", None) == 1.0 and lock("kettle", None) == 0.0  # the folders' own
+    assert lock("bolt-circle", None) == 2.0 and lock("kettle", None) == 0.0  # the folders' own
     assert lock("bolt-circle", 0) == 0.0 and lock("kettle", 5) == 5.0  # the page's field decides
     for bad in (-1, "two", float("nan")):
         with pytest.raises(ConfigError, match="prompt lock: give a number from 0"):

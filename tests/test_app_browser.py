@@ -148,7 +148,7 @@ def _walk_through(browser_app, page, artifacts) -> None:
     page.locator("#train-source").get_by_label("folder").check()
     expect(embedding).to_be_checked(timeout=60_000)
     expect(page.locator("#train-targets input")).to_have_value(re.compile(r"\(cross_kv\)$"))  # its layers too
-    expect(page.locator("#train-lock input")).to_have_value("1")  # and its prompt lock
+    expect(page.locator("#train-lock input")).to_have_value("2")  # and its prompt lock
     page.locator("#train-source").get_by_label("upload").check()
     embedding.uncheck()
 
