@@ -421,6 +421,8 @@ def test_run_checks_every_concept_before_generating(tiny_pipe, tiny_clip, tmp_pa
     assert not (tmp_path / "o").exists()  # nothing was generated
     with pytest.raises(ConfigError, match="images_per_prompt"):
         RunSettings(images_per_prompt=0)
+    with pytest.raises(ConfigError, match=r"other_words must be a sequence of words, e.g. \('qorb',\)"):
+        RunSettings(other_words="qorb")
 
 
 def test_overlapping_slots_fail_before_anything_is_generated_unless_forced(tiny_pipe, tiny_clip, tmp_path):

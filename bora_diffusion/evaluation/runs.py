@@ -160,6 +160,8 @@ class RunSettings:
     other_words: tuple[str, ...] = OTHER_WORDS
 
     def __post_init__(self) -> None:
+        if isinstance(self.other_words, str):  # tuple("qorb") would be four one-letter words
+            raise ConfigError(f"other_words must be a sequence of words, e.g. ({self.other_words!r},)")
         object.__setattr__(self, "other_words", tuple(self.other_words))
         for word in self.other_words:
             if not (isinstance(word, str) and word.isascii() and word.isalpha()):
