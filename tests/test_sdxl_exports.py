@@ -26,6 +26,7 @@ from peft.tuners.lora import LoraLayer
 from tiny_bases import build_tiny_sdxl
 
 from bora_diffusion import AdapterConfig
+from bora_diffusion.cli import main
 from bora_diffusion.formats import (
     export_diffusers,
     export_kohya,
@@ -226,6 +227,15 @@ def test_sdxl_export_generates_our_image_in_stock_diffusers(native, layout, mast
     live, fused = np.abs(image - native.live).max(), np.abs(image - native.fused).max()
     print(f"\n{native.method} {layout}: stock diffusers vs ours live {live:.3g}, fused {fused:.3g}")
     assert live < PIXEL_TOLERANCE and fused < PIXEL_TOLERANCE
+
+
+def test_cli_export_layout_kohya_writes_sdxl_names(master, tmp_path):
+    native = make_native(master, "lora", tmp_path / "dog.safetensors")
+    out = tmp_path / "dog_kohya.safetensors"
+    assert main(["export", str(native), str(out), "--layout", "kohya"]) == 0
+    tensors, meta = tensors_and_metadata(out)
+    assert {k.partition(".")[0] for k in tensors} == sd_scripts_names()
+    assert meta["ss_base_model_version"] == "sdxl_base_v1-0"
 
 
 def test_an_sdxl_file_from_before_the_layout_was_recorded(master, tmp_path):
