@@ -161,8 +161,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="export a concept to the diffusers or kohya LoRA layout (A1111, ComfyUI, load_lora_weights)",
         description="Writes exact LoRA factors for lora, sbora_fa, sbora_fb, ortho and bora_block. dora and "
         "bora_bidim have no exact LoRA form (their update rescales the base weight): fuse them with "
-        "`bora-diffusion compose FILE --save FOLDER` instead. A concept trained with --train-embedding also "
-        "gets its token's vector as <out stem>.embedding.safetensors, a textual-inversion file.",
+        "`bora-diffusion compose FILE --save FOLDER` instead. kohya files name layers as sd-scripts does: "
+        "diffusers module paths (lora_unet_down_blocks_...) for SD 1.x/2.x, SDXL's original names "
+        "(lora_unet_input_blocks_4_1_...) and ss_base_model_version sdxl_base_v1-0 for SDXL. A concept "
+        "trained with --train-embedding also gets its token's vector as <out stem>.embedding.safetensors, a "
+        "textual-inversion file.",
     )
     export.add_argument("file", help="a bora-diffusion adapter file")
     export.add_argument("out", help="the .safetensors file to write")
@@ -177,7 +180,9 @@ def build_parser() -> argparse.ArgumentParser:
     import_ = commands.add_parser(
         "import",
         help="import a diffusers or kohya LoRA file as a bora-diffusion lora concept",
-        description="The layout is detected from the keys; text-encoder and conv parts are skipped and listed.",
+        description="The layout is detected from the keys; text-encoder and conv parts are skipped and listed. "
+        "On an SDXL base, kohya files may name layers either way: SDXL's original names "
+        "(lora_unet_input_blocks_...) or diffusers-style (lora_unet_down_blocks_...).",
     )
     import_.add_argument("file", help="a LoRA .safetensors file (diffusers or kohya layout)")
     import_.add_argument("out", help="the bora-diffusion adapter file to write")

@@ -32,7 +32,7 @@ from ..atomic import atomic_path
 from ..config import AdapterConfig
 from ..errors import AdapterFileError, ConfigError
 from ..inject import find_targets, inject, load_adapter_state_dict
-from .native import FORMAT, AdapterFile, read_adapter, read_safetensors, save_adapter
+from .native import FORMAT, AdapterFile, read_adapter, read_safetensors, save_adapter, unet_layout
 
 Layout = Literal["diffusers", "kohya"]
 LoraFactors = tuple[Tensor, Tensor, float]  # (down (R, in), up (out, R), s): W' - W0 = s * up @ down
@@ -281,7 +281,14 @@ def import_lora(
     inject(skeleton, config, name=name, paths=paths)
     load_adapter_state_dict(skeleton, name, state, source=str(source))
     output = save_adapter(
-        out, skeleton, name, config, base_name=base_name, token=token, class_word=class_word
+        out,
+        skeleton,
+        name,
+        config,
+        base_name=base_name,
+        token=token,
+        class_word=class_word,
+        layout=unet_layout(unet),  # the skeleton has no config: record the real base's
     )
     return ImportReport(
         source=source,

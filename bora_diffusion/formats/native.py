@@ -13,7 +13,12 @@ string, JSON where structured) holds:
     concept           {"name", "token", "class_word"}
     slots             {"space", "seed"} for slot methods (indices are the `.index` tensors), else null
     training          the training settings the concept was trained with, or null
-    base_model        {"name", "fingerprint", "layers": {path: [out, in]}}
+    base_model        {"name", "fingerprint", "layers": {path: [out, in]}, "unet": the base UNet's block layout}
+
+`base_model.unet` holds the few UNet config entries (UNET_LAYOUT_KEYS: block types, layers_per_block, cross-attention
+width, addition_embed_type) that say which architecture the base is (SDXL: addition_embed_type "text_time") and
+how its blocks are numbered, so an export can name layers as other tools do (formats/sgm_names.py) without the
+base model. Files written before it was recorded, or from a model without a diffusers config, read as None.
 
 Reading validates all of it; loading checks every layer against the model before touching it. Never pickle.
 """
@@ -23,6 +28,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -39,6 +45,15 @@ from ..slots import SlotLedger
 
 FORMAT = "bora-diffusion-adapter"
 FORMAT_VERSION = 1
+# The UNet config entries a file records about its base (base_model.unet).
+UNET_LAYOUT_KEYS = (
+    "down_block_types",
+    "up_block_types",
+    "layers_per_block",
+    "transformer_layers_per_block",
+    "cross_attention_dim",
+    "addition_embed_type",
+)
 TOKEN_EMBEDDING = "concept.token_embedding"
 
 
@@ -60,6 +75,7 @@ class AdapterFile:
     training: dict | None
     tensors: dict[str, Tensor]  # the UNet adapters' tensors
     token_embedding: Tensor | None = None  # (N, D): the token's trained text embedding, if it was trained
+    unet_layout: dict | None = None  # the base UNet's UNET_LAYOUT_KEYS entries; None in older files
 
     def slots(self) -> dict[str, Tensor]:
         """Module path -> slot index (r,), for slot methods; empty otherwise."""
@@ -74,6 +90,14 @@ def fingerprint(layers: dict[str, tuple[int, int]]) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
+def unet_layout(model: nn.Module) -> dict | None:
+    """The UNET_LAYOUT_KEYS entries of a diffusers UNet's config (JSON-ready), or None for other models."""
+    config = getattr(model, "config", None)
+    if not isinstance(config, Mapping) or "down_block_types" not in config:
+        return None
+    return {key: json.loads(json.dumps(config.get(key))) for key in UNET_LAYOUT_KEYS}  # tuples -> lists
+
+
 def save_adapter(
     path: str | os.PathLike,
     model: nn.Module,
@@ -85,10 +109,12 @@ def save_adapter(
     class_word: str | None = None,
     training: dict | None = None,
     token_embedding: Tensor | None = None,
+    layout: dict | None = None,
 ) -> Path:
     """Write concept `name` of `model` to `path` atomically; return the path. `training` (the training settings)
     is recorded as given, for provenance; `token_embedding` is the token's trained text embedding, (N, D) or
-    (D,) for one vector, if any."""
+    (D,) for one vector, if any; `layout` is the base UNet's block layout (`unet_layout`), read from `model`
+    when it is a diffusers UNet and not given."""
     from .. import __version__
 
     layers = {p: (w.out_features, w.in_features) for p, w in wrappers(model) if name in w.adapters}
@@ -112,7 +138,14 @@ def save_adapter(
         "config": json.dumps(config.to_dict()),
         "concept": json.dumps({"name": name, "token": token, "class_word": class_word}),
         "slots": json.dumps({"space": space, "seed": seed} if space else None),
-        "base_model": json.dumps({"name": base_name, "fingerprint": fingerprint(layers), "layers": layers}),
+        "base_model": json.dumps(
+            {
+                "name": base_name,
+                "fingerprint": fingerprint(layers),
+                "layers": layers,
+                "unet": layout if layout is not None else unet_layout(model),
+            }
+        ),
         "training": json.dumps(training),
     }
     target = Path(path)
@@ -160,6 +193,9 @@ def read_adapter(path: str | os.PathLike) -> AdapterFile:
         slots = json.loads(metadata["slots"])
         base = json.loads(metadata["base_model"])
         layers = {p: (int(shape[0]), int(shape[1])) for p, shape in base["layers"].items()}
+        layout = base.get("unet")
+        if layout is not None and not isinstance(layout, dict):
+            raise TypeError(f"base_model.unet is a {type(layout).__name__}, not an object")
     except BoraError as error:
         raise AdapterFileError(f"{path}: {error}") from None
     except (KeyError, TypeError, ValueError, IndexError) as error:
@@ -203,6 +239,7 @@ def read_adapter(path: str | os.PathLike) -> AdapterFile:
         training=json.loads(metadata.get("training") or "null"),
         tensors=tensors,
         token_embedding=token_embedding,
+        unet_layout=layout,
     )
 
 
