@@ -528,7 +528,10 @@ def run_compose(args: argparse.Namespace) -> int:
         from .inject import bake
 
         bake(pipe.unet)  # plain Linears holding the fused weights: any diffusers tool can load the folder
-        bake_tokens(pipe.text_encoder)  # trained token embeddings become rows of a plain embedding matrix
+        from .text import PromptEncoder
+
+        for encoder in PromptEncoder(pipe).encoders:  # trained token embeddings become rows of a plain matrix
+            bake_tokens(encoder)
         from .embedded import silenced_progress_bars
 
         with silenced_progress_bars():

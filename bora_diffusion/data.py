@@ -2,7 +2,9 @@
 
 Images are resized on the shorter side and center-cropped to the training resolution, then scaled to [-1, 1]
 as the VAE expects. Latents are the VAE posterior's mean times the VAE's scaling factor (kohya caches the same),
-which makes a cached run and an uncached run identical and a resumed run bit-exact.
+which makes a cached run and an uncached run identical and a resumed run bit-exact. Each image keeps its SDXL
+time ids (its size before resizing, the crop's top-left corner, the training size), which an SDXL UNet reads
+beside the text; other bases ignore them.
 """
 
 from __future__ import annotations
@@ -16,20 +18,26 @@ import torch
 from PIL import Image, ImageOps
 from torch import Tensor
 
-from .embeddings import spell_out
+from .text import PromptEncoder, TextStates
 
 
-def load_image(path: str | Path, resolution: int) -> Tensor:
-    """One image as (3, resolution, resolution) float32 in [-1, 1]."""
+def load_image(path: str | Path, resolution: int) -> tuple[Tensor, Tensor]:
+    """One image as (3, resolution, resolution) float32 in [-1, 1], and its SDXL time ids (6,): original height
+    and width, crop top and left (in the resized image, as diffusers' SDXL DreamBooth script records them), target
+    height and width."""
     with Image.open(path) as opened:
         image = ImageOps.exif_transpose(opened).convert("RGB")  # phone photos store their rotation in EXIF
+    original_width, original_height = image.size
     scale = resolution / min(image.size)
     width, height = (max(resolution, round(side * scale)) for side in image.size)
     image = image.resize((width, height), Image.Resampling.BICUBIC)
     left, top = (width - resolution) // 2, (height - resolution) // 2
     image = image.crop((left, top, left + resolution, top + resolution))
     pixels = torch.from_numpy(np.asarray(image, dtype=np.float32) / 127.5 - 1.0)  # (H, W, 3)
-    return pixels.permute(2, 0, 1).contiguous()  # (3, H, W)
+    time_ids = torch.tensor(
+        [original_height, original_width, top, left, resolution, resolution], dtype=torch.float32
+    )
+    return pixels.permute(2, 0, 1).contiguous(), time_ids  # (3, H, W), (6,)
 
 
 @torch.no_grad()
@@ -42,28 +50,14 @@ def encode_images(vae, images: Tensor, *, batch_size: int = 8) -> Tensor:
     return torch.cat(latents).float()
 
 
-def tokenize(tokenizer, prompts: Sequence[str]) -> Tensor:
-    """Prompts -> token ids (N, 77), padded to the tokenizer's length as Stable Diffusion pipelines do, with each
-    multi-vector token spelled out as they do (bora_diffusion.embeddings)."""
-    return tokenizer(
-        spell_out(prompts, tokenizer),
-        padding="max_length",
-        max_length=tokenizer.model_max_length,
-        truncation=True,
-        return_tensors="pt",
-    ).input_ids
+@dataclass
+class Batch:
+    """One training batch: images (latents, or pixels when latents are not cached), their text (states, or
+    token ids when the token's embedding trains and the text must be encoded every step) and their time ids."""
 
-
-def encode_ids(text_encoder, ids: Tensor) -> Tensor:
-    """Token ids (N, 77) -> the text encoder's last hidden states (N, 77, D), as the UNet's cross-attention reads
-    them. Differentiable: a trained token embedding gets its gradient through here."""
-    return text_encoder(ids.to(text_encoder.device))[0].float()
-
-
-@torch.no_grad()
-def encode_prompts(tokenizer, text_encoder, prompts: Sequence[str]) -> Tensor:
-    """Prompts -> (N, 77, D) hidden states, without gradients (for cached prompt embeddings)."""
-    return encode_ids(text_encoder, tokenize(tokenizer, prompts))
+    images: Tensor  # (B, C, h, w) latents or (B, 3, H, W) pixels
+    text: TextStates | Tensor  # TextStates, or token ids (B, E, 77)
+    time_ids: Tensor  # (B, 6)
 
 
 @dataclass
@@ -72,17 +66,18 @@ class EncodedSet:
     prompt's token ids, when the text encoder's input trains and the embedding must be recomputed every step)."""
 
     images: Tensor  # (N, C, h, w) latents, or (N, 3, H, W) pixels when `encoded` is False
-    text: Tensor  # (N, 77, D) hidden states, or (N, 77) token ids when `text_encoded` is False
+    text: TextStates | Tensor  # TextStates, or token ids (N, E, 77) when `text_encoded` is False
+    time_ids: Tensor  # (N, 6) SDXL's micro-conditioning of each image
     encoded: bool
     text_encoded: bool = True
 
     def __len__(self) -> int:
         return len(self.images)
 
-    def batch(self, size: int, generator: torch.Generator) -> tuple[Tensor, Tensor]:
+    def batch(self, size: int, generator: torch.Generator) -> Batch:
         """A batch drawn with replacement by `generator` (the only randomness, so resume is exact)."""
         index = torch.randint(len(self.images), (size,), generator=generator)
-        return self.images[index], self.text[index]
+        return Batch(self.images[index], self.text[index], self.time_ids[index])
 
 
 def encode_set(
@@ -94,11 +89,11 @@ def encode_set(
     cache_latents: bool,
     cache_text: bool = True,
 ) -> EncodedSet:
-    pixels = torch.stack([load_image(path, resolution) for path in images])
-    if cache_text:
-        text = encode_prompts(pipe.tokenizer, pipe.text_encoder, prompts)
-    else:
-        text = tokenize(pipe.tokenizer, prompts)
+    loaded = [load_image(path, resolution) for path in images]
+    pixels = torch.stack([image for image, _ in loaded])  # (N, 3, H, W)
+    time_ids = torch.stack([ids for _, ids in loaded])  # (N, 6)
+    encoder = PromptEncoder(pipe)
+    text = encoder.encode(prompts) if cache_text else encoder.tokenize(prompts)
     if cache_latents:
         pixels = encode_images(pipe.vae, pixels)
-    return EncodedSet(pixels, text, encoded=cache_latents, text_encoded=cache_text)
+    return EncodedSet(pixels, text, time_ids, encoded=cache_latents, text_encoded=cache_text)

@@ -12,7 +12,8 @@ taken out, and of its class prompt. Those prompts' text-encoder states are compu
 
     lock = mean over locked layers l of  ||W'_l H - W_l H||^2 / ||W_l H||^2
 
-    H:    (prompts, 77, D) the text encoder's last hidden states of the locked prompts, padding included
+    H:    (prompts, 77, D) the text states the cross-attention reads for the locked prompts (text.PromptEncoder),
+          padding included
     W_l:  the layer's base weight; W'_l: the same layer with the concept's adapter
 
 added to the denoising loss at `TrainConfig.lock_weight`. The token itself stays free to move the keys and values
@@ -36,9 +37,9 @@ import torch
 from torch import Tensor, nn
 
 from .adapters import AdaptedLinear
-from .data import encode_ids, tokenize
 from .errors import ConfigError
 from .inject import TARGET_PRESETS, wrappers
+from .text import PromptEncoder
 
 # The projections whose input is the text encoder's states, not image features.
 TEXT_READING = TARGET_PRESETS["cross_kv"]
@@ -98,19 +99,23 @@ class WordLock:
         mean over captions c and positions j outside the token of  ||S_c[j] - S0_c[j]||^2 / mean ||S0||^2
 
     with S the captions' states now and S0 their states at the initial embedding (computed once), which costs a
-    text-encoder pass over the captions per step. The token's own positions stay free.
+    text-encoder pass over the captions per step. The token's own positions stay free. On SDXL, S is both
+    encoders' states side by side (what the UNet reads), so the lock covers both; the pooled embedding is left
+    free: it sums up the whole prompt, token included, which the concept is meant to change.
     """
 
-    def __init__(self, tokenizer, text_encoder: nn.Module, captions: list[str], token_ids: list[int]) -> None:
-        self.text_encoder = text_encoder
-        self.ids = tokenize(tokenizer, captions)  # (N, 77), a multi-vector token spelled out
-        self.words = ~torch.isin(self.ids, torch.tensor(token_ids))  # (N, 77): every position but the token's
+    def __init__(self, encoder: PromptEncoder, captions: list[str], token_names: list[str]) -> None:
+        self.encoder = encoder
+        self.ids = encoder.tokenize(captions)  # (N, E, 77), a multi-vector token spelled out
+        # Every position but the token's; SDXL's two tokenizers split a caption alike, so their masks agree.
+        token_ids = torch.tensor(encoder.tokenizers[0].convert_tokens_to_ids(token_names))
+        self.words = ~torch.isin(self.ids[:, 0], token_ids)  # (N, 77)
         with torch.no_grad():
-            self.reference = encode_ids(text_encoder, self.ids)  # (N, 77, D) at the initial embedding
+            self.reference = encoder.encode_ids(self.ids).states  # (N, 77, D) at the initial embedding
         self.power = max(float(self.reference[self.words].pow(2).mean()), 1e-12)
 
     def __call__(self) -> Tensor:
         """The mean relative squared change of the other words' states; a scalar, differentiable in the token's
         embedding, 0 while it is at its initial value."""
-        states = encode_ids(self.text_encoder, self.ids)  # (N, 77, D)
+        states = self.encoder.encode_ids(self.ids).states  # (N, 77, D)
         return (states - self.reference)[self.words].pow(2).mean() / self.power

@@ -30,6 +30,7 @@ from .embeddings import add_token
 from .errors import ConfigError, SlotError
 from .formats import AdapterFile, load_adapter, read_adapter
 from .inject import concepts, merge, set_active, set_scale, wrappers
+from .text import PromptEncoder
 
 
 @dataclass(frozen=True)
@@ -113,9 +114,16 @@ def compose(
                 f"{info.path}: carries a trained embedding for token {info.token!r}, which needs the text "
                 "encoder: compose onto the pipeline, not its UNet"
             )
-        add_token(
-            model.tokenizer, model.text_encoder, info.token, info.token_embedding, source=str(info.path)
-        )
+        text = PromptEncoder(model)
+        if len(info.token_embeddings) != len(text.encoders):
+            raise ConfigError(
+                f"{info.path}: carries its token's embedding for {len(info.token_embeddings)} text encoder(s) "
+                f"but this base has {len(text.encoders)}; it was trained on another base model, load that base"
+            )
+        for tokenizer, encoder, rows in zip(
+            text.tokenizers, text.encoders, info.token_embeddings, strict=True
+        ):
+            add_token(tokenizer, encoder, info.token, rows, source=str(info.path))
     loaded: dict[str, AdapterFile] = {}
     for info, (_, scale) in zip(infos, files, strict=True):
         name = _free_name(unet, info.name)

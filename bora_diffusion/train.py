@@ -25,7 +25,7 @@ import torch.nn.functional as F
 
 from .callbacks import Callback, TrainState
 from .config import AdapterConfig, TrainConfig
-from .data import EncodedSet, encode_ids, encode_images, encode_prompts, encode_set
+from .data import EncodedSet, encode_images, encode_set
 from .embeddings import add_token, vector_tokens
 from .errors import BoraError, ConfigError
 from .formats import save_adapter
@@ -33,6 +33,7 @@ from .inject import adapter_state_dict, inject, load_adapter_state_dict, mark_tr
 from .locking import PromptLock, WordLock, lock_prompts
 from .seeding import derive_seed
 from .slots import SlotLedger
+from .text import PromptEncoder, TextStates
 
 CHECKPOINTS = "checkpoints"
 KEEP_CHECKPOINTS = 2
@@ -77,7 +78,9 @@ class Trainer:
         self.callbacks = list(callbacks)
         self.class_dir = Path(class_dir) if class_dir else self.out_dir / "class_images" / concept.class_word
         self.name = concept.name
-        self.embedding: torch.nn.Parameter | None = None  # the token's text embedding (N, D), when it trains
+        self.text = PromptEncoder(pipe)
+        # The token's text embedding, when it trains: (N, D_e) rows on each text encoder (two on SDXL).
+        self.embeddings: list[torch.nn.Parameter] = []
         self.lock: PromptLock | None = None  # keeps the token-free prompts' keys and values, when it weighs
         self.word_lock: WordLock | None = None  # keeps the other words of the captions, when it weighs
 
@@ -97,21 +100,18 @@ class Trainer:
         self._set_attention()
         prior = self._prior_set() if config.prior_weight > 0 else None  # class images come from the bare base
         if config.train_embedding:
-            self.embedding = self._add_token(accelerator.num_processes)
+            self.embeddings = self._add_token(accelerator.num_processes)
         instance = self._instance_set()
 
         inject(unet, self.adapter, name=self.name, ledger=self.ledger)
         self.lock = self._prompt_lock() if config.lock_weight > 0 else None
         # Without a trained embedding the other words cannot move: nothing to lock (a folder's recipe may carry a
         # word lock that `--no-train-embedding` leaves idle).
-        self.word_lock = (
-            self._word_lock() if config.word_lock_weight > 0 and self.embedding is not None else None
-        )
+        self.word_lock = self._word_lock() if config.word_lock_weight > 0 and self.embeddings else None
         set_active(unet, [self.name])
         params = mark_trainable(unet, [self.name])
         optimizer = self._optimizer(params)
-        if self.embedding is not None:
-            params = [*params, self.embedding]
+        params = [*params, *self.embeddings]
         schedule = self._lr_schedule(optimizer)
         generator = torch.Generator().manual_seed(
             derive_seed("train", config.seed, accelerator.process_index)
@@ -154,10 +154,8 @@ class Trainer:
         model.eval()
         if config.gradient_checkpointing:
             unet.disable_gradient_checkpointing()
-        if self.embedding is not None:
-            self.embedding.requires_grad_(
-                False
-            )  # it stays on the text encoder, so samples and generation use it
+        for rows in self.embeddings:  # they stay on the text encoders, so samples and generation use them
+            rows.requires_grad_(False)
         accelerator.wait_for_everyone()
         path = self.out_dir / f"{self.name}.safetensors"
         if accelerator.is_main_process:
@@ -169,10 +167,11 @@ class Trainer:
 
     def _loss(self, model, instance: EncodedSet, prior: EncodedSet | None, generator, device) -> torch.Tensor:
         """The denoising loss on one micro-batch (plus the prior-preservation term)."""
-        latents, text = self._latents(instance, generator)
+        latents, text, time_ids = self._inputs(instance, generator)
         if prior is not None:
-            prior_latents, prior_text = self._latents(prior, generator)
-            latents, text = torch.cat([latents, prior_latents]), torch.cat([text, prior_text])
+            prior_latents, prior_text, prior_time_ids = self._inputs(prior, generator)
+            latents, text = torch.cat([latents, prior_latents]), TextStates.cat([text, prior_text])
+            time_ids = torch.cat([time_ids, prior_time_ids])
         scheduler = self.pipe.scheduler
         noise = torch.randn(latents.shape, generator=generator)
         timesteps = torch.randint(scheduler.config.num_train_timesteps, (len(latents),), generator=generator)
@@ -182,8 +181,12 @@ class Trainer:
         else:
             target = noise
         dtype = self.pipe.unet.dtype
+        text = text.to(device, dtype)
+        added = None  # SDXL's added conditioning: the pooled text and each image's time ids
+        if text.pooled is not None:
+            added = {"text_embeds": text.pooled, "time_ids": time_ids.to(device, dtype)}
         prediction = model(
-            noisy.to(device, dtype), timesteps.to(device), text.to(device, dtype)
+            noisy.to(device, dtype), timesteps.to(device), text.states, added_cond_kwargs=added
         ).sample.float()
         target = target.to(device)
         n = self.config.batch_size
@@ -203,13 +206,15 @@ class Trainer:
             loss = loss + self.config.word_lock_weight * self.word_lock()
         return loss
 
-    def _latents(self, data: EncodedSet, generator) -> tuple[torch.Tensor, torch.Tensor]:
-        images, text = data.batch(self.config.batch_size, generator)
+    def _inputs(self, data: EncodedSet, generator) -> tuple[torch.Tensor, TextStates, torch.Tensor]:
+        """One drawn batch as latents (B, C, h, w), its text and its time ids (B, 6)."""
+        batch = data.batch(self.config.batch_size, generator)
+        images, text = batch.images, batch.text
         if not data.encoded:
             images = encode_images(self.pipe.vae, images)
         if not data.text_encoded:  # token ids: encode now, so the trained token embedding gets its gradient
-            text = encode_ids(self.pipe.text_encoder, text)
-        return images.cpu(), text.cpu()
+            text = self.text.encode_ids(text)
+        return images.cpu(), text.to("cpu"), batch.time_ids
 
     # ------------------------------------------------------------------------------------------ data and setup
     def _captions(self) -> list[str]:
@@ -223,49 +228,42 @@ class Trainer:
             self._captions(),
             self.config.resolution,
             cache_latents=self.config.cache_latents,
-            cache_text=self.embedding is None,
+            cache_text=not self.embeddings,
         )
 
-    def _add_token(self, processes: int) -> torch.nn.Parameter:
+    def _add_token(self, processes: int) -> list[torch.nn.Parameter]:
         """Make the concept's token a new token of `embedding_vectors` vectors that train, starting from its class
-        word's embedding."""
+        word's embedding, on every text encoder (SDXL's two each get their own rows, as SDXL textual-inversion
+        files carry `clip_l` and `clip_g`)."""
         if processes > 1:
             raise ConfigError(
                 "train_embedding runs in a single process for now (its gradient is not synchronized across "
                 "GPUs); train without it under `accelerate launch`, or on one GPU"
             )
-        if getattr(self.pipe, "text_encoder_2", None) is not None:
-            raise ConfigError(
-                "train_embedding supports pipelines with one text encoder (SD 1.x / 2.x); SDXL has two: "
-                "train without it"
+        rows = []
+        for tokenizer, encoder in zip(self.text.tokenizers, self.text.encoders, strict=True):
+            encoder.requires_grad_(False)
+            vectors = add_token(
+                tokenizer,
+                encoder,
+                self.concept.token,
+                count=self.config.embedding_vectors,
+                init_word=self.concept.class_word,
+                source=f"concept {self.name!r}",
             )
-        self.pipe.text_encoder.requires_grad_(False)
-        vector = add_token(
-            self.pipe.tokenizer,
-            self.pipe.text_encoder,
-            self.concept.token,
-            count=self.config.embedding_vectors,
-            init_word=self.concept.class_word,
-            source=f"concept {self.name!r}",
-        )
-        return vector.requires_grad_(True)
+            rows.append(vectors.requires_grad_(True))
+        return rows
 
     def _prompt_lock(self) -> PromptLock:
         """The lock on the concept's captions without its token (bora_diffusion.locking)."""
-        if getattr(self.pipe, "text_encoder_2", None) is not None:
-            raise ConfigError(
-                "lock_weight supports pipelines with one text encoder (SD 1.x / 2.x); SDXL has two: "
-                "train with lock_weight 0"
-            )
         prompts = lock_prompts(self.concept.token, self._captions(), self.concept.class_prompt)
-        states = encode_prompts(self.pipe.tokenizer, self.pipe.text_encoder, prompts)  # (N, 77, D)
+        states = self.text.encode(prompts).states  # (N, 77, D)
         return PromptLock(self.pipe.unet, self.name, states)
 
     def _word_lock(self) -> WordLock:
         """The lock on the other words of the concept's captions (bora_diffusion.locking)."""
-        names = vector_tokens(self.concept.token, len(self.embedding))
-        token_ids = self.pipe.tokenizer.convert_tokens_to_ids(names)
-        return WordLock(self.pipe.tokenizer, self.pipe.text_encoder, self._captions(), token_ids)
+        names = vector_tokens(self.concept.token, len(self.embeddings[0]))
+        return WordLock(self.text, self._captions(), names)
 
     def _prior_set(self) -> EncodedSet:
         prompt = self.concept.class_prompt
@@ -290,10 +288,10 @@ class Trainer:
         else:
             cls = torch.optim.AdamW
         groups = [{"params": params}]
-        if self.embedding is not None:
+        if self.embeddings:
             # Weight decay would pull the token towards the origin, away from the words it sits among.
             lr = self.config.embedding_learning_rate or self.config.learning_rate
-            groups.append({"params": [self.embedding], "lr": lr, "weight_decay": 0.0})
+            groups.append({"params": self.embeddings, "lr": lr, "weight_decay": 0.0})
         return cls(groups, lr=self.config.learning_rate, weight_decay=self.config.weight_decay)
 
     def _lr_schedule(self, optimizer):
@@ -328,7 +326,7 @@ class Trainer:
             "lr_schedule": schedule.state_dict(),
             "generator": generator.get_state(),
             "adapter": {k: v.cpu().clone() for k, v in adapter_state_dict(self.pipe.unet, self.name).items()},
-            "token_embedding": None if self.embedding is None else self.embedding.detach().cpu().clone(),
+            "token_embeddings": [rows.detach().cpu().clone() for rows in self.embeddings],
             "config": json.dumps(self.config.to_dict()),
         }
         torch.save(state, staging / "state.pt")
@@ -354,9 +352,9 @@ class Trainer:
                 "resume with the same settings or start a new output folder"
             )
         load_adapter_state_dict(self.pipe.unet, self.name, state["adapter"], source=str(found[-1]))
-        if self.embedding is not None:
-            with torch.no_grad():
-                self.embedding.copy_(state["token_embedding"])
+        with torch.no_grad():
+            for rows, saved_rows in zip(self.embeddings, _saved_embeddings(state), strict=True):
+                rows.copy_(saved_rows)
         optimizer.load_state_dict(state["optimizer"])
         schedule.load_state_dict(state["lr_schedule"])
         generator.set_state(state["generator"])
@@ -375,7 +373,8 @@ class Trainer:
             token=self.concept.token,
             class_word=self.concept.class_word,
             training=training,
-            token_embedding=self.embedding,
+            token_embedding=self.embeddings[0] if self.embeddings else None,
+            token_embedding_2=self.embeddings[1] if len(self.embeddings) > 1 else None,
         )
 
     def _sample(self, state: TrainState) -> None:
@@ -416,6 +415,15 @@ def min_snr_weights(scheduler, timesteps: torch.Tensor, gamma: float) -> torch.T
     snr = alpha_bar / (1 - alpha_bar)
     denominator = snr + 1 if scheduler.config.prediction_type == "v_prediction" else snr
     return (snr.clamp(max=gamma) / denominator).float()
+
+
+def _saved_embeddings(state: dict) -> list[torch.Tensor]:
+    """A checkpoint's token embeddings, one (N, D_e) per text encoder; checkpoints written before SDXL held
+    one tensor (or None) under `token_embedding`."""
+    if "token_embeddings" in state:
+        return state["token_embeddings"]
+    single = state.get("token_embedding")
+    return [] if single is None else [single]
 
 
 def _resume_key(config: TrainConfig) -> dict:

@@ -121,7 +121,11 @@ def run_recipe(args: argparse.Namespace, queue) -> None:
     unet.train()
     stamps = []
     for _ in range(args.steps):
-        latents, text = (x.to(args.device) for x in data.batch(1, generator))  # the cache lives on the device
+        batch = data.batch(1, generator)
+        latents, text = (
+            batch.images.to(args.device),
+            batch.text.states.to(args.device),
+        )  # cached on the device
         noise = torch.randn(latents.shape, generator=generator).to(args.device)
         t = torch.randint(scheduler.config.num_train_timesteps, (1,), generator=generator).to(args.device)
         noisy = scheduler.add_noise(latents, noise, t)

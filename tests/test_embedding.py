@@ -12,11 +12,11 @@ from test_train import StopAt, make_concept
 
 from bora_diffusion import AdapterConfig
 from bora_diffusion.config import TrainConfig
-from bora_diffusion.data import encode_prompts, tokenize
 from bora_diffusion.embeddings import TokenEmbeddings, add_token, bake_tokens, spell_out
 from bora_diffusion.errors import ConfigError
 from bora_diffusion.formats import read_adapter, save_adapter
 from bora_diffusion.merge import compose
+from bora_diffusion.text import PromptEncoder
 from bora_diffusion.train import Trainer
 
 PROMPT = "a photo of <zq-thing> toy on a table"
@@ -24,7 +24,7 @@ CONFIG = TrainConfig(steps=6, learning_rate=1e-2, train_embedding=True, embeddin
 
 
 def text_of(pipe, prompt: str = PROMPT) -> torch.Tensor:
-    return encode_prompts(pipe.tokenizer, pipe.text_encoder, [prompt])  # (1, 77, D)
+    return PromptEncoder(pipe).encode([prompt]).states  # (1, 77, D)
 
 
 def train_thing(pipe, folder, config: TrainConfig = CONFIG):
@@ -74,7 +74,7 @@ def test_a_token_of_three_vectors_is_spelled_out_as_diffusers_does_and_each_part
         "<zq-thing>_2 alone",  # a part written out stays as it is, and so does a longer made-up word
         "a <zq-thingy> toy",
     ]
-    ids = tokenize(tiny_pipe.tokenizer, [PROMPT])[0]  # (77,)
+    ids = PromptEncoder(tiny_pipe).tokenize([PROMPT])[0, 0]  # (77,)
     parts = tiny_pipe.tokenizer.convert_tokens_to_ids(["<zq-thing>", "<zq-thing>_1", "<zq-thing>_2"])
     start = ids.tolist().index(parts[0])
     assert ids[start : start + 3].tolist() == parts

@@ -13,12 +13,12 @@ from test_train import make_concept
 
 from bora_diffusion import AdapterConfig
 from bora_diffusion.config import TrainConfig
-from bora_diffusion.data import encode_prompts, tokenize
 from bora_diffusion.embeddings import add_token, vector_tokens
 from bora_diffusion.errors import ConfigError
 from bora_diffusion.formats import read_adapter
 from bora_diffusion.inject import inject, set_active, wrappers
 from bora_diffusion.locking import PromptLock, WordLock, lock_prompts
+from bora_diffusion.text import PromptEncoder
 from bora_diffusion.train import Trainer
 
 
@@ -37,7 +37,7 @@ def test_the_locked_prompts_are_the_captions_without_the_token_and_the_class_pro
 
 
 def _states(pipe, prompts=("a photo of toy", "a red cube on a table")):
-    return encode_prompts(pipe.tokenizer, pipe.text_encoder, list(prompts))  # (N, 77, D)
+    return PromptEncoder(pipe).encode(list(prompts)).states  # (N, 77, D)
 
 
 def test_the_lock_is_the_mean_relative_change_of_the_text_reading_layers(tiny_pipe):
@@ -113,20 +113,19 @@ CAPTIONS = ["a photo of <zq-thing> toy", "<zq-thing> toy on a red table"]
 
 def _word_lock(pipe, rows: int = 2) -> WordLock:
     """A word lock on CAPTIONS, its reference taken at the token's current rows."""
-    ids = pipe.tokenizer.convert_tokens_to_ids(vector_tokens("<zq-thing>", rows))
-    return WordLock(pipe.tokenizer, pipe.text_encoder, CAPTIONS, ids)
+    return WordLock(PromptEncoder(pipe), CAPTIONS, vector_tokens("<zq-thing>", rows))
 
 
 def test_the_word_lock_is_the_relative_change_of_the_other_words_states(tiny_pipe):
     rows = add_token(tiny_pipe.tokenizer, tiny_pipe.text_encoder, "<zq-thing>", count=2, init_word="toy")
     lock = _word_lock(tiny_pipe)
     assert float(lock().detach()) == 0.0
-    before = encode_prompts(tiny_pipe.tokenizer, tiny_pipe.text_encoder, CAPTIONS)  # (2, 77, D)
+    before = PromptEncoder(tiny_pipe).encode(CAPTIONS).states  # (2, 77, D)
     with torch.no_grad():
         rows.add_(torch.randn(rows.shape, generator=torch.Generator().manual_seed(1)))
-    after = encode_prompts(tiny_pipe.tokenizer, tiny_pipe.text_encoder, CAPTIONS)
+    after = PromptEncoder(tiny_pipe).encode(CAPTIONS).states
 
-    ids = tokenize(tiny_pipe.tokenizer, CAPTIONS)  # (2, 77)
+    ids = PromptEncoder(tiny_pipe).tokenize(CAPTIONS)[:, 0]  # (2, 77)
     parts = tiny_pipe.tokenizer.convert_tokens_to_ids(vector_tokens("<zq-thing>", 2))
     token = torch.isin(ids, torch.tensor(parts))
     assert token.sum() == 4  # two parts in each caption

@@ -2,7 +2,8 @@
 
 Tensors are keyed `<module path>.<tensor>` (e.g. `...attn1.to_q.B`, `...attn1.to_q.index`), plus
 `concept.token_embedding` (N, D) when the concept token's text embedding was trained (bora_diffusion.embeddings;
-files written before tokens had several vectors hold (D,), read as (1, D)); the safetensors metadata (string ->
+files written before tokens had several vectors hold (D,), read as (1, D)), and on SDXL
+`concept.token_embedding_2` (N, D_2), the same token's rows on the second text encoder; the safetensors metadata (string ->
 string, JSON where structured) holds:
 
     format            "bora-diffusion-adapter"
@@ -55,6 +56,7 @@ UNET_LAYOUT_KEYS = (
     "addition_embed_type",
 )
 TOKEN_EMBEDDING = "concept.token_embedding"
+TOKEN_EMBEDDING_2 = "concept.token_embedding_2"  # SDXL's second text encoder (OpenCLIP ViT-bigG)
 
 
 @dataclass(frozen=True)
@@ -75,7 +77,14 @@ class AdapterFile:
     training: dict | None
     tensors: dict[str, Tensor]  # the UNet adapters' tensors
     token_embedding: Tensor | None = None  # (N, D): the token's trained text embedding, if it was trained
+    token_embedding_2: Tensor | None = None  # (N, D_2): its rows on SDXL's second text encoder
     unet_layout: dict | None = None  # the base UNet's UNET_LAYOUT_KEYS entries; None in older files
+
+    @property
+    def token_embeddings(self) -> list[Tensor]:
+        """The token's rows per text encoder, in the pipeline's order: [] untrained, one on SD 1.x / 2.x, two on
+        SDXL."""
+        return [rows for rows in (self.token_embedding, self.token_embedding_2) if rows is not None]
 
     def slots(self) -> dict[str, Tensor]:
         """Module path -> slot index (r,), for slot methods; empty otherwise."""
@@ -109,6 +118,7 @@ def save_adapter(
     class_word: str | None = None,
     training: dict | None = None,
     token_embedding: Tensor | None = None,
+    token_embedding_2: Tensor | None = None,
     layout: dict | None = None,
 ) -> Path:
     """Write concept `name` of `model` to `path` atomically; return the path. `training` (the training settings)
@@ -124,6 +134,10 @@ def save_adapter(
             raise ConfigError("a token embedding needs its token: pass token=")
         rows = token_embedding.detach().float().reshape(-1, token_embedding.shape[-1])  # (N, D)
         tensors[TOKEN_EMBEDDING] = rows.contiguous().cpu()
+    if token_embedding_2 is not None:
+        if token_embedding is None or len(token_embedding_2) != len(tensors[TOKEN_EMBEDDING]):
+            raise ConfigError("token_embedding_2 needs token_embedding with as many vectors")
+        tensors[TOKEN_EMBEDDING_2] = token_embedding_2.detach().float().contiguous().cpu()
     space = get(config.method).slot_space
     seed = (
         next((w.adapters[name].slot_seed for _, w in wrappers(model) if name in w.adapters), 0)
@@ -219,6 +233,15 @@ def read_adapter(path: str | os.PathLike) -> AdapterFile:
         raise AdapterFileError(
             f"{path}: malformed {TOKEN_EMBEDDING} (needs a token and shape (N, D)); corrupt file"
         )
+    token_embedding_2 = tensors.pop(TOKEN_EMBEDDING_2, None)
+    if token_embedding_2 is not None and (
+        token_embedding is None
+        or token_embedding_2.ndim != 2
+        or len(token_embedding_2) != len(token_embedding)
+    ):
+        raise AdapterFileError(
+            f"{path}: malformed {TOKEN_EMBEDDING_2} (needs {TOKEN_EMBEDDING} and as many vectors); corrupt file"
+        )
     orphans = sorted({key.rpartition(".")[0] for key in tensors} - set(layers))
     if orphans:
         raise AdapterFileError(
@@ -239,6 +262,7 @@ def read_adapter(path: str | os.PathLike) -> AdapterFile:
         training=json.loads(metadata.get("training") or "null"),
         tensors=tensors,
         token_embedding=token_embedding,
+        token_embedding_2=token_embedding_2,
         unet_layout=layout,
     )
 
