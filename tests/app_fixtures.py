@@ -32,13 +32,14 @@ def register_tiny_clip(folder: Path) -> str:
     return f"{TINY_CLIP}:random"
 
 
-def serve(root: Path, *, workers: int = 2):
-    """Build and serve the app with its data under `root`; return (demo, ctx, url)."""
+def serve(root: Path, *, workers: int = 2, base: str | None = None):
+    """Build and serve the app with its data under `root` on `base` (the embedded default when None); return
+    (demo, ctx, url)."""
     from bora_diffusion.app import create, launch
     from bora_diffusion.app.server import parse_clip
 
     clip = parse_clip(register_tiny_clip(root / "clip_configs"))
-    demo, ctx = create(data=root / "data", concepts=REPO / "concepts", workers=workers, clip=clip)
+    demo, ctx = create(data=root / "data", base=base, concepts=REPO / "concepts", workers=workers, clip=clip)
     url = launch(demo, ctx, block=False)
     return demo, ctx, url
 
