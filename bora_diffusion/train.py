@@ -88,8 +88,13 @@ class Trainer:
     def train(self, *, resume: bool = False) -> Path:
         """Run to `config.steps`; with `resume`, continue from the newest checkpoint in `out_dir` if there is one."""
         from accelerate import Accelerator
+        from accelerate.state import AcceleratorState
 
         config, unet = self.config, self.pipe.unet
+        # accelerate keeps one state per process and refuses a second Accelerator with another mixed precision;
+        # one process (the app, a notebook, a test run) trains many concepts, each with its own settings. The
+        # process group (PartialState) is kept, so this is safe under `accelerate launch`.
+        AcceleratorState._reset_state()
         accelerator = Accelerator(
             mixed_precision=config.mixed_precision,
             gradient_accumulation_steps=config.gradient_accumulation,
