@@ -2,10 +2,9 @@
 
 Images are resized on the shorter side and center-cropped to the training resolution, then scaled to [-1, 1]
 as the VAE expects. Latents are the VAE posterior's mean times the VAE's scaling factor (kohya caches the same),
-which makes an uncached run the same as a cached one up to float rounding (the VAE then encodes batches
-of another shape) and a resumed run bit-exact. Each image keeps its SDXL
-time ids (its size before resizing, the crop's top-left corner, the training size), which an SDXL UNet reads
-beside the text; other bases ignore them.
+so an uncached run matches a cached one up to float rounding (the VAE then encodes batches of another shape) and
+a resumed run is bit-exact. Each image keeps its SDXL time ids (its size before resizing, the crop's top-left
+corner, the training size), which an SDXL UNet reads beside the text; other bases ignore them.
 """
 
 from __future__ import annotations
