@@ -12,6 +12,7 @@ draws our images within 1e-4.
 from __future__ import annotations
 
 import copy
+import json
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -352,3 +353,28 @@ def test_training_options_work_on_the_base(base, options, tmp_path):
         # Checkpointing recomputes the same forward; uncached latents are encoded in batches of another shape
         # (float rounding that Adam's first steps, each about lr = 1e-2, carry through: measured 5e-5).
         assert worst < (1e-6 if "gradient_checkpointing" in options else 1e-3), worst
+
+
+@pytest.mark.usefixtures("_home")
+def test_evaluate_and_compare_run_on_the_base(base, tmp_path, capsys):
+    """The evaluation and the method comparison draw on the base with its own conditioning and score each
+    concept; `base_model` names the folder, as adapter files do."""
+    one = concept_folder(tmp_path / "one", "one", "zqone", 0)
+    two = concept_folder(tmp_path / "two", "two", "zqtwo", 1)
+    quick = ["--base", str(base.folder), "--images", "1", "--steps", "2", "--no-other-words"]
+    out = tmp_path / "run"
+    assert main(["train", str(one), str(two), "--out", str(out), "--base", str(base.folder), "--steps", "2",
+                 "--quiet"]) == 0  # fmt: skip
+    pairs = [f"{out / 'one.safetensors'}={one}", f"{out / 'two.safetensors'}={two}"]
+    assert main(["evaluate", *pairs, *quick, "--out", str(tmp_path / "eval")]) == 0
+    report = json.loads((tmp_path / "eval" / "evaluation.json").read_text())
+    assert report["base_model"] == "base"
+    assert [c["name"] for c in report["concepts"]] == ["one", "two"]
+    assert all(0 < c["alone"]["clip_i"] <= 1 and c["composed"] is not None for c in report["concepts"])
+
+    methods = ["--method", "lora", "--method", "sbora_fa", "--train-steps", "2", "--quiet"]
+    assert main(["compare", str(one), *methods, *quick, "--out", str(tmp_path / "cmp")]) == 0
+    rows = json.loads((tmp_path / "cmp" / "comparison.json").read_text())["rows"]
+    assert [(r["method"], r["concept"]) for r in rows] == [("lora", "one"), ("sbora_fa", "one")]
+    assert all(r["clip_i_alone"] is not None and r["trainable_params"] > 0 for r in rows)
+    capsys.readouterr()
