@@ -460,9 +460,11 @@ def run_inspect(args: argparse.Namespace) -> int:
     params = sum(t.numel() for k, t in info.tensors.items() if not k.endswith(".index"))
     print(f"file:        {info.path}")
     print(f"concept:     {info.name}   token: {info.token or '-'}   class word: {info.class_word or '-'}")
-    if info.token_embedding is not None:
-        vectors, width = info.token_embedding.shape
-        print(f"embedding:   the token's own text embedding, trained ({vectors} x {width} values)")
+    if info.token_embeddings:
+        vectors = len(info.token_embeddings[0])
+        widths = " + ".join(str(rows.shape[1]) for rows in info.token_embeddings)
+        encoders = "both text encoders" if len(info.token_embeddings) == 2 else "the text encoder"
+        print(f"embedding:   the token's own text embedding, trained on {encoders} ({vectors} x {widths} values)")
     print(f"method:      {info.config.method}   rank: {info.config.rank}   scaling: {info.config.scaling:g}")
     print(f"config:      {info.config.to_dict()}")
     print(f"base model:  {info.base_name}   fingerprint: {info.fingerprint}")

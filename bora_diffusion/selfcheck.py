@@ -101,14 +101,19 @@ def _check_one(unet, config, inputs, originals, path: Path, base_name: str) -> M
     )
 
 
-def _unet_inputs(unet: nn.Module, seed: int) -> dict[str, torch.Tensor]:
-    """Random latents, noise, timesteps and text states shaped for this UNet's config."""
+def _unet_inputs(unet: nn.Module, seed: int) -> dict:
+    """Random latents, noise, timesteps and text states shaped for this UNet's config.
+
+    An SDXL UNet (`addition_embed_type="text_time"`) also takes the pooled text embedding and the six size/crop
+    time ids; their widths follow from the config: the pooled width is what the projection takes beyond the
+    six Fourier-embedded time ids.
+    """
     config = unet.config
     g = torch.Generator().manual_seed(seed)
     size = config.sample_size if isinstance(config.sample_size, int) else config.sample_size[0]
     shape = (1, config.in_channels, size, size)
     device, dtype = unet.device, unet.dtype
-    return {
+    inputs = {
         "sample": torch.randn(shape, generator=g).to(device, dtype),
         "noise": torch.randn(shape, generator=g).to(device, dtype),
         "timestep": torch.tensor([500], device=device),
@@ -116,7 +121,15 @@ def _unet_inputs(unet: nn.Module, seed: int) -> dict[str, torch.Tensor]:
             device, dtype
         ),
     }
+    if getattr(config, "addition_embed_type", None) == "text_time":
+        pooled_width = config.projection_class_embeddings_input_dim - 6 * config.addition_time_embed_dim
+        pixels = float(size * 8)  # the VAE's 8x: (original h, w, crop top, left, target h, w)
+        inputs["added_cond_kwargs"] = {
+            "text_embeds": torch.randn(1, pooled_width, generator=g).to(device, dtype),
+            "time_ids": torch.tensor([[pixels, pixels, 0.0, 0.0, pixels, pixels]], device=device, dtype=dtype),
+        }
+    return inputs
 
 
-def _model_args(inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+def _model_args(inputs: dict) -> dict:
     return {k: v for k, v in inputs.items() if k != "noise"}

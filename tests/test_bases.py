@@ -272,6 +272,9 @@ def test_train_generate_save_and_export_reach_stock_diffusers(base, tmp_path, ca
     common = [*argv, "--steps", "4", "--lr", "1e-2", "--train-embedding", "--lock-weight", "1"]
     assert main(["train", str(folder), "--out", str(out), *common, "--quiet"]) == 0
     concept = out / "toy.safetensors"
+    assert main(["inspect", str(concept)]) == 0
+    encoders = "both text encoders (1 x 32 + 32" if base.kind == "sdxl" else "the text encoder (1 x 64"
+    assert f"own text embedding, trained on {encoders} values)" in capsys.readouterr().out
 
     ours = fresh(base)
     compose(ours, [(concept, 1.0)])
@@ -378,3 +381,13 @@ def test_evaluate_and_compare_run_on_the_base(base, tmp_path, capsys):
     assert [(r["method"], r["concept"]) for r in rows] == [("lora", "one"), ("sbora_fa", "one")]
     assert all(r["clip_i_alone"] is not None and r["trainable_params"] > 0 for r in rows)
     capsys.readouterr()
+
+
+def test_the_method_self_check_runs_on_the_base(base, tmp_path, capsys):
+    """`bora-diffusion methods --base` steps, fuses and restores each method on the base's own UNet (an SDXL
+    UNet also takes the pooled text and time ids)."""
+    assert main(["methods", "--base", str(base.folder), "--method", "sbora_fb", "--method", "bora_bidim",
+                 "--rank", "2", "--out", str(tmp_path)]) == 0  # fmt: skip
+    rows = [line.split() for line in capsys.readouterr().out.splitlines() if line.startswith(("sbora", "bora"))]
+    assert [row[0] for row in rows] == ["sbora_fb", "bora_bidim"]
+    assert all(row[-1] == "bit-exact" for row in rows)
