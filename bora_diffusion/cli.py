@@ -464,7 +464,9 @@ def run_inspect(args: argparse.Namespace) -> int:
         vectors = len(info.token_embeddings[0])
         widths = " + ".join(str(rows.shape[1]) for rows in info.token_embeddings)
         encoders = "both text encoders" if len(info.token_embeddings) == 2 else "the text encoder"
-        print(f"embedding:   the token's own text embedding, trained on {encoders} ({vectors} x {widths} values)")
+        print(
+            f"embedding:   the token's own text embedding, trained on {encoders} ({vectors} x {widths} values)"
+        )
     print(f"method:      {info.config.method}   rank: {info.config.rank}   scaling: {info.config.scaling:g}")
     print(f"config:      {info.config.to_dict()}")
     print(f"base model:  {info.base_name}   fingerprint: {info.fingerprint}")

@@ -126,7 +126,9 @@ def _unet_inputs(unet: nn.Module, seed: int) -> dict:
         pixels = float(size * 8)  # the VAE's 8x: (original h, w, crop top, left, target h, w)
         inputs["added_cond_kwargs"] = {
             "text_embeds": torch.randn(1, pooled_width, generator=g).to(device, dtype),
-            "time_ids": torch.tensor([[pixels, pixels, 0.0, 0.0, pixels, pixels]], device=device, dtype=dtype),
+            "time_ids": torch.tensor(
+                [[pixels, pixels, 0.0, 0.0, pixels, pixels]], device=device, dtype=dtype
+            ),
         }
     return inputs
 

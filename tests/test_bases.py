@@ -388,6 +388,8 @@ def test_the_method_self_check_runs_on_the_base(base, tmp_path, capsys):
     UNet also takes the pooled text and time ids)."""
     assert main(["methods", "--base", str(base.folder), "--method", "sbora_fb", "--method", "bora_bidim",
                  "--rank", "2", "--out", str(tmp_path)]) == 0  # fmt: skip
-    rows = [line.split() for line in capsys.readouterr().out.splitlines() if line.startswith(("sbora", "bora"))]
+    rows = [
+        line.split() for line in capsys.readouterr().out.splitlines() if line.startswith(("sbora", "bora"))
+    ]
     assert [row[0] for row in rows] == ["sbora_fb", "bora_bidim"]
     assert all(row[-1] == "bit-exact" for row in rows)
