@@ -10,6 +10,7 @@ import argparse
 import dataclasses
 import os
 import sys
+import time
 from pathlib import Path
 
 # Offline by default: never hang on a model hub this machine cannot reach. A user with network access can
@@ -23,6 +24,8 @@ from .errors import BoraError
 METHODS = "lora, dora, sbora_fa, sbora_fb, ortho, bora_block, bora_bidim"
 GUIDANCE_HELP = "classifier-free guidance scale (default: 3 on the embedded base, 7.5 on others)"
 BASE_HELP = "base model: 'embedded' (default, tiny, offline), a local diffusers folder, or a hub id"
+# How long a process other than the main one waits before it reports an error itself (see `main`).
+ERROR_GRACE_SECONDS = 10.0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -34,8 +37,24 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.run(args)
     except BoraError as error:
-        print(f"error: {error}", file=sys.stderr)
+        rank = process_rank()
+        if rank:
+            # Under a multi-process launch a user's mistake reaches every process; the main one says it. The
+            # launcher ends the others once it exits, so this one speaks only if the mistake was its alone.
+            time.sleep(ERROR_GRACE_SECONDS)
+            print(f"error: (process {rank}) {error}", file=sys.stderr)
+        else:
+            print(f"error: {error}", file=sys.stderr)
         return 2
+
+
+def process_rank() -> int:
+    """This process's rank under a launcher that starts several (accelerate launch, torchrun, mpirun); 0 when
+    alone. Read from the launcher's environment, so that it needs no process group."""
+    for name in ("RANK", "OMPI_COMM_WORLD_RANK", "PMI_RANK"):
+        if os.environ.get(name, "").isdigit():
+            return int(os.environ[name])
+    return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -606,12 +625,15 @@ def run_train(args: argparse.Namespace) -> int:
                 config, sample_prompts=tuple(concept.fill(p) for p in concept.prompts.sample_prompts)
             )
         jobs.append((concept, adapter, config))
-    callbacks = [] if args.quiet else [ProgressBar()]
-    if args.tensorboard:
+    main_process = process_rank() == 0  # under a multi-process launch one bar, one log, one report
+    callbacks = [] if args.quiet or not main_process else [ProgressBar()]
+    if args.tensorboard and main_process:
         callbacks.append(TensorBoardLog(Path(args.out) / "logs"))
     paths = train_concepts(
         pipe, jobs, out_dir=args.out, base_name=base_name(args.base), callbacks=callbacks, resume=args.resume
     )
+    if not main_process:
+        return 0
     for (concept, adapter, config), path in zip(jobs, paths, strict=True):
         token = f", token {concept.token!r} trained too" if config.train_embedding else ""
         print(f"{concept.name}: {adapter.method} rank {adapter.rank}, {config.steps} steps{token} -> {path}")

@@ -74,9 +74,10 @@ class EncodedSet:
     def __len__(self) -> int:
         return len(self.images)
 
-    def batch(self, size: int, generator: torch.Generator) -> Batch:
-        """A batch drawn with replacement by `generator` (the only randomness, so resume is exact)."""
-        index = torch.randint(len(self.images), (size,), generator=generator)
+    def batch(self, size: int, generator: torch.Generator, *, keep: slice = slice(None)) -> Batch:
+        """The rows `keep` of a batch of `size` drawn with replacement by `generator` (the only randomness, so
+        resume is exact): data-parallel processes draw the same global batch and each keeps its shard."""
+        index = torch.randint(len(self.images), (size,), generator=generator)[keep]  # (len(keep),)
         return Batch(self.images[index], self.text[index], self.time_ids[index])
 
 

@@ -5,14 +5,20 @@ shared ledger, each alone (the others inactive), so they can later be fused with
 (batch choice, noise, timesteps) comes from one seeded generator whose state goes into every checkpoint, so a run
 stopped and resumed ends with the same adapter, bit for bit on CPU, as a run that never stopped.
 
-Under `accelerate launch` the same code runs data-parallel on several GPUs: accelerate wraps the UNet, each process
-draws its own batches from a generator seeded by (seed, process index), and only the main process writes files.
-Bit-exact resume is a single-process guarantee (the checkpoint holds the main process's generator).
+Under a launcher that starts several processes (`accelerate launch --multi_gpu --num_processes P`, torchrun) the same
+code runs data-parallel: accelerate wraps the UNet in DDP, which averages its gradients, and the token's embedding
+rows (outside the UNet) have theirs averaged here. Every process holds the same generator, seeded by the seed
+alone, and draws the global batch (P x batch_size images of the concept, as many of the class, their noise and
+timesteps); process p keeps shard p. A P-process run of batch B therefore trains on exactly the batches of a
+1-process run of batch P x B and takes the same steps up to float summation order (tests/test_multiprocess.py
+measures it), its checkpoints hold the one generator state, and a resume continues exactly on any process count
+with the same global batch. Only the main process writes files.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import shutil
 import tempfile
 import time
@@ -83,6 +89,9 @@ class Trainer:
         self.embeddings: list[torch.nn.Parameter] = []
         self.lock: PromptLock | None = None  # keeps the token-free prompts' keys and values, when it weighs
         self.word_lock: WordLock | None = None  # keeps the other words of the captions, when it weighs
+        self.shard = (0, 1)  # (this process's index, the number of processes), set by `train`
+        self.main_process = True  # whether this process writes the files, set by `train`
+        self.process_losses: list[float] = []  # the last step's loss on each process's shard
 
     # ----------------------------------------------------------------------------------------------- the run
     def train(self, *, resume: bool = False) -> Path:
@@ -102,10 +111,17 @@ class Trainer:
         )
         if config.mixed_precision == "fp16" and accelerator.device.type == "cpu":
             raise ConfigError("mixed_precision 'fp16' needs a GPU; use 'no' or 'bf16' on the CPU")
+        self.main_process = accelerator.is_main_process
+        self.shard = (accelerator.process_index, accelerator.num_processes)
         self._set_attention()
-        prior = self._prior_set() if config.prior_weight > 0 else None  # class images come from the bare base
+        prior = None
+        if config.prior_weight > 0:  # class images come from the bare base
+            with (
+                accelerator.main_process_first()
+            ):  # the main process generates the missing ones, the rest read
+                prior = self._prior_set()
         if config.train_embedding:
-            self.embeddings = self._add_token(accelerator.num_processes)
+            self.embeddings = self._add_token()
         instance = self._instance_set()
 
         inject(unet, self.adapter, name=self.name, ledger=self.ledger)
@@ -118,9 +134,10 @@ class Trainer:
         optimizer = self._optimizer(params)
         params = [*params, *self.embeddings]
         schedule = self._lr_schedule(optimizer)
-        generator = torch.Generator().manual_seed(
-            derive_seed("train", config.seed, accelerator.process_index)
-        )
+        # One generator for the whole run, the same on every process: each draws the global batch and keeps its
+        # shard (`_loss`). The trailing 0 is the process index that single-process runs were seeded with before
+        # the draw became global, so a 1-process run draws what it always drew.
+        generator = torch.Generator().manual_seed(derive_seed("train", config.seed, 0))
         step = self._resume(optimizer, schedule, generator) if resume else 0
         if config.gradient_checkpointing:
             unet.enable_gradient_checkpointing()
@@ -131,26 +148,35 @@ class Trainer:
         start = time.perf_counter()
         self._emit("on_train_start", state)
         while step < config.steps:
-            losses = []
+            losses = []  # per micro-batch, each process's loss on its shard
             for _ in range(config.gradient_accumulation):
                 with accelerator.accumulate(model):
                     loss = self._loss(model, instance, prior, generator, accelerator.device)
-                    if not torch.isfinite(loss):
-                        raise TrainingDiverged(self._diverged_message(step + 1, float(loss.detach())))
+                    # Every process sees every shard's loss, so a NaN on one stops them all at the same step
+                    # (a lone process raising would leave the others waiting in the next all-reduce).
+                    shard_losses = accelerator.gather(loss.detach().reshape(1)).tolist()  # P floats
+                    if not all(math.isfinite(value) for value in shard_losses):
+                        bad = next(value for value in shard_losses if not math.isfinite(value))
+                        raise TrainingDiverged(self._diverged_message(step + 1, bad))
                     accelerator.backward(loss)
-                    if accelerator.sync_gradients and config.max_grad_norm is not None:
-                        accelerator.clip_grad_norm_(params, config.max_grad_norm)
+                    if accelerator.sync_gradients:
+                        self._average_embedding_grads(accelerator)
+                        if config.max_grad_norm is not None:
+                            accelerator.clip_grad_norm_(params, config.max_grad_norm)
                     optimizer.step()
                     optimizer.zero_grad(set_to_none=True)
-                    losses.append(float(loss.detach()))
+                    losses.append(shard_losses)
             schedule.step()
             step += 1
-            state.step, state.loss, state.lr = step, sum(losses) / len(losses), schedule.get_last_lr()[0]
+            # The shards are equal, so the mean of their losses is the global batch's loss.
+            self.process_losses = [sum(shard) / len(shard) for shard in zip(*losses, strict=True)]
+            state.step, state.lr = step, schedule.get_last_lr()[0]
+            state.loss = sum(self.process_losses) / len(self.process_losses)
             state.seconds = time.perf_counter() - start
-            self._emit("on_step_end", state)
+            self._emit("on_step_end", state)  # on every process: a callback that stops must stop them all
             if state.stop:
                 break
-            if not accelerator.is_main_process:  # under `accelerate launch`, one process writes files
+            if not accelerator.is_main_process:  # under a multi-process launch, one process writes files
                 continue
             if config.checkpoint_every and step % config.checkpoint_every == 0 and step < config.steps:
                 self._emit("on_checkpoint", state, self._checkpoint(step, optimizer, schedule, generator))
@@ -171,15 +197,28 @@ class Trainer:
         return path
 
     def _loss(self, model, instance: EncodedSet, prior: EncodedSet | None, generator, device) -> torch.Tensor:
-        """The denoising loss on one micro-batch (plus the prior-preservation term)."""
+        """The denoising loss on this process's shard of one micro-batch (plus the prior-preservation term).
+
+        The generator draws the global micro-batch, laid out as a 1-process run of batch P x B lays it out: P x B
+        instance images, then P x B class images, then noise and timesteps for all 2 x P x B rows; process p keeps
+        rows p x B .. (p + 1) x B of each group."""
         latents, text, time_ids = self._inputs(instance, generator)
+        groups = 1
         if prior is not None:
             prior_latents, prior_text, prior_time_ids = self._inputs(prior, generator)
             latents, text = torch.cat([latents, prior_latents]), TextStates.cat([text, prior_text])
             time_ids = torch.cat([time_ids, prior_time_ids])
+            groups = 2
+        process, processes = self.shard
+        n = self.config.batch_size
+        rows = torch.cat(  # (groups * B,) this process's rows of the global (groups * P * B) batch
+            [torch.arange(n) + (group * processes + process) * n for group in range(groups)]
+        )
         scheduler = self.pipe.scheduler
-        noise = torch.randn(latents.shape, generator=generator)
-        timesteps = torch.randint(scheduler.config.num_train_timesteps, (len(latents),), generator=generator)
+        noise = torch.randn((groups * processes * n, *latents.shape[1:]), generator=generator)[rows]
+        timesteps = torch.randint(
+            scheduler.config.num_train_timesteps, (groups * processes * n,), generator=generator
+        )[rows]  # (groups * B,)
         noisy = scheduler.add_noise(latents, noise, timesteps)
         if scheduler.config.prediction_type == "v_prediction":
             target = scheduler.get_velocity(latents, noise, timesteps)
@@ -194,7 +233,6 @@ class Trainer:
             noisy.to(device, dtype), timesteps.to(device), text.states, added_cond_kwargs=added
         ).sample.float()
         target = target.to(device)
-        n = self.config.batch_size
         if self.config.snr_gamma is None:
             loss = F.mse_loss(prediction[:n], target[:n])
             if prior is not None:
@@ -212,8 +250,11 @@ class Trainer:
         return loss
 
     def _inputs(self, data: EncodedSet, generator) -> tuple[torch.Tensor, TextStates, torch.Tensor]:
-        """One drawn batch as latents (B, C, h, w), its text and its time ids (B, 6)."""
-        batch = data.batch(self.config.batch_size, generator)
+        """This process's shard of one drawn global batch as latents (B, C, h, w), its text and its time ids
+        (B, 6)."""
+        process, processes = self.shard
+        n = self.config.batch_size
+        batch = data.batch(processes * n, generator, keep=slice(process * n, (process + 1) * n))
         images, text = batch.images, batch.text
         if not data.encoded:
             images = encode_images(self.pipe.vae, images)
@@ -236,15 +277,10 @@ class Trainer:
             cache_text=not self.embeddings,
         )
 
-    def _add_token(self, processes: int) -> list[torch.nn.Parameter]:
+    def _add_token(self) -> list[torch.nn.Parameter]:
         """Make the concept's token a new token of `embedding_vectors` vectors that train, starting from its class
         word's embedding, on every text encoder (SDXL's two each get their own rows, as SDXL textual-inversion
         files carry `clip_l` and `clip_g`)."""
-        if processes > 1:
-            raise ConfigError(
-                "train_embedding runs in a single process for now (its gradient is not synchronized across "
-                "GPUs); train without it under `accelerate launch`, or on one GPU"
-            )
         rows = []
         for tokenizer, encoder in zip(self.text.tokenizers, self.text.encoders, strict=True):
             encoder.requires_grad_(False)
@@ -258,6 +294,16 @@ class Trainer:
             )
             rows.append(vectors.requires_grad_(True))
         return rows
+
+    def _average_embedding_grads(self, accelerator) -> None:
+        """Average the token rows' gradients over the processes, as DDP does the UNet's: the rows live on the text
+        encoders, outside the wrapped UNet, and would otherwise step on each process's shard alone and drift
+        apart."""
+        if accelerator.num_processes == 1:
+            return
+        for rows in self.embeddings:
+            if rows.grad is not None:
+                rows.grad.copy_(accelerator.reduce(rows.grad, "mean"))
 
     def _prompt_lock(self) -> PromptLock:
         """The lock on the concept's captions without its token (bora_diffusion.locking)."""
@@ -329,7 +375,10 @@ class Trainer:
             "step": step,
             "optimizer": optimizer.state_dict(),
             "lr_schedule": schedule.state_dict(),
-            "generator": generator.get_state(),
+            "generator": generator.get_state(),  # the same on every process: the draw is global
+            "processes": self.shard[1],  # the global batch is batch_size x processes
+            # Each process's loss at this step on its own shard, gathered: every process stepped, on other images.
+            "process_losses": list(self.process_losses),
             "adapter": {k: v.cpu().clone() for k, v in adapter_state_dict(self.pipe.unet, self.name).items()},
             "token_embeddings": [rows.detach().cpu().clone() for rows in self.embeddings],
             "config": json.dumps(self.config.to_dict()),
@@ -351,11 +400,12 @@ class Trainer:
             found[-1] / "state.pt", weights_only=True
         )  # tensors and plain data only, no pickle code
         saved = TrainConfig.from_dict(json.loads(state["config"]))
-        if _resume_key(saved) != _resume_key(self.config):
-            raise ConfigError(
-                f"{found[-1]}: the checkpoint was made with other training settings; "
-                "resume with the same settings or start a new output folder"
-            )
+        # What must match is the global batch, not its split: the same global batch on another process count
+        # continues on the same draws (equal up to float summation order, bit for bit on the same count).
+        saved_processes, processes = int(state.get("processes", 1)), self.shard[1]  # older checkpoints: 1
+        saved_key, key = _resume_key(saved, saved_processes), _resume_key(self.config, processes)
+        if saved_key != key:
+            raise ConfigError(f"{found[-1]}: " + _resume_mismatch(saved_key, key, processes))
         load_adapter_state_dict(self.pipe.unet, self.name, state["adapter"], source=str(found[-1]))
         with torch.no_grad():
             for rows, saved_rows in zip(self.embeddings, _saved_embeddings(state), strict=True):
@@ -431,12 +481,34 @@ def _saved_embeddings(state: dict) -> list[torch.Tensor]:
     return [] if single is None else [single]
 
 
-def _resume_key(config: TrainConfig) -> dict:
-    """The settings a resumed run must share with the checkpoint (sampling and checkpoint cadence may change)."""
+def _resume_key(config: TrainConfig, processes: int) -> dict:
+    """The settings a resumed run must share with the checkpoint (sampling and checkpoint cadence may change, and
+    so may the process count, if the global batch stays)."""
     data = config.to_dict()
     for free in ("checkpoint_every", "sample_every", "sample_prompts"):
         data.pop(free)
+    data["global_batch"] = data.pop("batch_size") * processes
     return data
+
+
+def _resume_mismatch(saved: dict, current: dict, processes: int) -> str:
+    """Why a resume is refused, with the fix."""
+    others = {k for k in saved if saved[k] != current.get(k)}
+    if others != {"global_batch"}:
+        return (
+            "the checkpoint was made with other training settings; "
+            "resume with the same settings or start a new output folder"
+        )
+    size = saved["global_batch"]
+    fix = (
+        f"--batch-size {size // processes} on {processes} process{'es' if processes > 1 else ''}"
+        if size % processes == 0
+        else f"a process count that divides {size}"
+    )
+    return (
+        f"the checkpoint's global batch (batch size x processes) is {size}, this run's is "
+        f"{current['global_batch']}; resume with {fix}, or start a new output folder"
+    )
 
 
 def ensure_class_images(pipe, prompt: str, folder: Path, count: int, config: TrainConfig) -> list[Path]:
@@ -495,5 +567,6 @@ def train_concepts(
         )
         paths.append(trainer.train(resume=resume))
         set_active(pipe.unet, [])
-        ledger.save(ledger_path)
+        if trainer.main_process:  # every process holds the same ledger; one writes it
+            ledger.save(ledger_path)
     return paths
