@@ -180,11 +180,16 @@ def build_parser() -> argparse.ArgumentParser:
     import_ = commands.add_parser(
         "import",
         help="import a diffusers or kohya LoRA file as a bora-diffusion lora concept",
-        description="The layout is detected from the keys; text-encoder and conv parts are skipped and listed. "
+        description="The layout is detected from the keys; text-encoder and conv parts are skipped and listed "
+        "(text-encoder layers by prefix and count, with a warning: without them the concept holds only the UNet "
+        "part of the LoRA and will not reproduce its full effect). FILE may be a folder written by diffusers' "
+        "save_lora_weights: its pytorch_lora_weights.safetensors is read. "
         "On an SDXL base, kohya files may name layers either way: SDXL's original names "
         "(lora_unet_input_blocks_...) or diffusers-style (lora_unet_down_blocks_...).",
     )
-    import_.add_argument("file", help="a LoRA .safetensors file (diffusers or kohya layout)")
+    import_.add_argument(
+        "file", help="a LoRA .safetensors file (diffusers or kohya layout), or a save_lora_weights folder"
+    )
     import_.add_argument("out", help="the bora-diffusion adapter file to write")
     import_.add_argument("--base", default=None, help=BASE_HELP + " (the base the LoRA was made for)")
     import_.add_argument("--name", help="concept name (default: the file's stem)")

@@ -316,3 +316,22 @@ def test_inspect_of_an_imported_file_summarizes_its_layers(tmp_path, adapter, ca
     assert sum(int(n) for _, n, _, _ in blocks) == 56 and all(int(a) == int(b) for _, _, a, b in blocks)
     assert main(["inspect", str(tmp_path / "n.safetensors"), "--verbose"]) == 0
     assert capsys.readouterr().out.count("  target ^") == 56
+
+
+def test_readme_and_import_help_say_what_the_code_does(capsys):
+    from pathlib import Path
+
+    from bora_diffusion.embedded import embedded_dir
+    from bora_diffusion.formats import embedding_path
+
+    readme = " ".join((Path(__file__).parents[1] / "README.md").read_text().split())
+    assert "`<out>.embedding.safetensors`" not in readme and "`<out stem>.embedding.safetensors`" in readme
+    assert embedding_path("kettle_kohya.safetensors").name == "kettle_kohya.embedding.safetensors"
+    assert "$BORA_DIFFUSION_HOME/embedded/world-base-2/" in readme
+    assert embedded_dir().parts[-2:] == ("embedded", "world-base-2")
+    assert "bora-diffusion base --save" in readme
+    with pytest.raises(SystemExit):
+        main(["import", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "skipped and listed" in text and "will not reproduce its full effect" in text
+    assert "save_lora_weights" in text
