@@ -264,6 +264,23 @@ def test_outputs_honour_the_umask(tmp_path, adapter, capsys, umask_002):
     assert _mode(tmp_path / "p.safetensors") == 0o600
 
 
+def test_checkpoint_folders_and_the_trained_file_honour_the_umask(tiny_pipe, tmp_path, umask_002):
+    from test_train import make_concept
+
+    from bora_diffusion.config import TrainConfig
+    from bora_diffusion.train import Trainer
+
+    concept = make_concept(tmp_path / "imgs", "thing", 0)
+    config = TrainConfig(steps=2, learning_rate=1e-2, checkpoint_every=1, seed=3)
+    out = tmp_path / "out"
+    Trainer(
+        tiny_pipe, concept, AdapterConfig(method="lora", rank=2), config, out_dir=out, base_name="tiny"
+    ).train()
+    checkpoints = sorted((out / "checkpoints" / "thing").glob("step-*"))
+    assert checkpoints and {_mode(p) for p in checkpoints} == {0o775}  # was mkdtemp's 0700
+    assert {_mode(p) for p in out.glob("*.safetensors")} == {0o664}  # was save_file's 0600
+
+
 # --- item 9 -------------------------------------------------------------------------------------------------
 
 
