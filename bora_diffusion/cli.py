@@ -428,7 +428,7 @@ def _add_concept_args(parser: argparse.ArgumentParser) -> None:
         "concepts",
         nargs="*",
         metavar="FILE[:SCALE]",
-        help="concept adapter files, each with an optional scale",
+        help="concept adapter files, each with an optional scale from -10 to 10 (default 1), e.g. dog.safetensors:0.8",
     )
     parser.add_argument("--base", default=None, help=BASE_HELP)
     parser.add_argument("--force", action="store_true", help="compose even if concepts share slots")
