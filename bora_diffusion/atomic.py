@@ -33,18 +33,36 @@ def dir_mode() -> int:
     return 0o777 & ~umask()
 
 
-def honour_umask(path: str | os.PathLike) -> None:
-    """Give `path` (a file, or a folder and everything under it) the modes the umask allows."""
-    root = Path(path)
-    if root.is_dir():
-        root.chmod(dir_mode())
-        for folder, dirs, files in os.walk(root):
-            for name in dirs:
-                Path(folder, name).chmod(dir_mode())
-            for name in files:
-                Path(folder, name).chmod(file_mode())
-    elif root.is_file():
-        root.chmod(file_mode())
+def _stats(root: Path) -> dict[str, tuple[int, int]]:
+    """(inode, mtime in ns) of `root` and everything under it; empty when it does not exist."""
+    found = {}
+    for folder, dirs, files in os.walk(root):
+        for name in [".", *dirs, *files]:
+            path = os.path.normpath(os.path.join(folder, name))
+            with contextlib.suppress(OSError):
+                info = os.stat(path, follow_symlinks=False)
+                found[path] = (info.st_ino, info.st_mtime_ns)
+    return found
+
+
+@contextlib.contextmanager
+def written_with_umask(folder: str | os.PathLike) -> Iterator[Path]:
+    """Around a writer that leaves 0600 files (safetensors inside `save_pretrained`): afterwards give what it
+    created or rewrote under `folder` the modes the umask allows. Only that: the folder a user names may already
+    hold their own files (a private key kept 0600), whose modes are theirs."""
+    root = Path(folder)
+    before = _stats(root)
+    yield root
+    for path, stamp in _stats(root).items():
+        if os.path.islink(path):
+            continue  # chmod would follow the link out of the folder
+        if os.path.isdir(path):
+            if (
+                path not in before
+            ):  # a folder that was there keeps its mode, though new files changed its mtime
+                os.chmod(path, dir_mode())
+        elif before.get(path) != stamp:
+            os.chmod(path, file_mode())
 
 
 def temp_dir(parent: str | os.PathLike, prefix: str = ".tmp-") -> Path:

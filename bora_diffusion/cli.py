@@ -597,14 +597,12 @@ def run_compose(args: argparse.Namespace) -> int:
 
         for encoder in PromptEncoder(pipe).encoders:  # trained token embeddings become rows of a plain matrix
             bake_tokens(encoder)
-        from .atomic import honour_umask
+        from .atomic import written_with_umask
         from .embedded import silenced_progress_bars
 
-        with silenced_progress_bars():
+        # save_pretrained's safetensors files are 0600: others' tools could not read them
+        with silenced_progress_bars(), written_with_umask(args.save):
             pipe.save_pretrained(args.save)
-        honour_umask(
-            args.save
-        )  # save_pretrained's safetensors files are 0600: others' tools could not read them
         print(f"fused pipeline: {args.save}")
     return 0
 
@@ -630,7 +628,7 @@ def run_generate(args: argparse.Namespace) -> int:
 
 
 def run_base(args: argparse.Namespace) -> int:
-    from .atomic import honour_umask
+    from .atomic import written_with_umask
     from .embedded import ensure_embedded_default, silenced_progress_bars
     from .pipeline import EMBEDDED_ALIASES, base_name, load_base
 
@@ -640,9 +638,8 @@ def run_base(args: argparse.Namespace) -> int:
         print(f"base: {args.base}")
     if args.save:
         pipe = load_base(args.base)
-        with silenced_progress_bars():
+        with silenced_progress_bars(), written_with_umask(args.save):  # save_pretrained writes 0600 files
             pipe.save_pretrained(args.save)
-        honour_umask(args.save)  # save_pretrained's safetensors files are 0600
         print(f"diffusers folder: {args.save} (StableDiffusionPipeline.from_pretrained loads it)")
     return 0
 

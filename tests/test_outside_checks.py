@@ -264,6 +264,37 @@ def test_outputs_honour_the_umask(tmp_path, adapter, capsys, umask_002):
     assert _mode(tmp_path / "p.safetensors") == 0o600
 
 
+@pytest.mark.parametrize("command", ["compose", "base"])
+def test_saving_into_a_folder_leaves_the_users_own_files_modes_alone(
+    tmp_path, adapter, capsys, command, umask_002
+):
+    """`--save DIR` may name a folder that already holds the user's files: only what the save writes gets the
+    umask's modes; a private key kept 0600 in a 0700 folder stays so (it was chmodded 0664 / 0775)."""
+    folder = tmp_path / "mine"
+    (folder / "private").mkdir(parents=True)
+    (folder / "private").chmod(0o700)
+    (folder / "private" / "id_key").write_text("secret")
+    (folder / "private" / "id_key").chmod(0o600)
+    (folder / "unet").mkdir()
+    (folder / "unet" / "diffusion_pytorch_model.safetensors").write_text("stale")
+    (folder / "unet" / "diffusion_pytorch_model.safetensors").chmod(0o600)  # rewritten by the save: fixed
+    folder.chmod(0o750)
+    argv = (
+        ["compose", str(adapter), "--save", str(folder)]
+        if command == "compose"
+        else ["base", "--save", str(folder)]
+    )
+    assert main(argv) == 0
+    capsys.readouterr()
+    assert _mode(folder / "private") == 0o700 and _mode(folder / "private" / "id_key") == 0o600
+    assert _mode(folder) == 0o750  # the user's folder keeps its own mode
+    assert _mode(folder / "unet" / "diffusion_pytorch_model.safetensors") == 0o664
+    assert (
+        _mode(folder / "vae") == 0o775
+        and _mode(folder / "vae" / "diffusion_pytorch_model.safetensors") == 0o664
+    )
+
+
 def test_checkpoint_folders_and_the_trained_file_honour_the_umask(tiny_pipe, tmp_path, umask_002):
     from test_train import make_concept
 
