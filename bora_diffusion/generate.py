@@ -28,8 +28,12 @@ class SamplingSettings:
     batch_size: int = 4
 
     def __post_init__(self) -> None:
-        if self.steps < 1 or self.batch_size < 1:
-            raise ConfigError(f"steps and batch_size must be >= 1, got {self.steps} and {self.batch_size}")
+        if self.steps < 1:  # named alone: a user who gave --steps 0 never set the batch size
+            raise ConfigError(
+                f"steps: {self.steps} is not a whole number from 1 up; give e.g. 25 (the default)"
+            )
+        if self.batch_size < 1:
+            raise ConfigError(f"batch_size: {self.batch_size} is not a whole number from 1 up; give e.g. 4")
         if not math.isfinite(self.guidance) or self.guidance < 0:
             raise ConfigError(
                 f"guidance: {self.guidance:g} is not a number from 0 up (e.g. 3 or 7.5; below 1 turns guidance off)"

@@ -70,6 +70,10 @@ CLI_BAD_INPUTS = [
         lambda tmp, f: ["import", str(_empty_folder(tmp)), str(tmp / "x.safetensors")],
         "a folder with no pytorch_lora_weights.safetensors",
     ),
+    (
+        lambda tmp, f: ["generate", "--prompt", "a", "--steps", "0", "--out", str(tmp / "g")],
+        "steps: 0 is not",
+    ),
 ]
 
 
