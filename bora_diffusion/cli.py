@@ -199,11 +199,16 @@ def build_parser() -> argparse.ArgumentParser:
     import_ = commands.add_parser(
         "import",
         help="import a diffusers or kohya LoRA file as a bora-diffusion lora concept",
-        description="The layout is detected from the keys; text-encoder and conv parts are skipped and listed. "
+        description="The layout is detected from the keys; text-encoder and conv parts are skipped and listed "
+        "(text-encoder layers by prefix and count, with a warning: without them the concept holds only the UNet "
+        "part of the LoRA and will not reproduce its full effect). FILE may be a folder written by diffusers' "
+        "save_lora_weights: its pytorch_lora_weights.safetensors is read. "
         "On an SDXL base, kohya files may name layers either way: SDXL's original names "
         "(lora_unet_input_blocks_...) or diffusers-style (lora_unet_down_blocks_...).",
     )
-    import_.add_argument("file", help="a LoRA .safetensors file (diffusers or kohya layout)")
+    import_.add_argument(
+        "file", help="a LoRA .safetensors file (diffusers or kohya layout), or a save_lora_weights folder"
+    )
     import_.add_argument("out", help="the bora-diffusion adapter file to write")
     import_.add_argument("--base", default=None, help=BASE_HELP + " (the base the LoRA was made for)")
     import_.add_argument("--name", help="concept name (default: the file's stem)")
@@ -213,7 +218,21 @@ def build_parser() -> argparse.ArgumentParser:
 
     inspect = commands.add_parser("inspect", help="show what an adapter file holds")
     inspect.add_argument("file", help="a .safetensors adapter file written by bora-diffusion")
+    inspect.add_argument(
+        "--verbose", action="store_true", help="also list the config's target patterns one per line"
+    )
     inspect.set_defaults(run=run_inspect)
+
+    base = commands.add_parser(
+        "base",
+        help="say where the base model lives; with --save, write it out as a plain diffusers folder",
+        description="The embedded default lives in $BORA_DIFFUSION_HOME/embedded/ (default "
+        "~/.cache/bora-diffusion/embedded/); --save DIR writes the bare base (no concept) as a diffusers folder "
+        "that StableDiffusionPipeline.from_pretrained(DIR) loads, e.g. to load an export into stock diffusers.",
+    )
+    base.add_argument("--base", default=None, help=BASE_HELP)
+    base.add_argument("--save", help="write the base to this folder in diffusers layout")
+    base.set_defaults(run=run_base)
 
     slots = commands.add_parser("slots", help="show a slot ledger: which concept owns which indices")
     slots.add_argument("ledger", help="a slots.json ledger (training writes one next to its adapter files)")
@@ -233,14 +252,25 @@ def build_parser() -> argparse.ArgumentParser:
     generate = commands.add_parser(
         "generate",
         help="generate images with concepts: every prompt with every seed, a manifest and a grid",
-        description="Prompts may use the concepts' tokens, e.g. 'a photo of <zq-kettle> kettle on a table'.",
+        description="Prompts may use the concepts' tokens, e.g. 'a photo of <zq-kettle> kettle on a table'. "
+        "Defaults differ from stock diffusers' (50 steps, guidance 7.5): 25 steps, to draw in half the time, "
+        "and guidance 3 on the embedded base, a model so small it over-saturates under strong guidance (it "
+        "follows prompts best at 3: scripts/bench_base.py), 7.5 on any other base. Pass --steps 50 --guidance "
+        "7.5 to draw as stock diffusers does. Scales (FILE:SCALE) go from -10 to 10.",
     )
     _add_concept_args(generate)
     generate.add_argument("--prompt", action="append", required=True, help="a prompt (repeatable)")
-    generate.add_argument("--seed", type=int, action="append", help="a seed (repeatable; default 0 1 2 3)")
+    generate.add_argument(
+        "--seed", type=int, action="append", help="a seed from 0 to 2**64-1 (repeatable; default 0 1 2 3)"
+    )
     generate.add_argument("--negative", default="", help="negative prompt")
-    generate.add_argument("--steps", type=int, default=25, help="denoising steps (default 25)")
-    generate.add_argument("--guidance", type=float, help=GUIDANCE_HELP)
+    generate.add_argument("--steps", type=int, default=25, help="denoising steps (default 25; diffusers: 50)")
+    generate.add_argument("--guidance", type=float, help=GUIDANCE_HELP + "; diffusers: 7.5")
+    generate.add_argument(
+        "--resolution", type=int, help="height and width, a multiple of 8 (default: the model's native size)"
+    )
+    generate.add_argument("--height", type=int, help="image height, a multiple of 8 (overrides --resolution)")
+    generate.add_argument("--width", type=int, help="image width, a multiple of 8 (overrides --resolution)")
     generate.add_argument("--fuse", action="store_true", help="fuse the concepts into the weights (faster)")
     generate.add_argument(
         "--out", required=True, help="output folder for the images, manifest.json and grid.png"
@@ -417,7 +447,7 @@ def _add_concept_args(parser: argparse.ArgumentParser) -> None:
         "concepts",
         nargs="*",
         metavar="FILE[:SCALE]",
-        help="concept adapter files, each with an optional scale",
+        help="concept adapter files, each with an optional scale from -10 to 10 (default 1), e.g. dog.safetensors:0.8",
     )
     parser.add_argument("--base", default=None, help=BASE_HELP)
     parser.add_argument("--force", action="store_true", help="compose even if concepts share slots")
@@ -487,9 +517,20 @@ def run_inspect(args: argparse.Namespace) -> int:
             f"embedding:   the token's own text embedding, trained on {encoders} ({vectors} x {widths} values)"
         )
     print(f"method:      {info.config.method}   rank: {info.config.rank}   scaling: {info.config.scaling:g}")
-    print(f"config:      {info.config.to_dict()}")
+    config = info.config.to_dict()
+    targets = config.pop("targets")
+    patterns = [targets] if isinstance(targets, str) else list(targets)
+    # An import targets each layer by its own escaped regex: dozens of them say less than the per-block count.
+    shown = patterns[0] if len(patterns) == 1 else f"{len(patterns)} module patterns"
+    print(
+        f"config:      {config}   targets: {shown}{'' if args.verbose or len(patterns) == 1 else ' (--verbose lists them)'}"
+    )
     print(f"base model:  {info.base_name}   fingerprint: {info.fingerprint}")
     print(f"layers:      {len(info.layers)}   tensors: {len(info.tensors)}   values: {params:,}")
+    print(f"per block:   {_layers_per_block(info.layers)}")
+    if args.verbose and len(patterns) > 1:
+        for pattern in patterns:
+            print(f"  target {pattern}")
     if info.slot_space:
         slots = info.slots()
         first = next(iter(slots))
@@ -500,13 +541,32 @@ def run_inspect(args: argparse.Namespace) -> int:
     return 0
 
 
+def _layers_per_block(layers) -> str:
+    """ "down_blocks.1: 8 (attn1 4, attn2 4), mid_block: 8 (...)": module paths counted by UNet block and by
+    self- (attn1) or cross-attention (attn2), in the order the file lists them."""
+    counts: dict[str, dict[str, int]] = {}
+    for path in layers:
+        parts = path.split(".")
+        block = ".".join(parts[:2]) if parts[0].endswith("blocks") and len(parts) > 1 else parts[0]
+        kind = next((p for p in parts if p.startswith("attn")), "other")
+        counts.setdefault(block, {}).setdefault(kind, 0)
+        counts[block][kind] += 1
+    return ", ".join(
+        f"{block}: {sum(kinds.values())} ({', '.join(f'{k} {n}' for k, n in sorted(kinds.items()))})"
+        for block, kinds in counts.items()
+    )
+
+
 def _parse_concepts(items: list[str]) -> list[tuple[str, float]]:
-    """'dog.safetensors:0.8' -> ('dog.safetensors', 0.8); a path without ':SCALE' gets 1.0."""
+    """'dog.safetensors:0.8' -> ('dog.safetensors', 0.8); a path without ':SCALE' gets 1.0. A scale of nan, inf
+    or beyond MAX_SCALE is refused here, before any model is loaded."""
+    from .merge import check_scale
+
     parsed = []
     for item in items:
         path, sep, scale = item.rpartition(":")
         if sep and path and _is_number(scale):
-            parsed.append((path, float(scale)))
+            parsed.append((path, check_scale(float(scale), item)))
         else:
             parsed.append((item, 1.0))
     return parsed
@@ -524,8 +584,9 @@ def _composed(args: argparse.Namespace, *, fuse: bool):
     from .merge import compose
     from .pipeline import base_name, load_base
 
+    files = _parse_concepts(args.concepts)  # a bad scale is refused before the base loads
     pipe = load_base(args.base)
-    report = compose(pipe, _parse_concepts(args.concepts), fuse=fuse, force=args.force)
+    report = compose(pipe, files, fuse=fuse, force=args.force)
     base = base_name(args.base)
     for concept in report.concepts.values():
         if concept["base_model"] != base:  # its layers fit (compose checked), but its weights were other ones
@@ -555,27 +616,50 @@ def run_compose(args: argparse.Namespace) -> int:
 
         for encoder in PromptEncoder(pipe).encoders:  # trained token embeddings become rows of a plain matrix
             bake_tokens(encoder)
+        from .atomic import written_with_umask
         from .embedded import silenced_progress_bars
 
-        with silenced_progress_bars():
+        # save_pretrained's safetensors files are 0600: others' tools could not read them
+        with silenced_progress_bars(), written_with_umask(args.save):
             pipe.save_pretrained(args.save)
         print(f"fused pipeline: {args.save}")
     return 0
 
 
 def run_generate(args: argparse.Namespace) -> int:
-    from .generate import SamplingSettings, generate
+    from .generate import SamplingSettings, check_request, generate
     from .pipeline import base_name
 
-    pipe, report = _composed(args, fuse=args.fuse)
-    settings = SamplingSettings(steps=args.steps, guidance=_guidance(args), negative_prompt=args.negative)
-    record = {"base_model": base_name(args.base), "fused": args.fuse, "concepts": report.concepts}
-    result = generate(
-        pipe, args.prompt, args.seed or [0, 1, 2, 3], args.out, settings=settings, record=record
+    seeds = args.seed or [0, 1, 2, 3]
+    check_request(args.prompt, seeds)  # every number checked before the base loads
+    height = args.height if args.height is not None else args.resolution
+    width = args.width if args.width is not None else args.resolution
+    settings = SamplingSettings(
+        steps=args.steps, guidance=_guidance(args), negative_prompt=args.negative, height=height, width=width
     )
+    pipe, report = _composed(args, fuse=args.fuse)
+    record = {"base_model": base_name(args.base), "fused": args.fuse, "concepts": report.concepts}
+    result = generate(pipe, args.prompt, seeds, args.out, settings=settings, record=record)
     if report.concepts:
         print(report.summary())
     print(f"{len(result.images)} images, grid {result.grid}, manifest {result.manifest}")
+    return 0
+
+
+def run_base(args: argparse.Namespace) -> int:
+    from .atomic import written_with_umask
+    from .embedded import ensure_embedded_default, silenced_progress_bars
+    from .pipeline import EMBEDDED_ALIASES, base_name, load_base
+
+    if args.base is None or args.base in EMBEDDED_ALIASES:
+        print(f"{base_name(args.base)}: {ensure_embedded_default()}")  # written there on first use
+    else:
+        print(f"base: {args.base}")
+    if args.save:
+        pipe = load_base(args.base)
+        with silenced_progress_bars(), written_with_umask(args.save):  # save_pretrained writes 0600 files
+            pipe.save_pretrained(args.save)
+        print(f"diffusers folder: {args.save} (StableDiffusionPipeline.from_pretrained loads it)")
     return 0
 
 

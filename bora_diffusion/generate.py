@@ -7,6 +7,7 @@ and never on the batch it was drawn in.
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -27,11 +28,37 @@ class SamplingSettings:
     batch_size: int = 4
 
     def __post_init__(self) -> None:
-        if self.steps < 1 or self.batch_size < 1:
-            raise ConfigError(f"steps and batch_size must be >= 1, got {self.steps} and {self.batch_size}")
-        for side in (self.height, self.width):
-            if side is not None and (side < 8 or side % 8):
-                raise ConfigError(f"height and width must be multiples of 8, got {side}")
+        if self.steps < 1:  # named alone: a user who gave --steps 0 never set the batch size
+            raise ConfigError(
+                f"steps: {self.steps} is not a whole number from 1 up; give e.g. 25 (the default)"
+            )
+        if self.batch_size < 1:
+            raise ConfigError(f"batch_size: {self.batch_size} is not a whole number from 1 up; give e.g. 4")
+        if not math.isfinite(self.guidance) or self.guidance < 0:
+            raise ConfigError(
+                f"guidance: {self.guidance:g} is not a number from 0 up (e.g. 3 or 7.5; below 1 turns guidance off)"
+            )
+        for label, side in (("height", self.height), ("width", self.width)):
+            if side is not None and (
+                isinstance(side, bool) or not isinstance(side, int) or side < 8 or side % 8
+            ):
+                # the VAE halves the image 3 times and the UNet's blocks again: other sizes fail deep inside
+                raise ConfigError(f"{label}: {side!r} is not a positive multiple of 8; give e.g. 64 or 512")
+
+
+MAX_SEED = 2**64 - 1  # torch.Generator.manual_seed takes 64 bits
+
+
+def check_request(prompts: list[str], seeds: list[int]) -> None:
+    """Refuse what cannot be drawn, before any model is loaded: no prompt, a blank one, a seed out of 0..2**64-1."""
+    if not prompts or not seeds:
+        raise ConfigError("give at least one prompt and one seed")
+    for prompt in prompts:
+        if not str(prompt).strip():
+            raise ConfigError("prompt: an empty prompt draws nothing in particular; write what to draw")
+    for seed in seeds:
+        if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= MAX_SEED:
+            raise ConfigError(f"seed: {seed!r} is not a whole number from 0 to 2**64-1 ({MAX_SEED})")
 
 
 @dataclass(frozen=True)
@@ -52,8 +79,7 @@ def generate(
 ) -> Generated:
     """Generate every prompt with every seed into `out_dir`; `record` (base model, concepts, scales) goes into the
     manifest as given."""
-    if not prompts or not seeds:
-        raise ConfigError("give at least one prompt and one seed")
+    check_request(prompts, seeds)
     out_dir = Path(out_dir)
     jobs = [(p, prompt, seed) for p, prompt in enumerate(prompts) for seed in seeds]
     images: list[Image.Image] = []

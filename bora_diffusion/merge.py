@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import math
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -31,6 +32,25 @@ from .errors import ConfigError, SlotError
 from .formats import AdapterFile, load_adapter, read_adapter
 from .inject import concepts, merge, set_active, set_scale, wrappers
 from .text import PromptEncoder
+
+# A concept's weight is a multiplier on its delta. Trained concepts act at 1; a few times that already
+# overwhelms the base, and far beyond it (1e30) the fp32 activations overflow into a black image. 10 leaves
+# room for exaggeration and negation (a negative scale subtracts the concept) without reaching that.
+MAX_SCALE = 10.0
+
+
+def check_scale(scale: float, where: str) -> float:
+    """`scale` if it is a finite number with |scale| <= MAX_SCALE; else a ConfigError naming `where`."""
+    if isinstance(scale, bool) or not isinstance(scale, int | float) or not math.isfinite(scale):
+        raise ConfigError(
+            f"{where}: scale {scale!r} is not a finite number; give one from -10 to 10, e.g. 0.8"
+        )
+    if abs(scale) > MAX_SCALE:
+        raise ConfigError(
+            f"{where}: scale {scale:g} is outside -{MAX_SCALE:g}..{MAX_SCALE:g}; concepts act at 1 and far "
+            "larger scales overflow the image to black: give one from -10 to 10"
+        )
+    return float(scale)
 
 
 @dataclass(frozen=True)
@@ -103,6 +123,8 @@ def compose(
     unless `force`.
     """
     unet = getattr(model, "unet", model)
+    for path, scale in files:  # before anything is read or loaded
+        check_scale(scale, str(path))
     infos = [read_adapter(path) for path, _ in files]
     if not force:
         check_slots(infos)  # before anything is loaded: a refused composition leaves the model untouched

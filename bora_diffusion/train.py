@@ -29,6 +29,7 @@ from typing import Protocol
 import torch
 import torch.nn.functional as F
 
+from .atomic import temp_dir
 from .callbacks import Callback, TrainState
 from .config import AdapterConfig, TrainConfig
 from .data import EncodedSet, encode_images, encode_set
@@ -370,7 +371,7 @@ class Trainer:
         """Everything a resume needs, written atomically as `checkpoints/step-NNNNNN/` (the last two kept)."""
         root = self.out_dir / CHECKPOINTS / self.name
         root.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(prefix=".tmp-", dir=root))
+        staging = temp_dir(root)  # the umask's folder mode: mkdtemp's 0700 hides checkpoints from others
         state = {
             "step": step,
             "optimizer": optimizer.state_dict(),

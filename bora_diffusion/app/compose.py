@@ -12,8 +12,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import ConfigError
-from ..generate import Generated, SamplingSettings, generate
-from ..merge import CompositionReport, compose
+from ..generate import MAX_SEED, Generated, SamplingSettings, generate
+from ..merge import CompositionReport, check_scale, compose
 from . import library
 from .models import Pipelines
 from .storage import DataDir
@@ -38,16 +38,20 @@ class Request:
     def __post_init__(self) -> None:
         if not str(self.prompt or "").strip():
             raise ConfigError("prompt: write what to draw, e.g. 'a photo of qwiv kettle on a beach'")
-        if not _is_int(self.seed) or self.seed < 0:
-            raise ConfigError(f"seed: give a whole number >= 0, got {self.seed!r}")
+        if not _is_int(self.seed) or not 0 <= self.seed <= MAX_SEED:
+            raise ConfigError(f"seed: give a whole number from 0 to 2**64-1 ({MAX_SEED}), got {self.seed!r}")
         if not _is_int(self.steps) or not 1 <= self.steps <= MAX_STEPS:
             raise ConfigError(f"steps: give a whole number from 1 to {MAX_STEPS}, got {self.steps!r}")
         if not _is_int(self.count) or not 1 <= self.count <= MAX_COUNT:
             raise ConfigError(
                 f"count: give a whole number of images from 1 to {MAX_COUNT}, got {self.count!r}"
             )
-        if not isinstance(self.guidance, int | float) or not 0 <= self.guidance <= 30:
+        if not isinstance(self.guidance, int | float) or not 0 <= self.guidance <= 30:  # False for nan
             raise ConfigError(f"guidance: give a number from 0 to 30, got {self.guidance!r}")
+        if self.seed + self.count - 1 > MAX_SEED:  # the images take seeds seed, seed+1, ...
+            raise ConfigError(
+                f"seed: {self.seed} + {self.count} images runs past 2**64-1; give a smaller seed"
+            )
 
 
 def _is_int(value) -> bool:
@@ -67,7 +71,7 @@ def parse_weights(names: Sequence[str], text: str) -> list[tuple[str, float]]:
             weight = math.nan
         if not math.isfinite(weight):
             raise ConfigError(f"weights: {item.strip()!r} should read name=number, e.g. 'kettle=0.8'")
-        weights[name.strip()] = weight
+        weights[name.strip()] = check_scale(weight, f"weights: {item.strip()!r}")
     unknown = sorted(set(weights) - set(names))
     if unknown:
         raise ConfigError(

@@ -17,7 +17,7 @@ from __future__ import annotations
 import json
 import os
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -44,6 +44,8 @@ PROVENANCE_KEY = "bora_diffusion"
 # Prefixes of the text-encoder parts of a LoRA file (kohya; diffusers), which a UNet adapter cannot hold.
 KOHYA_TEXT_ENCODER = ("lora_te_", "lora_te1_", "lora_te2_")
 DIFFUSERS_TEXT_ENCODER = ("text_encoder.", "text_encoder_2.")
+# The file diffusers' `save_lora_weights(folder)` writes; importing such a folder reads it.
+DIFFUSERS_WEIGHTS = "pytorch_lora_weights.safetensors"
 _KOHYA_KEY = re.compile(r"^lora_(unet|te\d?)_\w+\.\w+(\.weight)?$")
 _DIFFUSERS_SUFFIX = re.compile(
     r"(\.lora_[AB]\.weight|\.lora\.(down|up)\.weight|_lora\.(down|up)\.weight"
@@ -87,12 +89,41 @@ class ImportReport:
         parts = [f"imported {len(self.layers)} UNet layer(s) at rank {self.rank} from {self.layout} file"]
         if self.padded:
             parts.append(f"{len(self.padded)} lower-rank layer(s) zero-padded to rank {self.rank}")
-        if self.skipped_text_encoder:
-            parts.append(f"skipped {len(self.skipped_text_encoder)} text-encoder layer(s)")
+        for prefix, count in skipped_groups(self.skipped_text_encoder):
+            parts.append(f"skipped {count} text-encoder layer(s) ({prefix}*)")
         if self.skipped_not_linear:
             kinds = sorted(set(self.skipped_not_linear.values()))
             parts.append(f"skipped {len(self.skipped_not_linear)} non-Linear layer(s) ({', '.join(kinds)})")
-        return f"{self.source.name}: " + "; ".join(parts)
+        line = f"{self.source.name}: " + "; ".join(parts)
+        if self.skipped_text_encoder:
+            line += (
+                "\nwarning: the text-encoder layers were not imported (a UNet adapter cannot hold them), so this "
+                "concept will not reproduce the original LoRA's effect in full; it holds the UNet part only"
+            )
+        return line
+
+
+def skipped_groups(names: Sequence[str]) -> list[tuple[str, int]]:
+    """Skipped layer names as (common prefix, count), one group per text encoder (kohya's lora_te1_ / lora_te2_,
+    diffusers' text_encoder. / text_encoder_2.), so the list stays one line however many layers there are."""
+    groups: dict[str, list[str]] = {}
+    for name in names:
+        owner = max(
+            (p for p in (*KOHYA_TEXT_ENCODER, *DIFFUSERS_TEXT_ENCODER) if name.startswith(p)),
+            key=len,
+            default="",
+        )
+        groups.setdefault(owner, []).append(name)
+    return [(_common_prefix(members), len(members)) for _, members in sorted(groups.items())]
+
+
+def _common_prefix(names: list[str]) -> str:
+    """The longest string every name starts with (layer names, not paths: character by character)."""
+    first, last = min(names), max(names)
+    size = next(
+        (i for i, (a, b) in enumerate(zip(first, last, strict=False)) if a != b), min(len(first), len(last))
+    )
+    return first[:size]
 
 
 # --- exports -----------------------------------------------------------------------------------------------
@@ -197,6 +228,14 @@ def write_safetensors(path: str | os.PathLike, tensors: dict[str, Tensor], metad
 def read_foreign(path: str | os.PathLike) -> tuple[Path, dict[str, Tensor], dict[str, str]]:
     """A foreign LoRA file's tensors and metadata. Only safetensors: a pickled .bin/.ckpt could run code."""
     path = Path(path)
+    if path.is_dir():  # what diffusers' save_lora_weights writes: a folder holding one weights file
+        inside = path / DIFFUSERS_WEIGHTS
+        if not inside.is_file():
+            raise AdapterFileError(
+                f"{path}: a folder with no {DIFFUSERS_WEIGHTS} in it (what diffusers' save_lora_weights "
+                "writes); name the LoRA .safetensors file itself"
+            )
+        path = inside
     tensors, metadata = read_safetensors(
         path,
         "LoRA file",
@@ -265,7 +304,7 @@ def import_lora(
             f"{'; only text-encoder or conv parts: ' + ', '.join(skipped[:3]) if skipped else ''}); "
             "nothing to import into a UNet adapter"
         )
-    name = name or source.stem
+    name = name or (Path(path).name if Path(path).is_dir() else source.stem)  # a folder names its concept
     rank = max(down.shape[0] for down, _, _ in foreign.layers.values())
     shapes = {layer: (up.shape[0], down.shape[1]) for layer, (down, up, _) in foreign.layers.items()}
     state: dict[str, Tensor] = {}

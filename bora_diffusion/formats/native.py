@@ -29,12 +29,14 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
 import safetensors
 import safetensors.torch
+import torch
 from torch import Tensor, nn
 
 from ..adapters import AdaptedLinear, get
@@ -56,6 +58,7 @@ UNET_LAYOUT_KEYS = (
     "addition_embed_type",
 )
 TOKEN_EMBEDDING = "concept.token_embedding"
+_FOREIGN_TENSOR = re.compile(r"^(.+?)[._]((?:lora[._]|lora_[AB]\.|alpha$).*)$")
 TOKEN_EMBEDDING_2 = "concept.token_embedding_2"  # SDXL's second text encoder (OpenCLIP ViT-bigG)
 
 
@@ -179,7 +182,26 @@ def read_safetensors(path: Path, kind: str, fix: str) -> tuple[dict[str, Tensor]
             tensors = {key: handle.get_tensor(key) for key in handle.keys()}  # noqa: SIM118 (safe_open is no dict)
     except Exception as error:  # safetensors raises its own error types and OSError for bad headers
         raise AdapterFileError(f"{path}: not a readable safetensors file ({error}); {fix}") from None
+    check_finite(path, tensors)
     return tensors, metadata
+
+
+def check_finite(path: Path, tensors: Mapping[str, Tensor]) -> None:
+    """Refuse a file holding NaN or Inf: it would compose and draw garbage without a word (peft's `safe_merge`
+    refuses such merges too). Every reader of adapter files goes through `read_safetensors`, so every command
+    and the app are covered."""
+    for key, tensor in tensors.items():
+        if not tensor.is_floating_point() or bool(torch.isfinite(tensor).all()):
+            continue
+        nans, infs = int(torch.isnan(tensor).sum()), int(torch.isinf(tensor).sum())
+        foreign = _FOREIGN_TENSOR.match(
+            key
+        )  # LoRA files name a tensor `lora_down.weight`, `lora_A.weight`, ...
+        layer, name = foreign.groups() if foreign else key.rpartition(".")[::2]
+        raise AdapterFileError(
+            f"{path}: layer {layer or key}, tensor {name} ({key}) holds {nans} NaN and {infs} infinite "
+            "value(s); the file is broken (a diverged training?): retrain it or use an earlier checkpoint"
+        )
 
 
 def read_adapter(path: str | os.PathLike) -> AdapterFile:
