@@ -522,6 +522,12 @@ def run_compose(args: argparse.Namespace) -> int:
 
     if not args.concepts:
         raise ConfigError("compose needs at least one concept file")
+    from .atomic import atomic_folder, check_writable
+
+    if args.save:
+        check_writable(args.save, folder=True, what="--save")
+    if args.report:
+        check_writable(args.report, folder=False, what="--report")
     pipe, report = _composed(args, fuse=bool(args.save))
     print(report.summary())
     if args.report:
@@ -538,16 +544,19 @@ def run_compose(args: argparse.Namespace) -> int:
             bake_tokens(encoder)
         from .embedded import silenced_progress_bars
 
-        with silenced_progress_bars():
-            pipe.save_pretrained(args.save)
+        # Into a temporary sibling, renamed at the end: a full disk leaves no half pipeline behind.
+        with silenced_progress_bars(), atomic_folder(args.save) as staging:
+            pipe.save_pretrained(staging)
         print(f"fused pipeline: {args.save}")
     return 0
 
 
 def run_generate(args: argparse.Namespace) -> int:
+    from .atomic import check_writable
     from .generate import SamplingSettings, generate
     from .pipeline import base_name
 
+    check_writable(args.out, folder=True, what="--out")
     pipe, report = _composed(args, fuse=args.fuse)
     settings = SamplingSettings(steps=args.steps, guidance=_guidance(args), negative_prompt=args.negative)
     record = {"base_model": base_name(args.base), "fused": args.fuse, "concepts": report.concepts}
@@ -586,15 +595,19 @@ TRAIN_FLAGS = (
 
 
 def run_train(args: argparse.Namespace) -> int:
+    from .atomic import check_writable
     from .callbacks import ProgressBar, TensorBoardLog
     from .concept import DEFAULT_MIN_SIZE, load_concepts
     from .pipeline import base_name, load_base
     from .train import train_concepts
 
+    check_writable(args.out, folder=True, what="--out")
+    min_size = args.resolution or DEFAULT_MIN_SIZE
+    # Folders first, with the CLIP tokenizer SD 1.x, 2.x and SDXL share: a refusal costs no base load.
+    load_concepts(args.concepts, min_size=min_size)
     pipe = load_base(args.base)
-    concepts = load_concepts(
-        args.concepts, min_size=args.resolution or DEFAULT_MIN_SIZE, tokenizer=pipe.tokenizer
-    )
+    concepts = load_concepts(args.concepts, min_size=min_size, tokenizer=pipe.tokenizer)
+    _note_transparency(concepts)
     adapter_flags = {key: getattr(args, key) for key in ADAPTER_FLAGS}
     train_flags = {key: getattr(args, key) for key in TRAIN_FLAGS}
     jobs = []
@@ -609,14 +622,61 @@ def run_train(args: argparse.Namespace) -> int:
     callbacks = [] if args.quiet else [ProgressBar()]
     if args.tensorboard:
         callbacks.append(TensorBoardLog(Path(args.out) / "logs"))
-    paths = train_concepts(
-        pipe, jobs, out_dir=args.out, base_name=base_name(args.base), callbacks=callbacks, resume=args.resume
-    )
+    try:
+        paths = train_concepts(
+            pipe,
+            jobs,
+            out_dir=args.out,
+            base_name=base_name(args.base),
+            callbacks=callbacks,
+            resume=args.resume,
+        )
+    except KeyboardInterrupt:
+        print(_interrupted_message(args), file=sys.stderr)
+        return 130
     for (concept, adapter, config), path in zip(jobs, paths, strict=True):
         token = f", token {concept.token!r} trained too" if config.train_embedding else ""
         print(f"{concept.name}: {adapter.method} rank {adapter.rank}, {config.steps} steps{token} -> {path}")
     print(f"slots: {Path(args.out) / 'slots.json'}")
     return 0
+
+
+def _note_transparency(concepts) -> None:
+    """Say which images training flattens onto white (data.flatten), so no one wonders at the background."""
+    from PIL import Image
+
+    from .data import has_transparency
+
+    for concept in concepts:
+        flat = []
+        for image in concept.images:
+            with Image.open(image) as opened:
+                if has_transparency(opened):
+                    flat.append(image.name)
+        if flat:
+            print(
+                f"{concept.name}: {', '.join(flat)} have transparent pixels: flattened onto white",
+                file=sys.stderr,
+            )
+
+
+def _interrupted_message(args: argparse.Namespace) -> str:
+    from .train import CHECKPOINTS, newest_checkpoint
+
+    root = Path(args.out) / CHECKPOINTS
+    steps = [found for folder in sorted(root.glob("*")) if (found := newest_checkpoint(folder)) is not None]
+    argv = (
+        " ".join(sys.argv[1:])
+        if sys.argv[1:2] == ["train"]
+        else f"train {' '.join(args.concepts)} --out {args.out}"
+    )
+    resume = argv if "--resume" in argv.split() else f"{argv} --resume"
+    if not steps:
+        return (
+            f"interrupted before the first checkpoint; nothing to resume: run `bora-diffusion {argv}` again"
+        )
+    step = max(int(path.name.split("-")[1]) for path in steps)
+    return f"interrupted; the checkpoint of step {step} in {root} is intact; resume with `bora-diffusion {resume}`"
 
 
 def _guidance(args: argparse.Namespace) -> float:
@@ -803,8 +863,11 @@ def run_compare(args: argparse.Namespace) -> int:
 def run_export(args: argparse.Namespace) -> int:
     import torch
 
+    from .atomic import check_writable
     from .formats import embedding_path, export_diffusers, export_embedding, export_kohya, read_adapter
 
+    check_writable(args.out, folder=False, what="--out")
+    check_writable(embedding_path(args.out), folder=False, what="embedding")
     adapter = read_adapter(args.file)
     export = export_kohya if args.layout == "kohya" else export_diffusers
     dtype = torch.float16 if args.fp16 else torch.float32
@@ -820,9 +883,11 @@ def run_export(args: argparse.Namespace) -> int:
 
 
 def run_import(args: argparse.Namespace) -> int:
+    from .atomic import check_writable
     from .formats import import_lora
     from .pipeline import base_name, load_base
 
+    check_writable(args.out, folder=False, what="--out")
     pipe = load_base(args.base)
     report = import_lora(
         args.file,
