@@ -31,6 +31,7 @@ def main(argv: list[str] | None = None) -> int:
         return run_app(argv[1:])
     parser = build_parser()
     args = parser.parse_args(argv)
+    args.argv = list(argv)  # to repeat the command line in hints, such as how to resume
     try:
         return args.run(args)
     except BoraError as error:
@@ -665,11 +666,7 @@ def _interrupted_message(args: argparse.Namespace) -> str:
 
     root = Path(args.out) / CHECKPOINTS
     steps = [found for folder in sorted(root.glob("*")) if (found := newest_checkpoint(folder)) is not None]
-    argv = (
-        " ".join(sys.argv[1:])
-        if sys.argv[1:2] == ["train"]
-        else f"train {' '.join(args.concepts)} --out {args.out}"
-    )
+    argv = " ".join(getattr(args, "argv", None) or ["train", *args.concepts, "--out", str(args.out)])
     resume = argv if "--resume" in argv.split() else f"{argv} --resume"
     if not steps:
         return (

@@ -146,3 +146,23 @@ def test_stale_staging_folders_are_removed(tmp_path):
     (tmp_path / "step-000002").mkdir()
     remove_stale_staging(tmp_path)
     assert [p.name for p in tmp_path.iterdir()] == ["step-000002"]
+
+
+def test_ctrl_c_in_train_says_how_to_resume(tmp_path, monkeypatch, capsys):
+    import bora_diffusion.train
+    from bora_diffusion.cli import main
+
+    monkeypatch.setenv("BORA_DIFFUSION_HOME", str(tmp_path / "home"))
+    out = tmp_path / "run"
+
+    def interrupted(*_, **__):
+        (out / "checkpoints" / "kettle" / "step-000003").mkdir(parents=True)  # what the run had written
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(bora_diffusion.train, "train_concepts", interrupted)
+    code = main(["train", "concepts/kettle", "--out", str(out), "--quiet"])
+    err = capsys.readouterr().err
+    assert code == 130 and "Traceback" not in err
+    (line,) = err.splitlines()
+    assert line.startswith(f"interrupted; the checkpoint of step 3 in {out / 'checkpoints'} is intact")
+    assert line.endswith(f"resume with `bora-diffusion train concepts/kettle --out {out} --quiet --resume`")
