@@ -166,3 +166,51 @@ def test_ctrl_c_in_train_says_how_to_resume(tmp_path, monkeypatch, capsys):
     (line,) = err.splitlines()
     assert line.startswith(f"interrupted; the checkpoint of step 3 in {out / 'checkpoints'} is intact")
     assert line.endswith(f"resume with `bora-diffusion train concepts/kettle --out {out} --quiet --resume`")
+
+
+# ------------------------------------------------------------------------------------------- item 11: messages
+@pytest.fixture(scope="module")
+def slot_file(tmp_path_factory):
+    from bora_diffusion.cli import main
+
+    out = tmp_path_factory.mktemp("methods")
+    assert main(["methods", "--method", "sbora_fa", "--rank", "2", "--out", str(out)]) == 0
+    return out / "sbora_fa.safetensors"
+
+
+def _rewrite(source, target, tensors=None, **metadata):
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    with safe_open(str(source), framework="pt") as handle:
+        meta = dict(handle.metadata())
+        data = {key: handle.get_tensor(key) for key in handle.keys()}  # noqa: SIM118
+    data.update(tensors or {})
+    meta.update(metadata)
+    save_file(data, str(target), metadata=meta)
+    return data
+
+
+def test_a_newer_format_names_the_file_once(slot_file, tmp_path):
+    from bora_diffusion.errors import AdapterFileError
+    from bora_diffusion.formats import read_adapter
+
+    newer = tmp_path / "newer.safetensors"
+    _rewrite(slot_file, newer, format_version="99")
+    with pytest.raises(AdapterFileError) as info:
+        read_adapter(newer)
+    assert str(info.value).count(str(newer)) == 1 and "format version 99 is newer" in str(info.value)
+
+
+def test_a_bad_slot_index_names_file_and_layer(slot_file, tmp_path, capsys, monkeypatch):
+    from bora_diffusion.cli import main
+
+    monkeypatch.setenv("BORA_DIFFUSION_HOME", str(tmp_path / "home"))
+    bad = tmp_path / "bad.safetensors"
+    data = _rewrite(slot_file, bad)
+    key = sorted(k for k in data if k.endswith(".index"))[0]
+    _rewrite(slot_file, bad, {key: torch.zeros_like(data[key])})  # [0, 0]: not distinct
+    assert main(["compose", str(bad)]) == 2
+    err = capsys.readouterr().err
+    layer = key.removesuffix(".index")
+    assert err.startswith(f"error: {bad}: layer {layer}: slot index [0, 0] needs 2 distinct indices"), err
