@@ -6,6 +6,7 @@ from __future__ import annotations
 import errno
 import os
 import threading
+from pathlib import Path
 
 import pytest
 import torch
@@ -214,3 +215,41 @@ def test_a_bad_slot_index_names_file_and_layer(slot_file, tmp_path, capsys, monk
     err = capsys.readouterr().err
     layer = key.removesuffix(".index")
     assert err.startswith(f"error: {bad}: layer {layer}: slot index [0, 0] needs 2 distinct indices"), err
+
+
+def test_full_disk_in_compose_save_and_export_is_one_error(slot_file, tmp_path, capsys, monkeypatch):
+    import diffusers
+    import safetensors.torch
+    from safetensors import SafetensorError
+
+    from bora_diffusion.cli import main
+
+    monkeypatch.setenv("BORA_DIFFUSION_HOME", str(tmp_path / "home"))
+    out = tmp_path / "out"
+    out.mkdir()
+    from bora_diffusion.pipeline import load_base
+
+    load_base("embedded")  # the embedded base saves itself into the home once: before the disk fills
+
+    def full_after_one_file(self, folder, *_, **__):
+        (Path(folder) / "vae").mkdir(parents=True)
+        (Path(folder) / "vae" / "config.json").write_text("{}")  # what the traceback left behind before
+        raise SafetensorError(
+            "Error while serializing: IoError(Os { code: 28, message: No space left on device })"
+        )
+
+    monkeypatch.setattr(diffusers.DiffusionPipeline, "save_pretrained", full_after_one_file)
+    assert main(["compose", str(slot_file), "--save", str(out / "fused")]) == 2
+    err = capsys.readouterr().err
+    assert (
+        err.splitlines()[-1]
+        == f"error: {out / 'fused'}: the disk is full (SafetensorError); free some space and run again"
+    )
+
+    def full(*_, **__):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(safetensors.torch, "save_file", full)
+    assert main(["export", str(slot_file), str(out / "lora.safetensors")]) == 2
+    assert "lora.safetensors: the disk is full (OSError)" in capsys.readouterr().err
+    assert list(out.iterdir()) == []  # no partial folder, no half file, no temporary
