@@ -34,6 +34,7 @@ def main(argv: list[str] | None = None) -> int:
         return run_app(argv[1:])
     parser = build_parser()
     args = parser.parse_args(argv)
+    args.argv = list(argv)  # to repeat the command line in hints, such as how to resume
     try:
         return args.run(args)
     except BoraError as error:
@@ -602,6 +603,12 @@ def run_compose(args: argparse.Namespace) -> int:
 
     if not args.concepts:
         raise ConfigError("compose needs at least one concept file")
+    from .atomic import atomic_folder, check_pipeline_folder, check_writable
+
+    if args.save:
+        check_pipeline_folder(args.save)
+    if args.report:
+        check_writable(args.report, folder=False, what="--report")
     pipe, report = _composed(args, fuse=bool(args.save))
     print(report.summary())
     if args.report:
@@ -616,22 +623,23 @@ def run_compose(args: argparse.Namespace) -> int:
 
         for encoder in PromptEncoder(pipe).encoders:  # trained token embeddings become rows of a plain matrix
             bake_tokens(encoder)
-        from .atomic import written_with_umask
         from .embedded import silenced_progress_bars
 
-        # save_pretrained's safetensors files are 0600: others' tools could not read them
-        with silenced_progress_bars(), written_with_umask(args.save):
-            pipe.save_pretrained(args.save)
+        # Into a temporary sibling, renamed at the end: a full disk leaves no half pipeline behind.
+        with silenced_progress_bars(), atomic_folder(args.save) as staging:
+            pipe.save_pretrained(staging)
         print(f"fused pipeline: {args.save}")
     return 0
 
 
 def run_generate(args: argparse.Namespace) -> int:
+    from .atomic import check_writable
     from .generate import SamplingSettings, check_request, generate
     from .pipeline import base_name
 
     seeds = args.seed or [0, 1, 2, 3]
-    check_request(args.prompt, seeds)  # every number checked before the base loads
+    check_request(args.prompt, seeds)  # every number and path checked before the base loads
+    check_writable(args.out, folder=True, what="--out")
     height = args.height if args.height is not None else args.resolution
     width = args.width if args.width is not None else args.resolution
     settings = SamplingSettings(
@@ -647,7 +655,7 @@ def run_generate(args: argparse.Namespace) -> int:
 
 
 def run_base(args: argparse.Namespace) -> int:
-    from .atomic import written_with_umask
+    from .atomic import atomic_folder, check_pipeline_folder
     from .embedded import ensure_embedded_default, silenced_progress_bars
     from .pipeline import EMBEDDED_ALIASES, base_name, load_base
 
@@ -656,9 +664,10 @@ def run_base(args: argparse.Namespace) -> int:
     else:
         print(f"base: {args.base}")
     if args.save:
+        check_pipeline_folder(args.save)
         pipe = load_base(args.base)
-        with silenced_progress_bars(), written_with_umask(args.save):  # save_pretrained writes 0600 files
-            pipe.save_pretrained(args.save)
+        with silenced_progress_bars(), atomic_folder(args.save) as staging:  # nothing half-written is left
+            pipe.save_pretrained(staging)
         print(f"diffusers folder: {args.save} (StableDiffusionPipeline.from_pretrained loads it)")
     return 0
 
@@ -689,15 +698,19 @@ TRAIN_FLAGS = (
 
 
 def run_train(args: argparse.Namespace) -> int:
+    from .atomic import check_writable
     from .callbacks import ProgressBar, TensorBoardLog
     from .concept import DEFAULT_MIN_SIZE, load_concepts
     from .pipeline import base_name, load_base
     from .train import train_concepts
 
+    check_writable(args.out, folder=True, what="--out")
+    min_size = args.resolution or DEFAULT_MIN_SIZE
+    # Folders first, with the CLIP tokenizer SD 1.x, 2.x and SDXL share: a refusal costs no base load.
+    load_concepts(args.concepts, min_size=min_size)
     pipe = load_base(args.base)
-    concepts = load_concepts(
-        args.concepts, min_size=args.resolution or DEFAULT_MIN_SIZE, tokenizer=pipe.tokenizer
-    )
+    concepts = load_concepts(args.concepts, min_size=min_size, tokenizer=pipe.tokenizer)
+    _note_transparency(concepts)
     adapter_flags = {key: getattr(args, key) for key in ADAPTER_FLAGS}
     train_flags = {key: getattr(args, key) for key in TRAIN_FLAGS}
     jobs = []
@@ -713,9 +726,19 @@ def run_train(args: argparse.Namespace) -> int:
     callbacks = [] if args.quiet or not main_process else [ProgressBar()]
     if args.tensorboard and main_process:
         callbacks.append(TensorBoardLog(Path(args.out) / "logs"))
-    paths = train_concepts(
-        pipe, jobs, out_dir=args.out, base_name=base_name(args.base), callbacks=callbacks, resume=args.resume
-    )
+    try:
+        paths = train_concepts(
+            pipe,
+            jobs,
+            out_dir=args.out,
+            base_name=base_name(args.base),
+            callbacks=callbacks,
+            resume=args.resume,
+        )
+    except KeyboardInterrupt:
+        if main_process:
+            print(_interrupted_message(args), file=sys.stderr)
+        return 130
     if not main_process:
         return 0
     for (concept, adapter, config), path in zip(jobs, paths, strict=True):
@@ -723,6 +746,40 @@ def run_train(args: argparse.Namespace) -> int:
         print(f"{concept.name}: {adapter.method} rank {adapter.rank}, {config.steps} steps{token} -> {path}")
     print(f"slots: {Path(args.out) / 'slots.json'}")
     return 0
+
+
+def _note_transparency(concepts) -> None:
+    """Say which images training flattens onto white (data.flatten), so no one wonders at the background."""
+    from PIL import Image
+
+    from .data import has_transparency
+
+    for concept in concepts:
+        flat = []
+        for image in concept.images:
+            with Image.open(image) as opened:
+                if has_transparency(opened):
+                    flat.append(image.name)
+        if flat:
+            print(
+                f"{concept.name}: {', '.join(flat)} have transparent pixels: flattened onto white",
+                file=sys.stderr,
+            )
+
+
+def _interrupted_message(args: argparse.Namespace) -> str:
+    from .train import CHECKPOINTS, newest_checkpoint
+
+    root = Path(args.out) / CHECKPOINTS
+    steps = [found for folder in sorted(root.glob("*")) if (found := newest_checkpoint(folder)) is not None]
+    argv = " ".join(getattr(args, "argv", None) or ["train", *args.concepts, "--out", str(args.out)])
+    resume = argv if "--resume" in argv.split() else f"{argv} --resume"
+    if not steps:
+        return (
+            f"interrupted before the first checkpoint; nothing to resume: run `bora-diffusion {argv}` again"
+        )
+    step = max(int(path.name.split("-")[1]) for path in steps)
+    return f"interrupted; the checkpoint of step {step} in {root} is intact; resume with `bora-diffusion {resume}`"
 
 
 def _guidance(args: argparse.Namespace) -> float:
@@ -909,8 +966,11 @@ def run_compare(args: argparse.Namespace) -> int:
 def run_export(args: argparse.Namespace) -> int:
     import torch
 
+    from .atomic import check_writable
     from .formats import embedding_path, export_diffusers, export_embedding, export_kohya, read_adapter
 
+    check_writable(args.out, folder=False, what="--out")
+    check_writable(embedding_path(args.out), folder=False, what="embedding")
     adapter = read_adapter(args.file)
     export = export_kohya if args.layout == "kohya" else export_diffusers
     dtype = torch.float16 if args.fp16 else torch.float32
@@ -926,9 +986,13 @@ def run_export(args: argparse.Namespace) -> int:
 
 
 def run_import(args: argparse.Namespace) -> int:
+    from .atomic import check_writable
     from .formats import import_lora
+    from .formats.convert import read_foreign
     from .pipeline import base_name, load_base
 
+    check_writable(args.out, folder=False, what="--out")
+    read_foreign(args.file)  # a missing, unreadable or non-finite file is refused before the base loads
     pipe = load_base(args.base)
     report = import_lora(
         args.file,

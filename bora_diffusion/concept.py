@@ -560,9 +560,7 @@ def _image_problems(path: Path, min_size: int) -> list[str]:
             except Exception as error:  # any failure of PIL's converters means training cannot read it
                 problems.append(f"{name} is in mode {image.mode}, which cannot be converted to RGB ({error})")
                 return problems
-            if image.has_transparency_data and image.convert("RGBA").getchannel("A").getextrema()[0] < 255:
-                # Training reads RGB: transparent pixels would show their hidden color (often black).
-                problems.append(f"{name} has transparent pixels: flatten it onto a background")
+            # Transparent pixels are no problem: training flattens them onto white (data.flatten).
             return problems
     except Image.UnidentifiedImageError:
         return [f"{name} is not an image, whatever its extension says"]
@@ -641,13 +639,23 @@ def _scan(folder: Path, min_size: int, problems: list[str]) -> tuple[list[Path],
     except OSError as error:
         entries = []
         problems.append(f"cannot list the folder ({error.strerror})")
+    inside = folder.resolve()
     for path in entries:
         lower = path.name.lower()
         if path.name.startswith(".") or lower.startswith("readme") or lower in _IGNORED_NAMES:
             continue
         if path.name == CONCEPT_FILE:
             continue
-        if path.is_dir():
+        if path.is_symlink() and not path.resolve().is_relative_to(inside):
+            # A link out of the folder trains on files the folder does not hold; refused so the folder is the
+            # whole concept (copy the file in instead).
+            problems.append(
+                f"{path.name} is a link to {path.resolve()}, outside the folder: copy the file in"
+            )
+        elif path.exists() and not path.is_dir() and not path.is_file():
+            # FIFOs, sockets, devices: opening a FIFO blocks until a writer comes, so these are never opened.
+            problems.append(f"{path.name} is not a regular file (a pipe, socket or device): remove it")
+        elif path.is_dir():
             problems.append(f"{path.name}/ is a folder: images go directly into the concept folder")
         elif path.suffix.lower() in IMAGE_EXTENSIONS:
             images.append(path)

@@ -20,13 +20,31 @@ from torch import Tensor
 
 from .text import PromptEncoder, TextStates
 
+BACKGROUND = (255, 255, 255)
+
+
+def has_transparency(image: Image.Image) -> bool:
+    """Whether any pixel of `image` is less than fully opaque (RGBA, LA, P or L with a transparent color)."""
+    return bool(image.has_transparency_data) and image.convert("RGBA").getchannel("A").getextrema()[0] < 255
+
+
+def flatten(image: Image.Image, background: tuple[int, int, int] = BACKGROUND) -> Image.Image:
+    """`image` as RGB, its transparent pixels composited onto `background` (white, as most trainers do);
+    a plain convert("RGB") would show the hidden colour under them, often black."""
+    if not has_transparency(image):
+        return image.convert("RGB")
+    rgba = image.convert("RGBA")
+    flat = Image.new("RGB", rgba.size, background)
+    flat.paste(rgba, mask=rgba.getchannel("A"))
+    return flat
+
 
 def load_image(path: str | Path, resolution: int) -> tuple[Tensor, Tensor]:
     """One image as (3, resolution, resolution) float32 in [-1, 1], and its SDXL time ids (6,): original height
     and width, crop top and left (in the resized image, as diffusers' SDXL DreamBooth script records them), target
     height and width."""
     with Image.open(path) as opened:
-        image = ImageOps.exif_transpose(opened).convert("RGB")  # phone photos store their rotation in EXIF
+        image = flatten(ImageOps.exif_transpose(opened))  # phone photos store their rotation in EXIF
     original_width, original_height = image.size
     scale = resolution / min(image.size)
     width, height = (max(resolution, round(side * scale)) for side in image.size)

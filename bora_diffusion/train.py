@@ -20,7 +20,6 @@ from __future__ import annotations
 import json
 import math
 import shutil
-import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -29,7 +28,7 @@ from typing import Protocol
 import torch
 import torch.nn.functional as F
 
-from .atomic import temp_dir
+from .atomic import atomic_path, temp_dir
 from .callbacks import Callback, TrainState
 from .config import AdapterConfig, TrainConfig
 from .data import EncodedSet, encode_images, encode_set
@@ -371,6 +370,7 @@ class Trainer:
         """Everything a resume needs, written atomically as `checkpoints/step-NNNNNN/` (the last two kept)."""
         root = self.out_dir / CHECKPOINTS / self.name
         root.mkdir(parents=True, exist_ok=True)
+        remove_stale_staging(root)  # a kill during an earlier write leaves its staging folder behind
         staging = temp_dir(root)  # the umask's folder mode: mkdtemp's 0700 hides checkpoints from others
         state = {
             "step": step,
@@ -394,12 +394,12 @@ class Trainer:
         return target
 
     def _resume(self, optimizer, schedule, generator) -> int:
-        found = sorted((self.out_dir / CHECKPOINTS / self.name).glob("step-*"))
+        root = self.out_dir / CHECKPOINTS / self.name
+        remove_stale_staging(root)
+        found = sorted(root.glob("step-*"))
         if not found:
             return 0
-        state = torch.load(
-            found[-1] / "state.pt", weights_only=True
-        )  # tensors and plain data only, no pickle code
+        state, found = _read_checkpoint(found)
         saved = TrainConfig.from_dict(json.loads(state["config"]))
         # What must match is the global batch, not its split: the same global batch on another process count
         # continues on the same draws (equal up to float summation order, bit for bit on the same count).
@@ -482,6 +482,45 @@ def _saved_embeddings(state: dict) -> list[torch.Tensor]:
     return [] if single is None else [single]
 
 
+def remove_stale_staging(root: Path) -> None:
+    """Remove the `.tmp-*` staging folders a killed checkpoint write left in `root` (none is in use: one
+    process trains one concept's checkpoints at a time)."""
+    for stale in root.glob(".tmp-*"):
+        if stale.is_dir():
+            shutil.rmtree(stale, ignore_errors=True)
+
+
+def newest_checkpoint(root: Path) -> Path | None:
+    found = sorted(Path(root).glob("step-*"))
+    return found[-1] if found else None
+
+
+def _read_checkpoint(found: list[Path]) -> tuple[dict, list[Path]]:
+    """The newest readable checkpoint's state and the checkpoints up to it; an unreadable newest one (truncated,
+    or a pickle that is not plain weights) falls back to the one before (KEEP_CHECKPOINTS keeps two), saying so."""
+    import sys
+
+    for index in range(len(found) - 1, -1, -1):
+        path = found[index] / "state.pt"
+        try:
+            state = torch.load(path, weights_only=True)  # tensors and plain data only, no pickle code
+            if not isinstance(state, dict) or "step" not in state:
+                raise ValueError("it holds no training state")
+            return state, found[: index + 1]
+        except Exception as error:  # torch raises RuntimeError, UnpicklingError, EOFError... for a bad file
+            reason = str(error).splitlines()[0] if str(error) else error.__class__.__name__
+            if index == 0:
+                raise ConfigError(
+                    f"{path}: the checkpoint is unreadable ({reason[:120]}) and there is no earlier one: "
+                    "delete it and resume, or start a new output folder"
+                ) from None
+            print(
+                f"warning: {path} is unreadable ({reason[:120]}); resuming from {found[index - 1].name} instead",
+                file=sys.stderr,
+            )
+    raise AssertionError("unreachable")
+
+
 def _resume_key(config: TrainConfig, processes: int) -> dict:
     """The settings a resumed run must share with the checkpoint (sampling and checkpoint cadence may change, and
     so may the process count, if the global batch stays)."""
@@ -527,9 +566,8 @@ def ensure_class_images(pipe, prompt: str, folder: Path, count: int, config: Tra
             width=config.resolution,
         ).images[0]
         path = folder / f"class-{i:04d}.png"
-        with tempfile.NamedTemporaryFile(dir=folder, suffix=".png", delete=False) as tmp:
+        with atomic_path(path) as tmp:
             image.save(tmp, format="PNG")
-        Path(tmp.name).replace(path)
         existing.append(path)
     return existing[:count]
 

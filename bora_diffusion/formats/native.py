@@ -232,6 +232,8 @@ def read_adapter(path: str | os.PathLike) -> AdapterFile:
         layout = base.get("unet")
         if layout is not None and not isinstance(layout, dict):
             raise TypeError(f"base_model.unet is a {type(layout).__name__}, not an object")
+    except AdapterFileError:
+        raise  # already names the file: wrapping it again printed "F: F: ..."
     except BoraError as error:
         raise AdapterFileError(f"{path}: {error}") from None
     except (KeyError, TypeError, ValueError, IndexError) as error:
@@ -318,6 +320,17 @@ def load_adapter(
     if adapter.slot_space and set(slots) != set(adapter.layers):
         missing = sorted(set(adapter.layers) - set(slots))
         raise AdapterFileError(f"{adapter.path}: no slot index for layer {missing[0]}; corrupt file")
+    for layer, index in (slots or {}).items():
+        # Checked here, where file and layer are known; the adapter's own check can name neither.
+        out, in_ = adapter.layers[layer]
+        size = out if adapter.slot_space == "out" else in_
+        values = [int(i) for i in index.reshape(-1).tolist()]
+        rank = adapter.config.rank
+        if len(values) != rank or len(set(values)) != rank or not all(0 <= i < size for i in values):
+            raise AdapterFileError(
+                f"{adapter.path}: layer {layer}: slot index {values} needs {rank} distinct "
+                f"indices in 0..{size - 1} ({adapter.slot_space} size {size}); corrupt file"
+            )
     ledger = SlotLedger(seed=adapter.slot_seed)  # carries the seed the file's ortho basis was built from
     inject(model, adapter.config, name=name, ledger=ledger, slots=slots, paths=list(adapter.layers))
     load_adapter_state_dict(model, name, adapter.tensors, source=str(adapter.path))
