@@ -23,6 +23,9 @@ from .errors import BoraError
 
 METHODS = "lora, dora, sbora_fa, sbora_fb, ortho, bora_block, bora_bidim"
 GUIDANCE_HELP = "classifier-free guidance scale (default: 3 on the embedded base, 7.5 on others)"
+DEVICE_HELP = (
+    "cuda, cuda:N or cpu (default: cuda when available; under a multi-process launch, each process's GPU)"
+)
 BASE_HELP = "base model: 'embedded' (default, tiny, offline), a local diffusers folder, or a hub id"
 # How long a process other than the main one waits before it reports an error itself (see `main`).
 ERROR_GRACE_SECONDS = 10.0
@@ -58,6 +61,29 @@ def process_rank() -> int:
     return 0
 
 
+def _device(args: argparse.Namespace) -> str:
+    """Where the base runs: `--device`, else this process's GPU (under a multi-process launch, the one its local
+    rank names, as accelerate assigns them), else the CPU."""
+    import torch
+
+    from .errors import ConfigError
+
+    if getattr(args, "device", None):
+        try:
+            kind = torch.device(args.device).type
+        except RuntimeError:
+            raise ConfigError(f"--device {args.device!r} is not a device: give cuda, cuda:N or cpu") from None
+        if kind == "cuda" and not torch.cuda.is_available():
+            raise ConfigError(
+                f"--device {args.device}: no CUDA GPU is visible to torch here; use --device cpu"
+            )
+        return args.device
+    if not torch.cuda.is_available():
+        return "cpu"
+    local_rank = os.environ.get("LOCAL_RANK", "")
+    return f"cuda:{local_rank}" if local_rank.isdigit() else "cuda"
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="bora-diffusion",
@@ -73,6 +99,7 @@ def build_parser() -> argparse.ArgumentParser:
         "fused model equals the live one, save its file, remove it and check the UNet is restored bit for bit.",
     )
     methods.add_argument("--base", default=None, help=BASE_HELP)
+    methods.add_argument("--device", help=DEVICE_HELP)
     methods.add_argument("--rank", type=int, default=4, help="adapter rank r (default 4)")
     methods.add_argument(
         "--targets", default="attention", help="attention (default), cross_kv or self_attention"
@@ -100,6 +127,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--out", required=True, help="output folder: adapters, checkpoints, samples, slots.json"
     )
     train.add_argument("--base", default=None, help=BASE_HELP)
+    train.add_argument("--device", help=DEVICE_HELP)
     train.add_argument(
         "--method", help=f"adapter method (default: the concept's, else sbora_fa); one of {METHODS}"
     )
@@ -440,7 +468,7 @@ def _add_scoring_args(parser: argparse.ArgumentParser) -> None:
         help="CLIP weights instead of the conventions' (world-clip: embedded; the presets: openai, cached "
         "locally): a pretrained tag, a checkpoint file, or 'none' for a random CLIP (smoke runs)",
     )
-    parser.add_argument("--device", help="cuda or cpu (default: cuda when available)")
+    parser.add_argument("--device", help=DEVICE_HELP)
 
 
 def _add_concept_args(parser: argparse.ArgumentParser) -> None:
@@ -451,6 +479,7 @@ def _add_concept_args(parser: argparse.ArgumentParser) -> None:
         help="concept adapter files, each with an optional scale from -10 to 10 (default 1), e.g. dog.safetensors:0.8",
     )
     parser.add_argument("--base", default=None, help=BASE_HELP)
+    parser.add_argument("--device", help=DEVICE_HELP)
     parser.add_argument("--force", action="store_true", help="compose even if concepts share slots")
 
 
@@ -465,7 +494,7 @@ def run_methods(args: argparse.Namespace) -> int:
     from .pipeline import base_name, load_base
     from .selfcheck import check_methods
 
-    pipe = load_base(args.base)
+    pipe = load_base(args.base, device=_device(args))
     name = base_name(args.base)
     layers = None
     print(f"base: {name}   rank: {args.rank}   targets: {args.targets}")
@@ -586,7 +615,7 @@ def _composed(args: argparse.Namespace, *, fuse: bool):
     from .pipeline import base_name, load_base
 
     files = _parse_concepts(args.concepts)  # a bad scale is refused before the base loads
-    pipe = load_base(args.base)
+    pipe = load_base(args.base, device=_device(args))
     report = compose(pipe, files, fuse=fuse, force=args.force)
     base = base_name(args.base)
     for concept in report.concepts.values():
@@ -708,7 +737,7 @@ def run_train(args: argparse.Namespace) -> int:
     min_size = args.resolution or DEFAULT_MIN_SIZE
     # Folders first, with the CLIP tokenizer SD 1.x, 2.x and SDXL share: a refusal costs no base load.
     load_concepts(args.concepts, min_size=min_size)
-    pipe = load_base(args.base)
+    pipe = load_base(args.base, device=_device(args))
     concepts = load_concepts(args.concepts, min_size=min_size, tokenizer=pipe.tokenizer)
     _note_transparency(concepts)
     adapter_flags = {key: getattr(args, key) for key in ADAPTER_FLAGS}
@@ -800,14 +829,13 @@ def _scores_text(scores) -> str:
 def _scoring(args: argparse.Namespace):
     """(device, pipeline, scorer, run settings) from the shared options; the scorer loads before the base, so
     missing CLIP weights fail before anything else is loaded."""
-    import torch
 
     from .evaluation import ClipScorer, RunSettings, preset
     from .evaluation.runs import OTHER_WORDS
     from .generate import SamplingSettings
     from .pipeline import load_base
 
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    device = _device(args)
     overrides: dict[str, object] = {}
     if args.backbone:
         overrides["backbone"] = args.backbone

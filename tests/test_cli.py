@@ -136,3 +136,26 @@ def test_the_app_subcommand_hands_its_options_to_the_app(capsys):
         main(["app", "--host", "0.0.0.0"])  # beyond localhost without --auth: refused before serving
     assert exit_.value.code == 2
     assert "--auth" in capsys.readouterr().err
+
+
+def test_the_device_is_cuda_when_available_and_each_launched_process_takes_its_own(monkeypatch, capsys):
+    """train, generate, compose and methods run the base on `_device`: a GPU when torch sees one (under a launcher,
+    the one LOCAL_RANK names, as accelerate places each process), else the CPU; `--device` overrides it."""
+    import argparse
+
+    import torch
+
+    from bora_diffusion.cli import _device
+
+    monkeypatch.delenv("LOCAL_RANK", raising=False)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert _device(argparse.Namespace(device=None)) == "cpu"
+    assert main(["generate", "--device", "cuda", "--prompt", "a", "--out", "unused"]) == 2
+    assert "no CUDA GPU is visible" in capsys.readouterr().err
+    assert main(["train", "concepts/kettle", "--device", "gpu", "--out", "unused"]) == 2
+    assert "--device 'gpu' is not a device" in capsys.readouterr().err
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert _device(argparse.Namespace(device=None)) == "cuda"
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    assert _device(argparse.Namespace(device=None)) == "cuda:1"
+    assert _device(argparse.Namespace(device="cpu")) == "cpu"
