@@ -33,6 +33,8 @@ from safetensors import safe_open
 from safetensors.torch import load_file
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
+from .atomic import temp_dir, written_with_umask
+
 __all__ = [
     "CLIP_VOCAB_SIZE",
     "EMBEDDED_NAME",
@@ -420,9 +422,10 @@ def ensure_embedded_default() -> Path:
     if is_complete(target):
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
+    staging = temp_dir(target.parent, prefix=f".{target.name}.tmp-")
     try:
-        _write_default_weights(staging)
+        with written_with_umask(staging):  # readable by another user's server, as any export is
+            _write_default_weights(staging)
         _fsync_files(staging)
         marker = {
             "name": EMBEDDED_NAME,

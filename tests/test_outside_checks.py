@@ -186,7 +186,7 @@ def _mode(path) -> int:
     return stat.S_IMODE(os.stat(path).st_mode)
 
 
-def test_outputs_honour_the_umask(tmp_path, adapter, capsys, umask_002):
+def test_outputs_honour_the_umask(tmp_path, adapter, capsys, umask_002, monkeypatch):
     # umask 002 (a group-shared server): files 664, folders 775, not tempfile's 600 / 700
     assert main(["export", str(adapter), str(tmp_path / "e.safetensors"), "--layout", "kohya"]) == 0
     assert _mode(tmp_path / "e.safetensors") == 0o664
@@ -198,6 +198,14 @@ def test_outputs_honour_the_umask(tmp_path, adapter, capsys, umask_002):
     from bora_diffusion.atomic import temp_dir  # the checkpoint writer's staging folder, renamed into place
 
     assert _mode(temp_dir(tmp_path)) == 0o775
+
+    # The embedded base written on first use: another user's server loads exports beside it
+    from bora_diffusion.embedded import ensure_embedded_default
+
+    monkeypatch.setenv("BORA_DIFFUSION_HOME", str(tmp_path / "fresh-home"))
+    embedded = ensure_embedded_default()
+    assert {_mode(p) for p in embedded.rglob("*") if p.is_file()} == {0o664}
+    assert {_mode(p) for p in [embedded, *embedded.rglob("*")] if p.is_dir()} == {0o775}
 
     os.umask(0o077)  # a private umask keeps outputs private
     assert main(["export", str(adapter), str(tmp_path / "p.safetensors")]) == 0
