@@ -85,6 +85,7 @@ class Trainer:
         self.class_dir = Path(class_dir) if class_dir else self.out_dir / "class_images" / concept.class_word
         self.name = concept.name
         self.text = PromptEncoder(pipe)
+        self.noise_schedule = training_scheduler(pipe.scheduler)
         # The token's text embedding, when it trains: (N, D_e) rows on each text encoder (two on SDXL).
         self.embeddings: list[torch.nn.Parameter] = []
         self.lock: PromptLock | None = None  # keeps the token-free prompts' keys and values, when it weighs
@@ -214,7 +215,7 @@ class Trainer:
         rows = torch.cat(  # (groups * B,) this process's rows of the global (groups * P * B) batch
             [torch.arange(n) + (group * processes + process) * n for group in range(groups)]
         )
-        scheduler = self.pipe.scheduler
+        scheduler = self.noise_schedule
         noise = torch.randn((groups * processes * n, *latents.shape[1:]), generator=generator)[rows]
         timesteps = torch.randint(
             scheduler.config.num_train_timesteps, (groups * processes * n,), generator=generator
@@ -460,6 +461,18 @@ class Trainer:
     def _emit(self, hook: str, *args) -> None:
         for callback in self.callbacks:
             getattr(callback, hook)(*args)
+
+
+def training_scheduler(sampler):
+    """The DDPM forward process over the base's own noise schedule, to noise latents for training.
+
+    A pipeline ships the scheduler it samples with: SDXL's Euler (and the DPM solvers) noise in sigma space,
+    `x + sigma * noise`, not the `sqrt(a) x + sqrt(1 - a) noise` that an epsilon or v target assumes. So training
+    uses DDPM built from the same config (betas, train timesteps, prediction type, zero-SNR rescaling), as
+    diffusers' training scripts do; for DDPM-family samplers (DDIM, PNDM) the noised latents are the same."""
+    from diffusers import DDPMScheduler
+
+    return DDPMScheduler.from_config(sampler.config)
 
 
 def min_snr_weights(scheduler, timesteps: torch.Tensor, gamma: float) -> torch.Tensor:

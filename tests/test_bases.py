@@ -35,7 +35,7 @@ from bora_diffusion.inject import wrappers
 from bora_diffusion.merge import compose
 from bora_diffusion.pipeline import load_base
 from bora_diffusion.text import PromptEncoder
-from bora_diffusion.train import Trainer, train_concepts
+from bora_diffusion.train import Trainer, train_concepts, training_scheduler
 
 PIXEL_TOLERANCE = 1e-4
 TOKEN = "zqwv"
@@ -170,6 +170,22 @@ def test_training_feeds_the_unet_the_pooled_text_and_time_ids(base, tmp_path):
     assert torch.allclose(added["text_embeds"], pooled.expand(3, -1))  # every caption is the same here
     drawn = {tuple(row) for row in added["time_ids"].tolist()}
     assert drawn <= {(64, 64, 0, 0, 64, 64), (64, 96, 0, 16, 64, 64), (80, 64, 8, 0, 64, 64)}
+
+
+def test_training_noises_with_the_ddpm_forward_process_of_the_bases_schedule(base):
+    """SDXL ships Euler, whose `add_noise` is `x + sigma * noise` (sigma space, for sampling); an epsilon or v
+    target needs `sqrt(a) x + sqrt(1 - a) noise` over the base's own betas, as diffusers' training scripts use."""
+    sampler = base.pipe.scheduler
+    schedule = training_scheduler(sampler)
+    assert schedule.config.prediction_type == sampler.config.prediction_type  # v-prediction on SD 2.x
+    g = torch.Generator().manual_seed(0)
+    x, noise = torch.randn(3, 4, 8, 8, generator=g), torch.randn(3, 4, 8, 8, generator=g)
+    t = torch.tensor([10, 500, 999])
+    alpha_bar = sampler.alphas_cumprod[t].view(3, 1, 1, 1)  # (3, 1, 1, 1): the base's own schedule
+    expected = alpha_bar.sqrt() * x + (1 - alpha_bar).sqrt() * noise
+    assert torch.allclose(schedule.add_noise(x, noise, t), expected, atol=1e-6)
+    if base.kind == "sdxl":  # what training with the sampler itself would have fed the UNet
+        assert not torch.allclose(sampler.add_noise(x, noise, t), expected, atol=1e-2)
 
 
 # --- training ---------------------------------------------------------------------------------------------
