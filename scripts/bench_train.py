@@ -12,7 +12,12 @@ the peak resident memory above the loaded pipeline while encoding the data and t
 mark is reset through /proc/self/clear_refs) or max_memory_allocated (CUDA), trainable
 parameters and the adapter file size; ratios are to the diffusers recipe.
 
-`--sd15` trains on a pipeline of SD 1.5's shape with random weights (`sd15_shaped.py`), for GPU runs on
+`--sdxl` trains on a pipeline of SDXL base 1.0's shape with random weights, built in memory in each process
+(`--tiny`: its layout at toy widths, for the test), beside the training step of diffusers'
+`train_dreambooth_lora_sdxl.py` (pooled text and time ids as `added_cond_kwargs`). `--features` picks memory
+feature sets, each a row per method: off (both text encoders run every step, AdamW, no checkpointing), cached
+(cached text only: the plain run), on (gradient checkpointing, 8-bit AdamW where bitsandbytes imports, cached
+text). `--sd15` trains on a pipeline of SD 1.5's shape with random weights (`sd15_shaped.py`), for GPU runs on
 machines that cannot download the real one; `--mixed-precision` runs both under autocast (accelerate's for ours,
 `torch.autocast` and, for fp16, a gradient scaler for the recipe); `--config KEY=VALUE` sets a field of our
 `TrainConfig` (a TOML value), e.g. to time a trained token under the word lock.
@@ -20,6 +25,7 @@ machines that cannot download the real one; `--mixed-precision` runs both under 
     HF_HUB_OFFLINE=1 .venv/bin/python scripts/bench_train.py                  # embedded default, example concept
     HF_HUB_OFFLINE=1 .venv/bin/python scripts/bench_train.py --steps 30 --rounds 3 --json out.json
     python3 scripts/bench_train.py --sd15 --device cuda --resolution 512 --mixed-precision bf16 --rounds 1
+    python3 scripts/bench_train.py --sdxl --device cuda --dtype bf16 --mixed-precision bf16 --resolution 1024
 """
 
 from __future__ import annotations
@@ -27,6 +33,7 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
+import math
 import multiprocessing
 import os
 import platform
@@ -425,7 +432,16 @@ def measure(args: argparse.Namespace) -> list[dict]:
         for features, name in cells[round_ % len(cells) :] + cells[: round_ % len(cells)]:
             cell_args = copy.copy(args)
             cell_args.features_now = features
-            runs[features, name].append(_in_fresh_process(name, cell_args))
+            result = _in_fresh_process(name, cell_args)
+            runs[features, name].append(result)
+            # A long run (SDXL on a CPU) shows each cell as it ends, so a run cut short still says something.
+            timed = result["step_seconds"][args.warmup :] or [math.nan]
+            print(
+                f"cell {features}/{name}: median {statistics.median(timed):.3f} s/step, peak "
+                f"{result['peak_bytes'] / 2**20:.0f} MiB above load, {result['total_bytes'] / 2**20:.0f} MiB total",
+                file=sys.stderr,
+                flush=True,
+            )
     rows = []
     for (features, name), results in runs.items():
         steps = [s for r in results for s in r["step_seconds"][args.warmup :]]
