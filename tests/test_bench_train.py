@@ -29,7 +29,7 @@ def test_sdxl_config_is_sdxl_base():
 def test_tiny_sdxl_rows_compare(monkeypatch):
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
     parser_args = [
-        "--sdxl", "--tiny", "--methods", "lora", "--steps", "2", "--warmup", "1", "--rounds", "1",
+        "--sdxl", "--tiny", "--methods", "lora", "--steps", "3", "--warmup", "0", "--rounds", "1",
         "--resolution", "64", "--features", "off,on",
     ]  # fmt: skip
     args = _parse(parser_args)
