@@ -195,6 +195,8 @@ def run_ours(method: str, args: argparse.Namespace, queue) -> None:
         path a trained token embedding takes; the encoders stay frozen, so no graph is kept through them)."""
 
         def _instance_set(self):
+            for encoder in self.text.encoders:  # frozen, as the recipe's no_grad encoding is
+                encoder.requires_grad_(False)
             return encode_set(
                 self.pipe,
                 self.concept.images,
