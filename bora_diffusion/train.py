@@ -334,7 +334,7 @@ class Trainer:
                 import bitsandbytes as bnb
             except ImportError:
                 raise ConfigError(
-                    "adam_8bit needs bitsandbytes: pip install bitsandbytes (GPU only)"
+                    "adam_8bit needs bitsandbytes: pip install bitsandbytes; or use plain AdamW (adam_8bit: false)"
                 ) from None
             cls = bnb.optim.AdamW8bit
         else:
