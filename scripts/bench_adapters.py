@@ -58,7 +58,7 @@ FROZEN = "frozen"
 PEFT_TARGETS = ("to_q", "to_k", "to_v", "to_out.0")
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
-# (out, in) of SD 1.5's 128 attention projections and how many of each (../shared/METHODS.md).
+# (out, in) of SD 1.5's 128 attention projections and how many of each (docs/methods.md).
 SD15_PROJECTIONS: tuple[tuple[tuple[int, int], int], ...] = (
     ((320, 320), 30),
     ((320, 768), 10),

@@ -1,5 +1,5 @@
 """The facts each method is chosen for: regional updates, exact fusion on disjoint slots, orthogonal bases,
-block-diversified rank, and trainable-parameter counts exactly as ../shared/METHODS.md gives them."""
+block-diversified rank, and trainable-parameter counts exactly as docs/methods.md gives them."""
 
 from __future__ import annotations
 
@@ -128,7 +128,7 @@ def test_bora_block_rejects_more_blocks_than_the_layer_has():
         wrap_linear(nn.Linear(8, 16), "bora_block", rank=2, blocks=9)
 
 
-# Shapes (out, in) and counts of SD 1.5's 128 attention projections, and METHODS.md's parameter table.
+# Shapes (out, in) and counts of SD 1.5's 128 attention projections, and docs/methods.md's parameter table.
 SD15_SHAPES = {
     (320, 320): 30,
     (320, 768): 10,
