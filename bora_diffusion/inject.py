@@ -18,7 +18,7 @@ from torch import Tensor, nn
 from .adapters import AdaptedLinear, Slot, build, get
 from .config import AdapterConfig
 from .errors import AdapterFileError, ConfigError, TargetError
-from .slots import SlotLedger
+from .slots import SlotLedger, slot_size
 
 _PROJECTIONS = r"(to_q|to_k|to_v|to_out\.0)"
 TARGET_PRESETS: dict[str, tuple[str, ...]] = {
@@ -115,6 +115,38 @@ def inject(
         slot = None if space is None else Slot(slots[path], seed)
         wrapper.add(name, build(wrapper.base, config, path=path, slot=slot))
     return paths
+
+
+def wrap_linear(
+    linear: nn.Linear,
+    method: str,
+    *,
+    name: str = "default",
+    rank: int = 4,
+    alpha: float | None = None,
+    index: Tensor | list[int] | None = None,
+    seed: int = 0,
+    **options: object,
+) -> AdaptedLinear:
+    """Wrap one nn.Linear (or add a concept to an existing wrapper) outside any UNet.
+
+    `index` gives the slot for the methods that take one (`sbora_fa`, `sbora_fb`, `ortho`); when omitted, a slot
+    ledger seeded by `seed` allocates one that no other concept on this wrapper holds. `options` are the
+    method's own (`blocks=4` for `bora_block`).
+    """
+    config = AdapterConfig(method, rank=rank, alpha=alpha, seed=seed, **options)
+    wrapper = linear if isinstance(linear, AdaptedLinear) else AdaptedLinear(linear)
+    space = get(method).slot_space
+    slot = None
+    if space is not None:
+        if index is None:
+            ledger = ledger_from_model(wrapper, seed)  # the wrapper itself has module path ""
+            index = ledger.allocate(name, space, {"": _size(wrapper, space)}, rank)[""]
+        slot = Slot(torch.as_tensor(index, dtype=torch.int64), seed)
+    elif index is not None:
+        raise ConfigError(f"method {method!r} takes no slot index; drop index=")
+    wrapper.add(name, build(wrapper.base, config, path=name, slot=slot))
+    return wrapper
 
 
 def ledger_from_model(model: nn.Module, seed: int | None = None) -> SlotLedger:
@@ -274,7 +306,7 @@ def _replace(model: nn.Module, path: str, module: nn.Module) -> None:
 
 
 def _size(linear: nn.Module, space: str) -> int:
-    return linear.out_features if space == "out" else linear.in_features
+    return slot_size(space, linear.in_features, linear.out_features)
 
 
 def _model_slot_seed(model: nn.Module) -> int:

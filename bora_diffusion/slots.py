@@ -25,6 +25,12 @@ SPACES = ("in", "out", "ortho")
 LEDGER_VERSION = 1
 
 
+def slot_size(space: str, in_features: int, out_features: int) -> int:
+    """How many slots a layer has in `space`: its output units for "out"; its input features for "in", and for
+    "ortho", whose basis is (in, in)."""
+    return out_features if space == "out" else in_features
+
+
 class SlotLedger:
     """Who owns which indices of which layer, in each slot space. Deterministic for a given seed."""
 

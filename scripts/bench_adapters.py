@@ -49,6 +49,7 @@ from torch import Tensor, nn
 
 from bora_diffusion import adapters
 from bora_diffusion.config import AdapterConfig
+from bora_diffusion.inject import wrap_linear
 
 from sd15_shaped import TEXT_TOKENS, VAE_FACTOR, unet_config
 
@@ -189,8 +190,7 @@ def adapted_layer(base: nn.Linear, variant: str, rank: int) -> nn.Module:
 
         config = LoraConfig(r=rank, lora_alpha=rank, target_modules=["proj"], use_dora=variant == PEFT_DORA)
         return get_peft_model(Holder(base), config).base_model.model.proj
-    blocks = 4 if variant == "bora_block" else None
-    return adapters.wrap_linear(base, variant, rank=rank, blocks=blocks)
+    return wrap_linear(base, variant, rank=rank)  # bora_block at its default blocks, 4
 
 
 def perturb_zero_factors(params: Sequence[nn.Parameter], generator: torch.Generator) -> None:

@@ -180,7 +180,7 @@ def test_export_then_import_is_exact(native, layout, master, tmp_path):
         exported, master.unet, tmp_path / "back.safetensors", base_name=EMBEDDED_NAME, token="<dog>"
     )
     original = read_adapter(native.path)
-    expected_rank = RANK * (original.config.blocks or 1)  # bora_block exports rank b * r
+    expected_rank = RANK * original.config.options.get("blocks", 1)  # bora_block exports rank b * r
     assert (report.layout, report.rank, report.padded) == (layout.split("-")[0], expected_rank, {})
     assert (report.skipped_text_encoder, report.skipped_not_linear) == ((), {})
     back = read_adapter(report.output)
@@ -194,7 +194,7 @@ def test_export_then_import_is_exact(native, layout, master, tmp_path):
 
 def test_export_layouts_keys_alpha_and_metadata(native, tmp_path):
     original = read_adapter(native.path)
-    rank = RANK * (original.config.blocks or 1)
+    rank = RANK * original.config.options.get("blocks", 1)
     layers = list(original.layers)
 
     diffusers, meta = tensors_and_metadata(export_diffusers(native.path, tmp_path / "d.safetensors"))

@@ -115,7 +115,7 @@ def test_config_validation_names_the_field():
         AdapterConfig(method="lora", rank=0)
     with pytest.raises(ConfigError, match="blocks is an option of bora_block only"):
         AdapterConfig(method="lora", blocks=2)
-    assert AdapterConfig(method="bora_block").blocks == 4
+    assert AdapterConfig(method="bora_block").options == {"blocks": 4}
     config = AdapterConfig(method="ortho", rank=8, alpha=4, targets=["attn2"])
     assert AdapterConfig.from_dict(config.to_dict()) == config and config.scaling == 0.5
     with pytest.raises(ConfigError, match="unknown adapter config field"):

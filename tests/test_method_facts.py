@@ -9,8 +9,8 @@ from conftest import perturb
 from torch import nn
 
 from bora_diffusion import AdapterConfig, ConfigError
-from bora_diffusion.adapters import Slot, build, get, orthogonal_basis, wrap_linear
-from bora_diffusion.inject import inject, merge, set_active, wrappers
+from bora_diffusion.adapters import Slot, build, get, orthogonal_basis
+from bora_diffusion.inject import inject, merge, set_active, wrap_linear, wrappers
 
 
 def perturbed(method: str, **kwargs):

@@ -7,7 +7,7 @@ import torch
 from peft import LoraConfig, get_peft_model
 from torch import nn
 
-from bora_diffusion.adapters import wrap_linear
+from bora_diffusion.inject import wrap_linear
 
 
 class Holder(nn.Module):

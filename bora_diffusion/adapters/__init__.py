@@ -1,15 +1,17 @@
-"""The adapter methods, registered by id, and `wrap_linear` to adapt one nn.Linear.
+"""The adapter methods, registered by id.
 
-A new method is one file with an `AdapterLayer` subclass plus one line in `_METHODS`; it then joins the test
-matrix (tests/test_methods.py) on its own.
+A new method is one file with an `AdapterLayer` subclass plus one line in `_METHODS`, options included: a method
+declares its own (`AdapterLayer.options`) and the configs, CLI, concept.toml and the app take them from here. It
+then joins the test matrix (tests/test_methods.py) on its own. `bora_diffusion.inject.wrap_linear` adapts one
+nn.Linear outside any UNet.
 """
 
 from __future__ import annotations
 
-import torch
-from torch import Tensor, nn
+from typing import TYPE_CHECKING
 
-from ..config import AdapterConfig
+from torch import nn
+
 from ..errors import ConfigError
 from ..seeding import generator as seeded_generator
 from .base import AdaptedLinear, AdapterLayer, Slot
@@ -19,6 +21,9 @@ from .dora import DoRA
 from .lora import LoRA
 from .ortho import Ortho, orthogonal_basis
 from .sbora import SBoRAFA, SBoRAFB
+
+if TYPE_CHECKING:
+    from ..config import AdapterConfig  # a type only: config imports this package, not the other way round
 
 _METHODS: dict[str, type[AdapterLayer]] = {
     cls.method: cls for cls in (LoRA, DoRA, SBoRAFA, SBoRAFB, Ortho, BlockDiversified, BiDimensional)
@@ -32,7 +37,6 @@ __all__ = [
     "build",
     "get",
     "orthogonal_basis",
-    "wrap_linear",
 ]
 
 
@@ -42,6 +46,7 @@ def available() -> list[str]:
 
 
 def get(method: str) -> type[AdapterLayer]:
+    """The adapter class of method id `method`; an unknown id is a ConfigError listing the known ones."""
     try:
         return _METHODS[method]
     except KeyError:
@@ -51,39 +56,3 @@ def get(method: str) -> type[AdapterLayer]:
 def build(base: nn.Linear, config: AdapterConfig, *, path: str, slot: Slot | None = None) -> AdapterLayer:
     """One adapter layer for `base`, its init drawn from a generator seeded by (config.seed, path)."""
     return get(config.method)(base, config, seeded_generator("adapter-init", config.seed, path), slot)
-
-
-def wrap_linear(
-    linear: nn.Linear,
-    method: str,
-    *,
-    name: str = "default",
-    rank: int = 4,
-    alpha: float | None = None,
-    index: Tensor | list[int] | None = None,
-    blocks: int | None = None,
-    seed: int = 0,
-) -> AdaptedLinear:
-    """Wrap one nn.Linear (or add a concept to an existing wrapper) outside any UNet.
-
-    `index` gives the slot for the methods that take one (`sbora_fa`, `sbora_fb`, `ortho`); when omitted, a slot
-    ledger seeded by `seed` allocates one that no other concept on this wrapper holds.
-    """
-    from ..inject import (
-        ledger_from_model,
-    )  # late import: inject builds on this package, not the other way round
-
-    config = AdapterConfig(method=method, rank=rank, alpha=alpha, blocks=blocks, seed=seed)
-    wrapper = linear if isinstance(linear, AdaptedLinear) else AdaptedLinear(linear)
-    cls = get(method)
-    slot = None
-    if cls.slot_space is not None:
-        if index is None:
-            size = wrapper.out_features if cls.slot_space == "out" else wrapper.in_features
-            ledger = ledger_from_model(wrapper, seed)  # the wrapper itself has module path ""
-            index = ledger.allocate(name, cls.slot_space, {"": size}, rank)[""]
-        slot = Slot(torch.as_tensor(index, dtype=torch.int64), seed)
-    elif index is not None:
-        raise ConfigError(f"method {method!r} takes no slot index; drop index=")
-    wrapper.add(name, build(wrapper.base, config, path=name, slot=slot))
-    return wrapper

@@ -5,7 +5,7 @@
 that never builds the dense matrix. Everything else (scale, enable, merge, unmerge, several concepts per layer)
 lives once in `AdaptedLinear`, the wrapper that takes the Linear's place in the model.
 
-Conventions (../shared/METHODS.md): W0 has shape (out, in); A is (r, in), the down factor; B is (out, r), the up
+Conventions (docs/methods.md): W0 has shape (out, in); A is (r, in), the down factor; B is (out, r), the up
 factor; `scaling` is s = alpha / r, fixed by the config; `scale` is the concept's weight in a composition, set by
 the user (1.0 by default). The effective weight of a layer is W0 + sum_k scale_k * (W'_k - W0).
 """
@@ -14,14 +14,18 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import TYPE_CHECKING, ClassVar
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..config import AdapterConfig
 from ..errors import ConfigError, SlotError
+from ..settings import Setting
+from ..slots import slot_size
+
+if TYPE_CHECKING:
+    from ..config import AdapterConfig  # a type only: config imports this package, not the other way round
 
 NORM_FLOOR = 1e-8
 
@@ -74,11 +78,16 @@ class AdapterLayer(nn.Module):
       layer exports as exact LoRA factors. DoRA-like methods are not additive.
     - `slot_space`: the index space its slots live in ("in" features, "out" units, or "ortho" basis columns),
       None when the method takes no slots.
+    - `options`: the settings only this method has (`blocks` of `bora_block`), each a `Setting`; they arrive in
+      `config.options`, checked and defaulted, and the CLI, concept.toml and the app offer them from here.
+    - `suggested_rank`: the rank the app's form starts at for this method.
     """
 
     method: ClassVar[str]
     additive: ClassVar[bool] = True
     slot_space: ClassVar[str | None] = None
+    options: ClassVar[tuple[Setting, ...]] = ()
+    suggested_rank: ClassVar[int] = 4
 
     def __init__(self, base: nn.Linear, config: AdapterConfig, slot: Slot | None = None) -> None:
         super().__init__()
@@ -94,7 +103,7 @@ class AdapterLayer(nn.Module):
             return
         if slot is None:
             raise SlotError(f"method {self.method!r} needs a slot index; get one from the slot allocator")
-        size = self.out_features if self.slot_space == "out" else self.in_features
+        size = slot_size(self.slot_space, self.in_features, self.out_features)
         index = torch.as_tensor(slot.index, dtype=torch.int64, device="cpu").flatten()
         if index.numel() != self.rank or index.unique().numel() != self.rank:
             raise SlotError(f"slot index must hold {self.rank} distinct indices, got {index.tolist()}")

@@ -13,13 +13,17 @@ difference, no exact LoRA export.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..config import AdapterConfig
 from .base import Slot, norm_in, norm_out
 from .lora import LoRA
+
+if TYPE_CHECKING:
+    from ..config import AdapterConfig  # a type only: config imports this package, not the other way round
 
 
 class BiDimensional(LoRA):

@@ -13,23 +13,33 @@ block-wise and never forms it.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..config import AdapterConfig
 from ..errors import ConfigError
+from ..settings import Setting
 from .base import AdapterLayer, Slot, init_down
+
+if TYPE_CHECKING:
+    from ..config import AdapterConfig  # a type only: config imports this package, not the other way round
 
 
 class BlockDiversified(AdapterLayer):
     method = "bora_block"
+    options = (
+        Setting("blocks", int, 4, "blocks b: the weight is cut into b x b blocks, each with its own diagonal "
+                "scale, so the update reaches rank b r", positive=True),
+    )  # fmt: skip
+    suggested_rank = 2  # b blocks of rank r give rank b r: keep r small
 
     def __init__(
         self, base: nn.Linear, config: AdapterConfig, generator: torch.Generator, slot: Slot | None = None
     ) -> None:
         super().__init__(base, config, slot)
-        self.blocks = config.blocks
+        self.blocks = config.options["blocks"]
         if self.blocks > min(self.out_features, self.in_features):
             raise ConfigError(
                 f"bora_block: blocks={self.blocks} exceeds min(out, in) = {min(self.out_features, self.in_features)} "

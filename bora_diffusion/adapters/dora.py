@@ -7,12 +7,16 @@ peft's `LoraConfig(use_dora=True)` on identical tensors (tests/test_oracles.py).
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 from torch import Tensor, nn
 
-from ..config import AdapterConfig
 from .base import Slot, norm_out
 from .lora import LoRA
+
+if TYPE_CHECKING:
+    from ..config import AdapterConfig  # a type only: config imports this package, not the other way round
 
 
 class DoRA(LoRA):

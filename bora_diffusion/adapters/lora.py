@@ -6,12 +6,16 @@ identical A and B, outputs and gradients alike (tests/test_oracles.py).
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..config import AdapterConfig
 from .base import AdapterLayer, Slot, add_up_projection, init_down
+
+if TYPE_CHECKING:
+    from ..config import AdapterConfig  # a type only: config imports this package, not the other way round
 
 
 class LoRA(AdapterLayer):

@@ -9,14 +9,17 @@ the special case O = I. The math after A is LoRA's, so it is inherited.
 from __future__ import annotations
 
 from functools import lru_cache
+from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor, nn
 
-from ..config import AdapterConfig
 from ..seeding import generator as seeded_generator
 from .base import AdapterLayer, Slot
 from .lora import LoRA
+
+if TYPE_CHECKING:
+    from ..config import AdapterConfig  # a type only: config imports this package, not the other way round
 
 
 @lru_cache(maxsize=16)

@@ -10,12 +10,16 @@ and exactly additive across concepts whose slots (`index`) are disjoint.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..config import AdapterConfig
 from .base import AdapterLayer, Slot, add_up_projection
+
+if TYPE_CHECKING:
+    from ..config import AdapterConfig  # a type only: config imports this package, not the other way round
 
 
 class SBoRAFA(AdapterLayer):

@@ -180,7 +180,7 @@ def match_budgets(
             MethodBudget(
                 method=method,
                 rank=chosen,
-                blocks=config(method, chosen).blocks,
+                blocks=config(method, chosen).options.get("blocks"),
                 trainable_params=params,
                 ratio=params / reference,
                 note=note,
