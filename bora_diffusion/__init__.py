@@ -1,6 +1,6 @@
 """bora-diffusion: concept tuning for Stable Diffusion with adapters that merge without concept bleeding.
 
-The public API lives in the submodules: `adapters` (methods, wrap_linear), `inject`, `slots`, `formats`,
+The public API lives in the submodules: `adapters` (the methods), `inject` (wrap_linear and model-wide concepts), `slots`, `formats`,
 `concept`, `train`, `merge`, `generate`, `pipeline`. Importing this package stays light (no diffusers).
 """
 

@@ -16,7 +16,7 @@ import pytest
 import torch
 from torch import nn
 
-from bora_diffusion.adapters import available
+from bora_diffusion.adapters import available, get
 from bora_diffusion.inject import wrappers
 
 METHODS = available()
@@ -89,5 +89,22 @@ def perturb(model: nn.Module, name: str, seed: int = 1, std: float = 0.2) -> Non
                 param.add_(torch.randn(param.shape, generator=g) * std * (param.abs().mean() + 1.0))
 
 
-def block_kwargs(method: str) -> dict:
-    return {"blocks": 2} if method == "bora_block" else {}
+def off_default_options(method: str) -> dict:
+    """Each of the method's own options at a value other than its default (bora_block: blocks 2 of 4), so the
+    matrix shows an option reaches the math, and the tiny layers fit it."""
+    options = {}
+    for option in get(method).options:
+        if option.kind is bool:
+            value = not option.default
+        elif option.choices:
+            value = next(c for c in option.choices if c != option.default)
+        elif option.kind is int:
+            value = (
+                option.default // 2
+                if option.default // 2 >= max(1, option.minimum or 1)
+                else option.default + 1
+            )
+        else:
+            value = option.default / 2
+        options[option.name] = option.check(value)
+    return options

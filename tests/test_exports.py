@@ -22,7 +22,7 @@ import pytest
 import safetensors
 import safetensors.torch
 import torch
-from conftest import block_kwargs, perturb
+from conftest import off_default_options, perturb
 from diffusers import StableDiffusionPipeline
 from peft.tuners.lora import LoraLayer
 
@@ -104,7 +104,7 @@ class Native:
 def native(request, master, tmp_path_factory) -> Native:
     method = request.param
     unet = copy.deepcopy(master.unet)
-    config = AdapterConfig(method=method, rank=RANK, alpha=ALPHA, **block_kwargs(method))
+    config = AdapterConfig(method=method, rank=RANK, alpha=ALPHA, **off_default_options(method))
     inject(unet, config, name="dog")
     # std 0.1, not conftest's 0.2: at 0.2 bora_block drives the random tiny model so hard that its own fused and
     # live outputs differ by 5e-4 in pixels, more than the tolerance; 0.1 still moves the image by > 0.02.

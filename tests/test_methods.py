@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import METHODS, block_kwargs, perturb
+from conftest import METHODS, off_default_options, perturb
 
 from bora_diffusion import AdapterConfig
 from bora_diffusion.adapters import get
@@ -30,7 +30,7 @@ ATOL = {torch.float32: 2e-5, torch.bfloat16: 5e-2, torch.float16: 1e-2}
 
 
 def adapted(case, method: str, name: str = "c1", rank: int = 2):
-    config = AdapterConfig(method=method, rank=rank, targets=case.targets, **block_kwargs(method))
+    config = AdapterConfig(method=method, rank=rank, targets=case.targets, **off_default_options(method))
     inject(case.model, config, name=name)
     return config
 
