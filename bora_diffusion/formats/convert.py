@@ -35,6 +35,7 @@ from .native import FORMAT, read_safetensors, save_adapter, unet_layout
 
 # NotExportableError and exact_lora_factors lived here before factors.py: still importable from here.
 __all__ = [
+    "ForeignFile",
     "ImportReport",
     "NotExportableError",
     "detect_layout",
@@ -112,9 +113,25 @@ def _common_prefix(names: list[str]) -> str:
     return first[:size]
 
 
-def read_foreign(path: str | os.PathLike) -> tuple[Path, dict[str, Tensor], dict[str, str]]:
+@dataclass(frozen=True)
+class ForeignFile:
+    """A foreign LoRA file, read once: `bora-diffusion import` reads it to refuse a bad file before the base
+    loads, then hands these very tensors to `import_lora`."""
+
+    given: Path  # as named: the .safetensors file, or a diffusers folder holding one
+    path: Path  # the .safetensors file read
+    tensors: dict[str, Tensor]
+    metadata: dict[str, str]
+
+    @property
+    def stem(self) -> str:
+        """The concept name it suggests: a diffusers folder's name (its file is always the same), else the file's."""
+        return self.given.name if self.given != self.path else self.path.stem
+
+
+def read_foreign(path: str | os.PathLike) -> ForeignFile:
     """A foreign LoRA file's tensors and metadata. Only safetensors: a pickled .bin/.ckpt could run code."""
-    path = Path(path)
+    given = path = Path(path)
     if path.is_dir():  # what diffusers' save_lora_weights writes: a folder holding one weights file
         inside = path / DIFFUSERS_WEIGHTS
         if not inside.is_file():
@@ -128,7 +145,7 @@ def read_foreign(path: str | os.PathLike) -> tuple[Path, dict[str, Tensor], dict
         "LoRA file",
         "only .safetensors LoRA files are imported (convert a .bin/.ckpt with a trusted tool first)",
     )
-    return path, tensors, metadata
+    return ForeignFile(given, path, tensors, metadata)
 
 
 def detect_layout(keys: list[str], metadata: dict[str, str], source: str | os.PathLike) -> Layout:
@@ -158,7 +175,7 @@ def detect_layout(keys: list[str], metadata: dict[str, str], source: str | os.Pa
 
 
 def import_lora(
-    path: str | os.PathLike,
+    path: str | os.PathLike | ForeignFile,
     unet: nn.Module,
     out: str | os.PathLike,
     *,
@@ -172,11 +189,13 @@ def import_lora(
     `unet` is the base UNet the file was made for: its module paths resolve kohya's underscore names (which are
     ambiguous: `to_q`), and its Linear shapes are checked against the factors. It is only read, never changed.
     `base_name` is recorded in the native file (e.g. `pipeline.base_name(base)`); `name` defaults to the file's
-    stem. The layout is detected from the keys. Per-layer alphas are folded into the up factors (alpha = rank);
-    layers of lower rank are zero-padded to the largest rank, so the result is exact. Text-encoder and conv parts
-    are skipped and listed in the returned report.
+    stem. `path` may be a file `read_foreign` already read, which is then not read again. The layout is detected
+    from the keys. Per-layer alphas are folded into the up factors (alpha = rank); layers of lower rank are
+    zero-padded to the largest rank, so the result is exact. Text-encoder and conv parts are skipped and listed in
+    the returned report.
     """
-    source, tensors, metadata = read_foreign(path)
+    file = path if isinstance(path, ForeignFile) else read_foreign(path)
+    source, tensors, metadata = file.path, file.tensors, file.metadata
     layout = detect_layout(list(tensors), metadata, source)
     parse = parse_kohya if layout == "kohya" else parse_diffusers
     foreign = parse(tensors, metadata, unet, source)
@@ -187,7 +206,7 @@ def import_lora(
             f"{'; only text-encoder or conv parts: ' + ', '.join(skipped[:3]) if skipped else ''}); "
             "nothing to import into a UNet adapter"
         )
-    name = name or (Path(path).name if Path(path).is_dir() else source.stem)  # a folder names its concept
+    name = name or file.stem  # a folder names its concept
     rank = max(down.shape[0] for down, _, _ in foreign.layers.values())
     shapes = {layer: (up.shape[0], down.shape[1]) for layer, (down, up, _) in foreign.layers.items()}
     state: dict[str, Tensor] = {}
