@@ -1020,10 +1020,11 @@ def run_import(args: argparse.Namespace) -> int:
     from .pipeline import base_name, load_base
 
     check_writable(args.out, folder=False, what="--out")
-    read_foreign(args.file)  # a missing, unreadable or non-finite file is refused before the base loads
+    # A missing, unreadable or non-finite file is refused before the base loads; the import reuses what was read.
+    foreign = read_foreign(args.file)
     pipe = load_base(args.base)
     report = import_lora(
-        args.file,
+        foreign,
         pipe.unet,
         args.out,
         base_name=base_name(args.base),
