@@ -139,7 +139,8 @@ class TrainDefaults:
         return hash(tuple(self._values.items()))
 
     def __repr__(self) -> str:
-        return f"TrainDefaults({', '.join(f'{key}={value!r}' for key, value in self._values.items())})"
+        values = getattr(self, "_values", {})  # {} while a refused __init__ is shown in a traceback
+        return f"TrainDefaults({', '.join(f'{key}={value!r}' for key, value in values.items())})"
 
     def __reduce__(self) -> tuple[Any, ...]:
         return (_rebuild, (self._values,))  # pickle and copy go through the checks again
