@@ -55,7 +55,7 @@ from bora_diffusion.evaluation import (
     compare_methods,
 )
 from bora_diffusion.evaluation.chart import bar_panels
-from bora_diffusion.evaluation.runs import OTHER_WORDS
+from bora_diffusion.evaluation.run_settings import OTHER_WORDS
 from bora_diffusion.generate import SamplingSettings
 from bora_diffusion.inject import TARGET_PRESETS
 from bora_diffusion.pipeline import EMBEDDED_GUIDANCE, base_name, load_base

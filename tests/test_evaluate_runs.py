@@ -46,7 +46,7 @@ from bora_diffusion.evaluation import (
     trainable_parameters,
 )
 from bora_diffusion.evaluation.context import context_accuracy
-from bora_diffusion.evaluation.runs import OTHER_WORDS
+from bora_diffusion.evaluation.run_settings import OTHER_WORDS
 from bora_diffusion.formats import read_adapter, save_adapter
 from bora_diffusion.generate import SamplingSettings
 from bora_diffusion.inject import concepts, inject

@@ -36,6 +36,7 @@ from .context import context_accuracy, context_questions
 from .conventions import PAIRINGS, PRESETS, TOKEN_RULES, Conventions, preset, scoring_texts
 from .errors import (
     BackboneError,
+    ConceptFileError,
     EvaluationError,
     ImageModeError,
     ReferenceImagesError,
@@ -45,16 +46,9 @@ from .errors import (
 from .images import generated_images, load_rgb, reference_images
 from .prompt_sets import fill_prompts, fill_with_words, load_prompt_set, prompt_sets
 from .report import AlignmentReport
-from .runs import (
-    ConceptFileError,
-    ConceptResult,
-    EvalConcept,
-    EvaluationReport,
-    RunSettings,
-    SettingScores,
-    evaluate_base,
-    evaluate_concepts,
-)
+from .results import ConceptResult, EvaluationReport, SettingScores
+from .run_settings import EvalConcept, RunSettings
+from .runs import evaluate_base, evaluate_concepts
 from .scorer import ClipScorer, Progress
 
 __all__ = [

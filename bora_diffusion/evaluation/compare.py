@@ -46,7 +46,9 @@ from ..inject import concepts as model_concepts
 from ..inject import eject, find_targets, inject, remove, wrappers
 from ..train import ConceptLike, train_concepts
 from .report import check_version
-from .runs import EvalConcept, EvaluationReport, RunSettings, SettingScores, evaluate_base, evaluate_concepts
+from .results import EvaluationReport, SettingScores
+from .run_settings import EvalConcept, RunSettings
+from .runs import evaluate_base, evaluate_concepts
 from .scorer import ClipScorer
 
 __all__ = [

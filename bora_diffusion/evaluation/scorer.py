@@ -177,8 +177,8 @@ class ClipScorer:
             scores=tuple(scores.tolist()),
             images=tuple(image_name(image, i) for i, image in enumerate(images)),
             conventions=self.conventions,
-            weights=self._weights_record(),
-            environment=self._environment(),
+            weights=self.weights_record(),
+            environment=self.environment(),
             prompts=tuple(prompts),
             texts=tuple(texts),
             tokens=tokens,
@@ -211,17 +211,19 @@ class ClipScorer:
             scores=tuple(per_image.tolist()),
             images=tuple(image_name(image, i) for i, image in enumerate(images)),
             conventions=self.conventions,
-            weights=self._weights_record(),
-            environment=self._environment(),
+            weights=self.weights_record(),
+            environment=self.environment(),
             references=tuple(ref_names),
             pair_scores=tuple(tuple(row) for row in pairs.tolist()),
         )
 
     # ---------------------------------------------------------------------------------------------- records
-    def _weights_record(self) -> dict[str, object]:
+    def weights_record(self) -> dict[str, object]:
+        """Where this scorer's weights came from (kind, tag or file, origin, sha256), as every report records it."""
         return self._loaded.weights.to_dict()
 
-    def _environment(self) -> dict[str, object]:
+    def environment(self) -> dict[str, object]:
+        """What else decides the numbers (device, precision, library versions), as every report records it."""
         import open_clip
 
         return {
