@@ -17,7 +17,8 @@ from ..concept import load_concept
 from ..config import TrainConfig
 from ..errors import ConfigError
 from ..evaluation import ClipScorer, WeightsError, preset
-from ..evaluation.compare import RANK_RULES, CompareConcept, CompareSettings, Comparison, compare_methods
+from ..evaluation.budgets import RANK_RULES
+from ..evaluation.compare import CompareConcept, CompareSettings, Comparison, compare_methods
 from ..evaluation.runs import EvalConcept, EvaluationReport, RunSettings, evaluate_concepts
 from ..generate import SamplingSettings
 from ..pipeline import default_guidance

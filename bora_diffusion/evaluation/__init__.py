@@ -23,15 +23,10 @@ and companion survive tuning) are the scores beside CLIP-T and CLIP-I that runs 
 """
 
 from .backbone import LoadedClip, WeightsSource, known_backbones, load_clip, resolve_weights
-from .compare import (
-    CompareConcept,
-    CompareSettings,
-    Comparison,
-    MethodBudget,
-    compare_methods,
-    match_budgets,
-    trainable_parameters,
-)
+from .budgets import MethodBudget, match_budgets, trainable_parameters
+from .compare import compare_methods
+from .compare_settings import CompareConcept, CompareSettings
+from .comparison import Comparison
 from .context import context_accuracy, context_questions
 from .conventions import PAIRINGS, PRESETS, TOKEN_RULES, Conventions, preset, scoring_texts
 from .errors import (
