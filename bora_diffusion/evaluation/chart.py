@@ -1,13 +1,14 @@
-"""The comparison bar chart, drawn with PIL: CLIP-T and CLIP-I per method, one bar per concept and setting, with
-error bars of +- one standard error over the images.
+"""Grouped bar panels drawn with PIL, with error bars: the comparison's chart (`renderers.comparison_chart`:
+CLIP-T and CLIP-I per method, one bar per concept and setting, +- one standard error over the images) and the
+quality benchmark's are drawn by `bar_panels`.
 
 PIL rather than matplotlib: the chart is a handful of rectangles and labels, PIL is already a dependency (every
 image here goes through it), and matplotlib would add ~40 MB and a font-cache build on first import to a library
 whose other outputs need none of it. The output is deterministic for given numbers.
 
-Layout: two panels side by side (CLIP-T left, CLIP-I right), methods along x; within a method's group, each
-concept has a solid bar (alone) and a light bar (composed with the other concepts). The y axis always includes
-0, so negative raw cosines show below the axis.
+Layout: panels side by side (the comparison: CLIP-T left, CLIP-I right), groups along x (methods); within a
+group, one bar per series (the comparison: each concept solid alone, light composed with the other concepts).
+The y axis always includes 0, so negative raw cosines show below the axis.
 """
 
 from __future__ import annotations

@@ -30,8 +30,9 @@ is not enough, nor one word per prompt: which words pick a concept up varies a l
 images a step: "vlok circle" +0.21, "vlek circle" +0.16, "qorb circle" -0.06) and varies with the prompt, so
 that with one word per prompt a concept's drift went from +0.31 to -0.05 when the words changed prompts.
 CLIP-T falls when a concept stops looking like its class word, whatever else the image gets right, so on prompts
-in the world's grammar each setting also gets **context** accuracy (`context.py`): the share of the prompts'
-background and companion attributes CLIP reads right, the concept's words left out of the question.
+in the world's grammar each setting also gets **context** accuracy (`context.py`, with a scorer that has a
+grammar: the world's, `bora_diffusion.world.scoring.WorldScorer`): the share of the prompts' background and
+companion attributes CLIP reads right, the concept's words left out of the question.
 
 Images, each setting's manifest and the per-image `AlignmentReport`s land under the output folder::
 
@@ -62,7 +63,6 @@ from ..generate import generate
 from ..inject import concepts as model_concepts
 from ..inject import eject
 from ..merge import check_slots, compose
-from .context import context_accuracy
 from .identity import identity_shares
 from .images import check_images, reference_images
 from .overview import overview
@@ -342,7 +342,7 @@ def _score(
     image = scorer.image_alignment(images, list(references))
     text.save(folder / "clip_t.json")
     image.save(folder / "clip_i.json")
-    context = context_accuracy(scorer, images, text.texts)  # asked with the texts CLIP-T scored
+    context = scorer.context_accuracy(images, text.texts)  # asked with the texts CLIP-T scored
     return SettingScores(
         clip_t=text.mean,
         clip_i=image.mean,
