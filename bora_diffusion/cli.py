@@ -830,10 +830,11 @@ def _scoring(args: argparse.Namespace):
     """(device, pipeline, scorer, run settings) from the shared options; the scorer loads before the base, so
     missing CLIP weights fail before anything else is loaded."""
 
-    from .evaluation import ClipScorer, RunSettings, preset
-    from .evaluation.runs import OTHER_WORDS
+    from .evaluation import RunSettings, preset
+    from .evaluation.run_settings import OTHER_WORDS
     from .generate import SamplingSettings
     from .pipeline import load_base
+    from .world.scoring import WorldScorer as ClipScorer
 
     device = _device(args)
     overrides: dict[str, object] = {}
@@ -893,7 +894,7 @@ def _parse_evaluated(items: list[str]):
 
 def run_evaluate(args: argparse.Namespace) -> int:
     from .evaluation import evaluate_concepts, reference_images
-    from .evaluation.runs import RETENTION_MIN_SEMS, format_ratio
+    from .evaluation.results import RETENTION_MIN_SEMS, format_ratio
     from .formats import read_adapter
     from .pipeline import base_name
 
