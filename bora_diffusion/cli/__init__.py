@@ -2,7 +2,7 @@
 
 Every user mistake surfaces as one line `error: ...` on stderr and exit status 2; anything else is a bug and keeps
 its traceback. The package holds one module per concern: `parser` (every subcommand and its flags), `runtime`
-(rank, device, guidance), and the run_* functions by group of commands: `training`, `composing` (compose,
+(rank, device, guidance), `flags` (flags derived from the settings schema and the method registry), and the run_* functions by group of commands: `training`, `composing` (compose,
 generate), `evaluating` (evaluate, compare), `files` (inspect, export, import, base, slots), `methods` (the
 self-check table and its pass rule) and `app`.
 """
@@ -20,12 +20,12 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 from ..errors import BoraError
 from .app import run_app
+from .flags import TRAIN_FLAGS, adapter_flag_names
 from .parser import build_parser
 from .runtime import device as _device
 from .runtime import process_rank
-from .training import ADAPTER_FLAGS, TRAIN_FLAGS
 
-__all__ = ["ADAPTER_FLAGS", "TRAIN_FLAGS", "_device", "build_parser", "main", "process_rank"]
+__all__ = ["TRAIN_FLAGS", "_device", "adapter_flag_names", "build_parser", "main", "process_rank"]
 
 # How long a process other than the main one waits before it reports an error itself (see `main`).
 ERROR_GRACE_SECONDS = 10.0
@@ -35,10 +35,10 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["app"]:
         return run_app(argv[1:])
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    args.argv = list(argv)  # to repeat the command line in hints, such as how to resume
     try:
+        # A flag's value is checked by its setting while parsing: a bad one is a user's mistake, like any below.
+        args = build_parser().parse_args(argv)
+        args.argv = list(argv)  # to repeat the command line in hints, such as how to resume
         return args.run(args)
     except BoraError as error:
         rank = process_rank()

@@ -7,6 +7,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from .flags import compare_train_flags, given, option_settings, setting_flags
 from .runtime import device, guidance
 
 
@@ -144,26 +145,17 @@ def run_compare(args: argparse.Namespace) -> int:
     from ..evaluation import CompareConcept, CompareSettings, compare_methods
     from ..pipeline import base_name
 
+    # Concept folders give only the references: training is the same for every method, from the flags alone.
+    train = TrainConfig(**given(args, compare_train_flags()), seed=args.seed)
     pipe, scorer, run_settings = _scoring(args)
-    concepts = load_concepts(args.concepts, min_size=args.resolution, tokenizer=pipe.tokenizer)
+    concepts = load_concepts(args.concepts, min_size=train.resolution, tokenizer=pipe.tokenizer)
     settings = CompareSettings(
         methods=tuple(args.method or ("lora", "sbora_fa")),
         rank=args.rank,
         rule=args.rank_rule,
-        blocks=args.blocks,
+        **given(args, setting_flags(option_settings())),
         targets=args.targets,
-        train=TrainConfig(
-            steps=args.train_steps,
-            learning_rate=args.lr,
-            resolution=args.resolution,
-            seed=args.seed,
-            train_embedding=args.train_embedding,
-            embedding_learning_rate=args.embedding_lr,
-            embedding_vectors=args.embedding_vectors,
-            lock_weight=args.lock_weight,
-            word_lock_weight=args.word_lock_weight,
-            snr_gamma=args.snr_gamma,
-        ),
+        train=train,
         run=run_settings,
     )
     comparison = compare_methods(

@@ -4,15 +4,26 @@ from __future__ import annotations
 
 import argparse
 
-from .. import __version__
+from .. import __version__, adapters
+from ..config import TrainConfig, adapter_settings
+from ..settings import settings_of
 from .app import run_app
 from .composing import run_compose, run_generate
 from .evaluating import run_compare, run_evaluate
 from .files import run_base, run_export, run_import, run_inspect, run_slots
+from .flags import (
+    adapter_setting,
+    add_setting_flags,
+    and_joined,
+    compare_train_flags,
+    methods_text,
+    option_settings,
+    setting_flags,
+)
 from .methods import run_methods
 from .training import run_train
 
-METHODS = "lora, dora, sbora_fa, sbora_fb, ortho, bora_block, bora_bidim"
+TARGETS_HELP = "attention (default), cross_kv or self_attention"
 GUIDANCE_HELP = "classifier-free guidance scale (default: 3 on the embedded base, 7.5 on others)"
 DEVICE_HELP = (
     "cuda, cuda:N or cpu (default: cuda when available; under a multi-process launch, each process's GPU)"
@@ -36,11 +47,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     methods.add_argument("--base", default=None, help=BASE_HELP)
     methods.add_argument("--device", help=DEVICE_HELP)
-    methods.add_argument("--rank", type=int, default=4, help="adapter rank r (default 4)")
+    add_setting_flags(methods, setting_flags([adapter_setting("rank")]), defaults=True)
+    methods.add_argument("--targets", default="attention", help=TARGETS_HELP)
     methods.add_argument(
-        "--targets", default="attention", help="attention (default), cross_kv or self_attention"
+        "--method",
+        action="append",
+        help=f"only this method (repeatable; default: all); one of {methods_text()}",
     )
-    methods.add_argument("--method", action="append", help="only this method (repeatable); default: all")
     methods.add_argument("--out", default=None, help="folder to keep the adapter files in (default: discard)")
     methods.set_defaults(run=run_methods)
 
@@ -64,87 +77,39 @@ def build_parser() -> argparse.ArgumentParser:
     )
     train.add_argument("--base", default=None, help=BASE_HELP)
     train.add_argument("--device", help=DEVICE_HELP)
-    train.add_argument(
-        "--method", help=f"adapter method (default: the concept's, else sbora_fa); one of {METHODS}"
+    adapter = train.add_argument_group(
+        "adapter", "a flag beats the concept's [train] value, which beats the default shown"
     )
-    train.add_argument("--rank", type=int, help="adapter rank r (default 4)")
-    train.add_argument(
-        "--alpha", type=float, help="alpha; the update is scaled by alpha / rank (default: rank)"
-    )
-    train.add_argument("--blocks", type=int, help="blocks b of bora_block (default 4)")
-    train.add_argument("--targets", help="attention (default), cross_kv or self_attention")
-    train.add_argument("--steps", type=int, help="optimizer steps (default 200)")
-    train.add_argument("--lr", type=float, dest="learning_rate", help="learning rate (default 1e-3)")
-    train.add_argument("--schedule", dest="lr_schedule", help="constant (default), cosine, linear, ...")
-    train.add_argument("--warmup", type=int, dest="warmup_steps", help="warmup steps (default 0)")
-    train.add_argument("--batch-size", type=int, help="images per step (default 1)")
-    train.add_argument("--accumulate", type=int, dest="gradient_accumulation", help="micro-batches per step")
-    train.add_argument(
-        "--resolution", type=int, help="training resolution in px (default 64, the embedded base's)"
-    )
-    train.add_argument("--prior-weight", type=float, help="prior preservation weight (0 = off)")
-    train.add_argument(
-        "--lock-weight",
-        type=float,
-        help="keep the keys and values of the concept's captions without its token (0 = off; bora_diffusion.locking)",
-    )
-    train.add_argument(
-        "--word-lock-weight",
-        type=float,
-        help="keep the other words of the captions as the trained token embedding found them (0 = off)",
-    )
-    train.add_argument(
-        "--snr-gamma",
-        type=float,
-        help="Min-SNR-gamma loss weighting, kohya's --min_snr_gamma (default off; 5 is the paper's)",
-    )
-    train.add_argument("--class-images", type=int, help="class images for prior preservation (default 16)")
-    train.add_argument(
-        "--checkpoint-every", type=int, help="checkpoint every N steps (a final one is always kept)"
-    )
-    train.add_argument("--sample-every", type=int, help="generate the concept's sample prompts every N steps")
-    train.add_argument("--mixed-precision", choices=["no", "fp16", "bf16"], help="GPU mixed precision")
-    train.add_argument(
-        "--gradient-checkpointing", action="store_true", default=None, help="trade compute for memory"
-    )
-    train.add_argument(
-        "--xformers", action="store_const", const="xformers", dest="attention", help="xformers attention"
-    )
-    train.add_argument(
-        "--adam-8bit", action="store_true", default=None, help="8-bit AdamW (needs bitsandbytes)"
-    )
-    train.add_argument(
-        "--train-embedding",
-        action=argparse.BooleanOptionalAction,
-        default=None,
-        help="also train the token's own text embedding, as textual inversion / ED-LoRA do (default: the "
-        "concept's train_embedding, else off)",
-    )
-    train.add_argument(
-        "--embedding-lr",
-        type=float,
-        dest="embedding_learning_rate",
-        help="learning rate of the token embedding (default: --lr)",
-    )
-    train.add_argument(
-        "--embedding-vectors",
-        type=int,
-        help="vectors the trained token stands for, written tok tok_1 ... as diffusers does (default: the "
-        "concept's embedding_vectors, else 1)",
-    )
-    train.add_argument(
-        "--seed", type=int, help="seed of initialization, batches, noise and slots (default 0)"
+    add_setting_flags(
+        adapter,
+        setting_flags(adapter_settings()),
+        helps={"method": f"adapter method (default: the concept's, else {adapter_setting('method').default}); "
+               f"one of {methods_text()}"},
+    )  # fmt: skip
+    adapter.add_argument("--targets", help=TARGETS_HELP)
+    training = train.add_argument_group("training", "as above: a flag beats the concept's [train] value")
+    # --train-embedding also turns off a concept's own train_embedding = true.
+    add_setting_flags(training, setting_flags(settings_of(TrainConfig)), negatable=["train_embedding"])
+    training.add_argument(
+        "--xformers",
+        action="store_const",
+        const="xformers",
+        dest="attention",
+        help="the same as --attention xformers",
     )
     train.add_argument("--resume", action="store_true", help="continue from the newest checkpoints in --out")
     train.add_argument("--tensorboard", action="store_true", help="log loss, lr and samples to <out>/logs")
     train.add_argument("--quiet", action="store_true", help="no progress bar")
     train.set_defaults(run=run_train)
 
+    # Additive methods (W' - W0 independent of W0) export as exact LoRA factors; the others cannot.
+    additive = [m for m in adapters.available() if adapters.get(m).additive]
+    rescaling = [m for m in adapters.available() if m not in additive]
     export = commands.add_parser(
         "export",
         help="export a concept to the diffusers or kohya LoRA layout (A1111, ComfyUI, load_lora_weights)",
-        description="Writes exact LoRA factors for lora, sbora_fa, sbora_fb, ortho and bora_block. dora and "
-        "bora_bidim have no exact LoRA form (their update rescales the base weight): fuse them with "
+        description=f"Writes exact LoRA factors for {and_joined(additive)}. {and_joined(rescaling)} have no "
+        "exact LoRA form (their update rescales the base weight): fuse them with "
         "`bora-diffusion compose FILE --save FOLDER` instead. kohya files name layers as sd-scripts does: "
         "diffusers module paths (lora_unet_down_blocks_...) for SD 1.x/2.x, SDXL's original names "
         "(lora_unet_input_blocks_4_1_...) and ss_base_model_version sdxl_base_v1-0 for SDXL. A concept "
@@ -301,9 +266,14 @@ def build_parser() -> argparse.ArgumentParser:
         "--method",
         action="append",
         help=f"a method to compare (repeatable; the first is the budget reference; default lora and sbora_fa); "
-        f"one of {METHODS}",
+        f"one of {methods_text()}",
     )
-    compare.add_argument("--rank", type=int, default=4, help="the first method's rank (default 4)")
+    add_setting_flags(
+        compare,
+        setting_flags([adapter_setting("rank")]),
+        helps={"rank": "the first method's rank (default 4)"},
+        defaults=True,
+    )
     compare.add_argument(
         "--rank-rule",
         choices=["params", "rank"],
@@ -311,46 +281,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="params (default): every other method at the rank with the nearest trainable-parameter count; "
         "rank: every method at --rank",
     )
-    compare.add_argument("--blocks", type=int, help="blocks b of bora_block (default 4)")
-    compare.add_argument(
-        "--targets", default="attention", help="attention (default), cross_kv or self_attention"
+    add_setting_flags(compare, setting_flags(option_settings()))
+    compare.add_argument("--targets", default="attention", help=TARGETS_HELP)
+    training = compare.add_argument_group(
+        "training", "the same for every method; --seed (below) seeds training too"
     )
-    compare.add_argument(
-        "--train-steps", type=int, default=200, help="optimizer steps per concept (default 200)"
-    )
-    compare.add_argument("--lr", type=float, default=1e-3, help="learning rate (default 1e-3)")
-    compare.add_argument(
-        "--resolution",
-        type=int,
-        default=64,
-        help="training resolution in px (default 64, the embedded base's)",
-    )
-    compare.add_argument(
-        "--train-embedding",
-        action="store_true",
-        help="also train each concept token's own text embedding (textual inversion / ED-LoRA), for every method",
-    )
-    compare.add_argument(
-        "--embedding-lr", type=float, help="learning rate of the token embeddings (default: --lr)"
-    )
-    compare.add_argument(
-        "--embedding-vectors", type=int, default=1, help="vectors per trained token embedding (default 1)"
-    )
-    compare.add_argument(
-        "--lock-weight",
-        type=float,
-        default=0.0,
-        help="lock the prompts without each concept's token, for every method (0 = off; bora_diffusion.locking)",
-    )
-    compare.add_argument(
-        "--word-lock-weight",
-        type=float,
-        default=0.0,
-        help="with --train-embedding: keep the other words of each concept's captions (0 = off)",
-    )
-    compare.add_argument(
-        "--snr-gamma", type=float, help="Min-SNR-gamma loss weighting for every method (default off)"
-    )
+    add_setting_flags(training, compare_train_flags())
     compare.add_argument("--resume", action="store_true", help="continue from the checkpoints in --out")
     compare.add_argument("--quiet", action="store_true", help="no training progress bar")
     add_scoring_args(compare)

@@ -7,15 +7,8 @@ import dataclasses
 import sys
 from pathlib import Path
 
+from .flags import TRAIN_FLAGS, adapter_flag_names, adapter_setting
 from .runtime import device, process_rank
-
-ADAPTER_FLAGS = ("method", "rank", "alpha", "blocks", "targets")
-TRAIN_FLAGS = (
-    "steps", "learning_rate", "lr_schedule", "warmup_steps", "batch_size", "gradient_accumulation", "resolution",
-    "prior_weight", "lock_weight", "word_lock_weight", "class_images", "checkpoint_every", "sample_every",
-    "mixed_precision", "gradient_checkpointing", "attention", "adam_8bit", "train_embedding",
-    "embedding_learning_rate", "embedding_vectors", "snr_gamma", "seed",
-)  # fmt: skip
 
 
 def run_train(args: argparse.Namespace) -> int:
@@ -32,11 +25,13 @@ def run_train(args: argparse.Namespace) -> int:
     pipe = load_base(args.base, device=device(args))
     concepts = load_concepts(args.concepts, min_size=min_size, tokenizer=pipe.tokenizer)
     _note_transparency(concepts)
-    adapter_flags = {key: getattr(args, key) for key in ADAPTER_FLAGS}
+    # Flags not given are None, so the concept's own values stand under them.
+    adapter_flags = {key: getattr(args, key) for key in adapter_flag_names()}
     train_flags = {key: getattr(args, key) for key in TRAIN_FLAGS}
+    default_method = adapter_setting("method").default
     jobs = []
     for concept in concepts:
-        adapter = concept.train.adapter_config(default_method="sbora_fa", **adapter_flags)
+        adapter = concept.train.adapter_config(default_method=default_method, **adapter_flags)
         config = concept.train.train_config(**train_flags)
         if not config.sample_prompts and config.sample_every:
             config = dataclasses.replace(
