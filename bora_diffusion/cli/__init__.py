@@ -1,10 +1,12 @@
 """The `bora-diffusion` command: thin subcommands over the library.
 
 Every user mistake surfaces as one line `error: ...` on stderr and exit status 2; anything else is a bug and keeps
-its traceback. The package holds one module per concern: `parser` (every subcommand and its flags), `runtime`
-(rank, device, guidance), `flags` (flags derived from the settings schema and the method registry), and the run_* functions by group of commands: `training`, `composing` (compose,
-generate), `evaluating` (evaluate, compare), `files` (inspect, export, import, base, slots), `methods` (the
-self-check table and its pass rule) and `app`.
+its traceback. One module per concern:
+- `parser`: every subcommand, its flags and help; `flags`: flags derived from the settings schema and the
+  method registry; `runtime`: process rank, device, guidance;
+- the run_* functions by group of commands: `training` (train), `composing` (compose, generate), `evaluating`
+  (evaluate, compare), `files` (inspect, export, import, base, slots), `methods` (the self-check table and its
+  pass rule) and `app`.
 """
 
 from __future__ import annotations
