@@ -314,7 +314,7 @@ def test_matched_ranks_are_the_nearest_in_trainable_parameters(compared, tiny_pi
         reference = trainable_parameters(unet, AdapterConfig(method="lora", rank=4))
 
         def gap(rank: int, budget=budget, reference=reference) -> int:
-            config = AdapterConfig(budget.method, rank=rank, blocks=budget.blocks)
+            config = AdapterConfig(budget.method, rank=rank, **budget.options)
             return abs(trainable_parameters(unet, config) - reference)
 
         assert budget.trainable_params == reference * budget.ratio
@@ -344,7 +344,7 @@ def test_rank_rule_and_capacity(tiny_pipe):
     assert [b.rank for b in same] == [3, 3] and same[1].ratio < 0.6  # FB trains in x r only
     with pytest.raises(ConfigError, match="does not fit"):
         match_budgets(tiny_pipe.unet, ["sbora_fa"], rank=20, concepts=2)  # 2 x 20 > 32 input features
-    with pytest.raises(ConfigError, match="unknown method"):
+    with pytest.raises(ConfigError, match="method 'sbora' is unknown; choose one of lora, "):
         match_budgets(tiny_pipe.unet, ["lora", "sbora"])
 
 

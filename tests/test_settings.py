@@ -6,6 +6,7 @@ registered, and its option then exists everywhere a setting does, without a line
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 
 import pytest
@@ -183,3 +184,38 @@ def test_a_new_methods_option_is_a_concept_toml_key(widened, tmp_path):
         ConceptError, match=r"\[train\] gain is an option of widened only; remove it for method"
     ):
         load_concept(concept_folder("cow", 'method = "lora"\ngain = 2.0\n'), tokenizer=tokenizer)
+
+
+def test_the_command_line_offers_a_new_methods_option_as_a_checked_flag(widened, capsys):
+    """cli/ has no line naming `gain` or `widened`: the flag, its help, its check and its way into the adapter
+    config all come from the registry and the option's Setting."""
+    from bora_diffusion.cli import adapter_flag_names, build_parser, main
+    from bora_diffusion.concept import TrainDefaults
+
+    parser = build_parser()
+    commands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices
+    train_help = " ".join(commands["train"].format_help().split())
+    assert "--gain GAIN multiplies the update (widened only; default 2)" in train_help
+    assert "bora_block, bora_bidim, widened" in train_help  # the method list is the registry's
+    assert "--gain" in commands["compare"].format_help()
+    assert "widened" in commands["methods"].format_help()
+
+    assert "gain" in adapter_flag_names()
+    args = parser.parse_args(["train", "concepts/kettle", "--out", "x", "--method", "widened", "--gain", "3"])
+    assert args.gain == 3.0 and isinstance(args.gain, float)
+    flags = {key: getattr(args, key) for key in adapter_flag_names()}
+    config = TrainDefaults(method="lora", rank=2).adapter_config(**flags)
+    assert (config.method, config.rank, config.options) == ("widened", 2, {"gain": 3.0})
+    unset = parser.parse_args(["train", "concepts/kettle", "--out", "x", "--method", "widened"])
+    assert unset.gain is None  # not given: the option's default applies, not a value of the parser's
+    assert TrainDefaults().adapter_config(**{k: getattr(unset, k) for k in adapter_flag_names()}).options == {
+        "gain": 2.0
+    }
+
+    # The option's own range, refused while parsing: one line naming the flag, before anything loads.
+    assert main(["train", "concepts/kettle", "--out", "x", "--method", "widened", "--gain", "9"]) == 2
+    err = capsys.readouterr().err
+    assert err == "error: --gain: gain must be a number 0 < gain <= 8, got 9.0\n"
+    # ... and the method's ownership, when the config is built.
+    with pytest.raises(ConfigError, match="^gain is an option of widened only; remove it for method 'lora'$"):
+        TrainDefaults().adapter_config(default_method="lora", **flags | {"method": None})

@@ -13,16 +13,18 @@ Every method trains for the same steps with the same learning rate, batch, resol
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
 
 from torch import nn
 
-from ..adapters import available, get
+from ..adapters import get
 from ..config import AdapterConfig
 from ..errors import ConfigError
 from ..inject import concepts as model_concepts
 from ..inject import find_targets, inject, remove, wrappers
+from ..slots import slot_size
 
 __all__ = ["RANK_RULES", "MethodBudget", "match_budgets", "trainable_parameters"]
 
@@ -37,15 +39,27 @@ class MethodBudget:
 
     method: str
     rank: int
-    blocks: int | None
     trainable_params: int
     ratio: float
     note: str = ""
+    options: Mapping[str, Any] = field(default_factory=dict)  # the method's own, e.g. {"blocks": 4}
 
     def adapter_config(self, targets: str | tuple[str, ...], seed: int) -> AdapterConfig:
-        return AdapterConfig(
-            method=self.method, rank=self.rank, blocks=self.blocks, targets=targets, seed=seed
-        )
+        return AdapterConfig(self.method, rank=self.rank, targets=targets, seed=seed, **self.options)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> MethodBudget:
+        data = dict(data)
+        legacy_blocks = data.pop("blocks", None)  # comparisons saved before options were per method
+        if legacy_blocks is not None:
+            data.setdefault("options", {"blocks": legacy_blocks})
+        return cls(**data)
+
+
+def own_options(method: str, options: Mapping[str, Any]) -> dict[str, Any]:
+    """The entries of `options` that `method` declares: one table of options can serve every method."""
+    declared = {option.name for option in get(method).options}
+    return {name: value for name, value in options.items() if name in declared and value is not None}
 
 
 def trainable_parameters(unet: nn.Module, config: AdapterConfig) -> int:
@@ -72,7 +86,7 @@ def _max_rank(unet: nn.Module, method: str, targets: str | tuple[str, ...], conc
         if space is None:
             sizes.append(min(layer.out_features, layer.in_features))
         else:
-            sizes.append((layer.out_features if space == "out" else layer.in_features) // concepts)
+            sizes.append(slot_size(space, layer.in_features, layer.out_features) // concepts)
     return min(sizes)
 
 
@@ -84,18 +98,18 @@ def match_budgets(
     rule: str = "params",
     concepts: int = 1,
     targets: str | tuple[str, ...] = "attention",
-    blocks: int | None = None,
+    options: Mapping[str, Any] | None = None,
 ) -> list[MethodBudget]:
     """Each method's rank under `rule` (see the module docstring); the first method is the reference at `rank`.
 
-    `unet` must hold no concepts (probes are injected and removed). `blocks` applies to bora_block (default 4).
+    `unet` must hold no concepts (probes are injected and removed). `options` are methods' own options (say
+    {"blocks": 2}), each given to the methods that declare it; the others take their defaults.
     """
     methods = list(methods)
     if not methods:
         raise ConfigError("compare needs at least one method")
-    unknown = [m for m in methods if m not in available()]
-    if unknown:
-        raise ConfigError(f"unknown method(s) {', '.join(unknown)}; choose from {', '.join(available())}")
+    for method in methods:
+        get(method)  # an unknown one is refused, with the known ones listed
     if len(set(methods)) != len(methods):
         raise ConfigError(f"methods must be distinct, got {', '.join(methods)}")
     if rule not in RANK_RULES:
@@ -107,9 +121,7 @@ def match_budgets(
         )
 
     def config(method: str, r: int) -> AdapterConfig:
-        return AdapterConfig(
-            method=method, rank=r, blocks=blocks if method == "bora_block" else None, targets=targets
-        )
+        return AdapterConfig(method, rank=r, targets=targets, **own_options(method, options or {}))
 
     reference_cap = _max_rank(unet, methods[0], targets, concepts)
     if rank > reference_cap:
@@ -141,10 +153,10 @@ def match_budgets(
             MethodBudget(
                 method=method,
                 rank=chosen,
-                blocks=config(method, chosen).blocks,
                 trainable_params=params,
                 ratio=params / reference,
                 note=note,
+                options=config(method, chosen).options,
             )
         )
     return budgets

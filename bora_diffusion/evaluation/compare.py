@@ -76,7 +76,7 @@ def compare_methods(
         rule=settings.rule,
         concepts=len(concepts),
         targets=settings.targets,
-        blocks=settings.blocks,
+        options=settings.options,
     )
     # The base before tuning is the same for every method (same prompts, seeds and base): scored once, first,
     # while the pipeline's tokenizer still reads the tokens as the base does (training adds trained ones).

@@ -36,7 +36,7 @@ class CompareSettings:
     methods: tuple[str, ...] = ("lora", "sbora_fa")
     rank: int = 4
     rule: str = "params"
-    blocks: int | None = None
+    options: Mapping[str, Any] = dataclasses.field(default_factory=dict)  # methods' own, e.g. {"blocks": 2}
     targets: str | tuple[str, ...] = "attention"
     train: TrainConfig = dataclasses.field(default_factory=TrainConfig)
     run: RunSettings = dataclasses.field(default_factory=RunSettings)
@@ -82,7 +82,7 @@ class CompareSettings:
             "rank": self.rank,
             "rule": self.rule,
             "rule_text": self.rule_text(),
-            "blocks": self.blocks,
+            "options": dict(self.options),
             "targets": self.targets if isinstance(self.targets, str) else list(self.targets),
             "train": self.train.to_dict(),
             "run": self.run.to_dict(),
@@ -95,7 +95,9 @@ class CompareSettings:
             methods=tuple(data["methods"]),
             rank=data["rank"],
             rule=data["rule"],
-            blocks=data["blocks"],
+            # Saved before options were per method: a "blocks" entry, null unless given.
+            options=data.get("options")
+            or ({"blocks": data["blocks"]} if data.get("blocks") is not None else {}),
             targets=targets if isinstance(targets, str) else tuple(targets),
             train=TrainConfig.from_dict(data["train"]),
             run=RunSettings.from_dict(data["run"]),

@@ -123,7 +123,9 @@ class Comparison:
             settings=CompareSettings.from_dict(data["settings"]),
             base_model=data["base_model"],
             results=tuple(
-                MethodResult(MethodBudget(**budget), EvaluationReport.from_dict(reports[budget["method"]]))
+                MethodResult(
+                    MethodBudget.from_dict(budget), EvaluationReport.from_dict(reports[budget["method"]])
+                )
                 for budget in data["budgets"]
             ),
         )
