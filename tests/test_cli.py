@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 from safetensors import safe_open
@@ -159,3 +160,105 @@ def test_the_device_is_cuda_when_available_and_each_launched_process_takes_its_o
     monkeypatch.setenv("LOCAL_RANK", "1")
     assert _device(argparse.Namespace(device=None)) == "cuda:1"
     assert _device(argparse.Namespace(device="cpu")) == "cpu"
+
+
+def _subcommands():
+    import argparse
+
+    from bora_diffusion.cli import build_parser
+
+    parser = build_parser()
+    return next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices
+
+
+def test_every_setting_is_a_train_flag_with_its_own_name_as_dest():
+    from bora_diffusion.cli import TRAIN_FLAGS, adapter_flag_names
+    from bora_diffusion.config import TrainConfig, adapter_settings
+    from bora_diffusion.settings import settings_of
+
+    train = _subcommands()["train"]
+    dests = {option: action.dest for action in train._actions for option in action.option_strings}
+    for setting in (*adapter_settings(), *settings_of(TrainConfig)):
+        assert dests[setting.cli_flag] == setting.name, setting.name
+    assert set(TRAIN_FLAGS) == {s.name for s in settings_of(TrainConfig)}
+    assert set(adapter_flag_names()) == {s.name for s in adapter_settings()} | {"targets"}
+    # The flags of before keep their names and dests.
+    for flag, dest in {"--lr": "learning_rate", "--schedule": "lr_schedule", "--warmup": "warmup_steps",
+                       "--accumulate": "gradient_accumulation", "--embedding-lr": "embedding_learning_rate",
+                       "--xformers": "attention", "--blocks": "blocks"}.items():  # fmt: skip
+        assert dests[flag] == dest, flag
+    compare = {o: a.dest for a in _subcommands()["compare"]._actions for o in a.option_strings}
+    assert (compare["--train-steps"], compare["--lr"], compare["--embedding-lr"]) == (
+        "train_steps", "lr", "embedding_lr",
+    )  # fmt: skip
+    assert compare["--steps"] == "steps" and compare["--seed"] == "seed"  # the sampler's and the shared seed
+
+
+def test_train_flags_beat_the_concepts_values_which_beat_the_defaults(tmp_path, monkeypatch, capsys):
+    import bora_diffusion.train
+
+    seen = []
+
+    def record(pipe, jobs, *, out_dir, **_):
+        seen.extend(jobs)
+        return [tmp_path / f"{concept.name}.safetensors" for concept, _, _ in jobs]
+
+    monkeypatch.setattr(bora_diffusion.train, "train_concepts", record)
+    argv = ["train", "concepts/bolt-circle", "--out", str(tmp_path / "run"), "--quiet", "--steps", "3",
+            "--max-grad-norm", "0.5", "--no-train-embedding", "--xformers", "--no-cache-latents"]  # fmt: skip
+    assert main(argv) == 0
+    ((concept, adapter, config),) = seen
+    assert concept.name == "bolt-circle"
+    # bolt-circle's [train]: steps 500, batch_size 4, targets cross_kv, train_embedding true, vectors 3.
+    assert (config.steps, config.max_grad_norm, config.train_embedding) == (3, 0.5, False)  # flags
+    assert (config.batch_size, config.embedding_vectors, adapter.targets) == (4, 3, "cross_kv")  # concept
+    assert (config.weight_decay, config.class_images, adapter.alpha) == (0.01, 16, None)  # defaults
+    assert (config.attention, config.cache_latents) == ("xformers", False)
+    assert "bolt-circle: sbora_fa rank 4, 3 steps ->" in capsys.readouterr().out
+
+
+def test_a_flag_value_the_schema_refuses_is_one_line_naming_the_flag_before_anything_loads(
+    tmp_path, monkeypatch, capsys
+):
+    import bora_diffusion.pipeline
+
+    def no_base(*_, **__):
+        raise AssertionError("the base model loaded before the bad flag was refused")
+
+    monkeypatch.setattr(bora_diffusion.pipeline, "load_base", no_base)
+    out = str(tmp_path / "run")
+    for argv, message in [
+        (["train", "concepts/kettle", "--out", out, "--rank", "0"], "--rank: rank must be a positive integer, got 0"),
+        (["train", "concepts/kettle", "--out", out, "--rank", "2.5"], "--rank: rank must be a positive integer, got '2.5'"),
+        (["train", "concepts/kettle", "--out", out, "--lr", "0"], "--lr: learning_rate must be positive, got 0.0"),
+        (["train", "concepts/kettle", "--out", out, "--schedule", "exp"], "--schedule: lr_schedule must be one of constant, "),
+        (["train", "concepts/kettle", "--out", out, "--mixed-precision", "fp8"], "--mixed-precision: mixed_precision must be one of no, fp16, bf16"),
+        (["train", "concepts/kettle", "--out", out, "--blocks", "0"], "--blocks: blocks must be a positive integer, got 0"),
+        (["methods", "--rank", "-1"], "--rank: rank must be a positive integer, got -1"),
+        (["compare", "concepts/kettle", "--out", out, "--train-steps", "0"], "--train-steps: steps must be a positive integer"),
+        (["compare", "concepts/kettle", "--out", out, "--weight-decay", "-1"], "--weight-decay: weight_decay must be >= 0"),
+    ]:  # fmt: skip
+        assert main(argv) == 2, argv
+        err = capsys.readouterr().err
+        assert err.startswith(f"error: {message}") and err.count("\n") == 1, err
+    assert not (tmp_path / "run").exists()
+
+
+def test_the_command_line_names_no_method_the_registry_lists():
+    """The method list, the option flags and export's additive methods come from the registry, so cli/ has no
+    method id in a string (a new method needs no line there)."""
+    from pathlib import Path
+
+    import bora_diffusion.cli
+    from bora_diffusion import adapters
+
+    sources = {p.name: p.read_text() for p in Path(bora_diffusion.cli.__file__).parent.glob("*.py")}
+    assert len(sources) >= 8
+    # lora and sbora_fa stay: compare's default pair, named in its help (and "lora" in LoRA file names).
+    for method in set(adapters.available()) - {"lora", "sbora_fa"}:
+        for name, text in sources.items():
+            assert not re.search(rf"\b{method}\b", text), (method, name)
+    export = " ".join(_subcommands()["export"].format_help().split())
+    assert (
+        "exact LoRA factors for lora, sbora_fa, sbora_fb, ortho and bora_block. dora and bora_bidim" in export
+    )

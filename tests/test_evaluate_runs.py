@@ -45,12 +45,13 @@ from bora_diffusion.evaluation import (
     match_budgets,
     trainable_parameters,
 )
-from bora_diffusion.evaluation.context import context_accuracy
-from bora_diffusion.evaluation.runs import OTHER_WORDS
+from bora_diffusion.evaluation.run_settings import OTHER_WORDS
 from bora_diffusion.formats import read_adapter, save_adapter
 from bora_diffusion.generate import SamplingSettings
 from bora_diffusion.inject import concepts, inject
 from bora_diffusion.slots import SlotLedger
+from bora_diffusion.world.context import context_accuracy
+from bora_diffusion.world.scoring import WorldScorer
 
 METHODS = ("lora", "sbora_fa")
 NAMES = ("kettle", "robot")
@@ -313,7 +314,7 @@ def test_matched_ranks_are_the_nearest_in_trainable_parameters(compared, tiny_pi
         reference = trainable_parameters(unet, AdapterConfig(method="lora", rank=4))
 
         def gap(rank: int, budget=budget, reference=reference) -> int:
-            config = AdapterConfig(budget.method, rank=rank, blocks=budget.blocks)
+            config = AdapterConfig(budget.method, rank=rank, **budget.options)
             return abs(trainable_parameters(unet, config) - reference)
 
         assert budget.trainable_params == reference * budget.ratio
@@ -343,7 +344,7 @@ def test_rank_rule_and_capacity(tiny_pipe):
     assert [b.rank for b in same] == [3, 3] and same[1].ratio < 0.6  # FB trains in x r only
     with pytest.raises(ConfigError, match="does not fit"):
         match_budgets(tiny_pipe.unet, ["sbora_fa"], rank=20, concepts=2)  # 2 x 20 > 32 input features
-    with pytest.raises(ConfigError, match="unknown method"):
+    with pytest.raises(ConfigError, match="method 'sbora' is unknown; choose one of lora, "):
         match_budgets(tiny_pipe.unet, ["lora", "sbora"])
 
 
@@ -486,7 +487,7 @@ def test_the_base_is_not_scored_through_a_token_an_earlier_concept_added(tiny_pi
 
 
 def test_world_prompts_get_context_accuracy_scored_on_the_texts_clip_t_saw(tiny_pipe, tiny_clip, tmp_path):
-    scorer = ClipScorer(Conventions(backbone=tiny_clip, weights=None), device="cpu")
+    scorer = WorldScorer(Conventions(backbone=tiny_clip, weights=None), device="cpu")
     unet = copy.deepcopy(tiny_pipe.unet)
     config = AdapterConfig(method="lora", rank=2)
     inject(unet, config, name="kettle")

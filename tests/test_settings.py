@@ -6,6 +6,7 @@ registered, and its option then exists everywhere a setting does, without a line
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 
 import pytest
@@ -148,3 +149,73 @@ def test_a_new_method_with_an_option_needs_no_line_outside_its_file(widened):
         delta = plain(x) - base(x)
         assert torch.allclose(twice(x) - base(x), 3.0 * delta, atol=1e-6)
         assert delta.abs().max() > 1e-3  # the update is not zero, so the factor 3 is seen
+
+
+def test_a_new_methods_option_is_a_concept_toml_key(widened, tmp_path):
+    import tomllib
+
+    from PIL import Image
+
+    from bora_diffusion.concept import TrainDefaults, concept_toml, load_concept
+    from bora_diffusion.embedded import clip_tokenizer
+    from bora_diffusion.errors import ConceptError
+
+    def concept_folder(name: str, train: str):
+        folder = tmp_path / name
+        folder.mkdir()
+        (folder / "concept.toml").write_text(f'token = "zq{name}"\nclass_word = "dog"\n[train]\n{train}')
+        Image.new("RGB", (64, 64), (90, 40, 200)).save(folder / "a.png")
+        return folder
+
+    tokenizer = clip_tokenizer()
+    train = load_concept(concept_folder("dog", 'method = "widened"\ngain = 3\n'), tokenizer=tokenizer).train
+    assert train.options == {"gain": 3.0} and isinstance(train.options["gain"], float)
+    assert train.adapter_config() == AdapterConfig("widened", gain=3.0)
+    # The option is the concept's widened choice: a method chosen over it drops it, as bora_block's blocks.
+    assert train.adapter_config(method="lora") == AdapterConfig("lora")
+    assert TrainDefaults(gain=3.0).adapter_config(default_method="widened").options == {"gain": 3.0}
+    written = concept_toml("zqdog", "dog", train=train)
+    assert written.endswith('method = "widened"\ngain = 3.0\n')
+    assert TrainDefaults.from_dict(tomllib.loads(written)["train"]) == train
+    # Checked by its own Setting, and refused under a method without it, in the file's one error line.
+    with pytest.raises(ConceptError, match=r"\[train\] gain must be a number 0 < gain <= 8, got 9"):
+        load_concept(concept_folder("cat", "gain = 9\n"), tokenizer=tokenizer)
+    with pytest.raises(
+        ConceptError, match=r"\[train\] gain is an option of widened only; remove it for method"
+    ):
+        load_concept(concept_folder("cow", 'method = "lora"\ngain = 2.0\n'), tokenizer=tokenizer)
+
+
+def test_the_command_line_offers_a_new_methods_option_as_a_checked_flag(widened, capsys):
+    """cli/ has no line naming `gain` or `widened`: the flag, its help, its check and its way into the adapter
+    config all come from the registry and the option's Setting."""
+    from bora_diffusion.cli import adapter_flag_names, build_parser, main
+    from bora_diffusion.concept import TrainDefaults
+
+    parser = build_parser()
+    commands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices
+    train_help = " ".join(commands["train"].format_help().split())
+    assert "--gain GAIN multiplies the update (widened only; default 2)" in train_help
+    assert "bora_block, bora_bidim, widened" in train_help  # the method list is the registry's
+    assert "--gain" in commands["compare"].format_help()
+    assert "widened" in commands["methods"].format_help()
+
+    assert "gain" in adapter_flag_names()
+    args = parser.parse_args(["train", "concepts/kettle", "--out", "x", "--method", "widened", "--gain", "3"])
+    assert args.gain == 3.0 and isinstance(args.gain, float)
+    flags = {key: getattr(args, key) for key in adapter_flag_names()}
+    config = TrainDefaults(method="lora", rank=2).adapter_config(**flags)
+    assert (config.method, config.rank, config.options) == ("widened", 2, {"gain": 3.0})
+    unset = parser.parse_args(["train", "concepts/kettle", "--out", "x", "--method", "widened"])
+    assert unset.gain is None  # not given: the option's default applies, not a value of the parser's
+    assert TrainDefaults().adapter_config(**{k: getattr(unset, k) for k in adapter_flag_names()}).options == {
+        "gain": 2.0
+    }
+
+    # The option's own range, refused while parsing: one line naming the flag, before anything loads.
+    assert main(["train", "concepts/kettle", "--out", "x", "--method", "widened", "--gain", "9"]) == 2
+    err = capsys.readouterr().err
+    assert err == "error: --gain: gain must be a number 0 < gain <= 8, got 9.0\n"
+    # ... and the method's ownership, when the config is built.
+    with pytest.raises(ConfigError, match="^gain is an option of widened only; remove it for method 'lora'$"):
+        TrainDefaults().adapter_config(default_method="lora", **flags | {"method": None})

@@ -9,12 +9,12 @@ from pathlib import Path
 
 import torch
 
-from .atomic import atomic_path
-from .config import TrainConfig
-from .embeddings import add_token
-from .errors import ConfigError
-from .seeding import derive_seed
-from .text import PromptEncoder
+from ..atomic import atomic_path
+from ..config import TrainConfig
+from ..embeddings import add_token
+from ..errors import ConfigError
+from ..seeding import derive_seed
+from ..text import PromptEncoder
 
 
 def make_accelerator(config: TrainConfig, unet):

@@ -3,7 +3,7 @@ settings a resumed run must share with the checkpoint).
 
 A checkpoint is `<out>/checkpoints/<concept>/step-NNNNNN/state.pt`: the step, the optimizer's and the learning-rate
 schedule's states, the one generator every process draws from, the adapter's and the token rows' tensors and the
-training settings; the last KEEP_CHECKPOINTS are kept. `bora_diffusion.train.Trainer` decides what goes in.
+training settings; the last KEEP_CHECKPOINTS are kept. `trainer.Trainer` decides what goes in.
 """
 
 from __future__ import annotations
@@ -15,9 +15,9 @@ from pathlib import Path
 
 import torch
 
-from .atomic import temp_dir
-from .config import TrainConfig
-from .errors import ConfigError
+from ..atomic import temp_dir
+from ..config import TrainConfig
+from ..errors import ConfigError
 
 CHECKPOINTS = "checkpoints"
 KEEP_CHECKPOINTS = 2

@@ -12,9 +12,9 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from .config import TrainConfig
-from .data import EncodedSet, encode_images
-from .text import PromptEncoder, TextStates
+from ..config import TrainConfig
+from ..data import EncodedSet, encode_images
+from ..text import PromptEncoder, TextStates
 
 Shard = tuple[int, int]  # (this process's index p, the number of processes P)
 

@@ -8,12 +8,12 @@ stopped and resumed ends with the same adapter, bit for bit on CPU, as a run tha
 Under a launcher that starts several processes (`accelerate launch --multi_gpu --num_processes P`, torchrun) the same
 code runs data-parallel: accelerate wraps the UNet in DDP, which averages its gradients, and the token's embedding
 rows (outside the UNet) have theirs averaged here. Every process draws the same global batch and keeps its shard
-(bora_diffusion.denoising), so a P-process run of batch B takes the steps of a 1-process run of batch P x B up to
+(train/denoising.py), so a P-process run of batch B takes the steps of a 1-process run of batch P x B up to
 float summation order (tests/test_multiprocess.py measures it), and a resume continues exactly on any process
 count with the same global batch. Only the main process writes files.
 
 This module is the run itself: the step loop, the concept's data, the output. What a run is built from is in
-`train_setup`, the loss in `denoising`, checkpoints and the resume rule in `checkpoints`.
+`setup`, the loss in `denoising`, checkpoints and the resume rule in `checkpoints` (all in this package).
 """
 
 from __future__ import annotations
@@ -27,28 +27,26 @@ from typing import Protocol
 
 import torch
 
-from .callbacks import Callback, TrainState
+from ..callbacks import Callback, TrainState
+from ..config import AdapterConfig, TrainConfig
+from ..data import EncodedSet, encode_set
+from ..embeddings import vector_tokens
+from ..errors import BoraError
+from ..formats import save_adapter
+from ..inject import adapter_state_dict, inject, load_adapter_state_dict, mark_trainable, set_active
+from ..locking import PromptLock, WordLock, lock_prompts
+from ..seeding import derive_seed
+from ..slots import SlotLedger
+from ..text import PromptEncoder, TextStates
 from .checkpoints import (
     CHECKPOINTS,
-    KEEP_CHECKPOINTS,
     newest_checkpoint,
-    remove_stale_staging,
     resume_state,
     saved_embeddings,
     write_checkpoint,
 )
-from .config import AdapterConfig, TrainConfig
-from .data import EncodedSet, encode_set
-from .denoising import denoising_loss, draw_shard, min_snr_weights, training_scheduler
-from .embeddings import vector_tokens
-from .errors import BoraError
-from .formats import save_adapter
-from .inject import adapter_state_dict, inject, load_adapter_state_dict, mark_trainable, set_active
-from .locking import PromptLock, WordLock, lock_prompts
-from .seeding import derive_seed
-from .slots import SlotLedger
-from .text import PromptEncoder, TextStates
-from .train_setup import (
+from .denoising import denoising_loss, draw_shard, training_scheduler
+from .setup import (
     add_trainable_token,
     ensure_class_images,
     lr_schedule,
@@ -58,19 +56,6 @@ from .train_setup import (
 )
 
 # The names callers import from here, wherever they now live.
-__all__ = [
-    "CHECKPOINTS",
-    "KEEP_CHECKPOINTS",
-    "ConceptLike",
-    "Trainer",
-    "TrainingDiverged",
-    "ensure_class_images",
-    "min_snr_weights",
-    "newest_checkpoint",
-    "remove_stale_staging",
-    "train_concepts",
-    "training_scheduler",
-]
 
 
 class TrainingDiverged(BoraError):
