@@ -148,3 +148,38 @@ def test_a_new_method_with_an_option_needs_no_line_outside_its_file(widened):
         delta = plain(x) - base(x)
         assert torch.allclose(twice(x) - base(x), 3.0 * delta, atol=1e-6)
         assert delta.abs().max() > 1e-3  # the update is not zero, so the factor 3 is seen
+
+
+def test_the_apps_form_and_presets_offer_a_new_methods_option(widened, tmp_path):
+    """The app part: the dummy's `gain` is a Train form field, in the presets and the named form, trained."""
+    from pathlib import Path
+
+    gradio = pytest.importorskip("gradio")
+    from bora_diffusion.app import training, ui
+    from bora_diffusion.app.storage import DataDir
+
+    names = [s.name for s in training.form_settings()]
+    assert names[:2] == ["method", "rank"] and {"blocks", "gain"} <= set(names)
+    assert training.option_owner("gain") == "widened" and training.option_owner("rank") is None
+    assert "gain" in training.preset_fields() and "gain" in training.recipe_fields()
+    assert training.preset("widened")["gain"] == 2.0 and training.preset("widened")["rank"] == 4
+    assert training.preset("bora_block")["gain"] == 2.0  # another method's field shows its own default
+    with gradio.Blocks():
+        fields = ui.form_fields(training.preset("widened"))
+    gain = fields["gain"]
+    assert isinstance(gain, gradio.Number) and gain.label == "Gain (widened)" and gain.value == 2.0
+    assert gain.info == "multiplies the update" and gain.precision is None  # a float: no rounding
+    assert fields["blocks"].label == "Blocks (bora_block)" and fields["blocks"].precision == 0
+
+    concepts = Path(__file__).resolve().parents[1] / "concepts"
+    form = training.Form.from_dict({"source": "folder", "folder": "kettle", "method": "widened", "gain": 3})
+    _, adapter, _ = training.build(form, DataDir(tmp_path / "data"), concepts)
+    assert adapter.method == "widened" and adapter.options == {"gain": 3.0} and adapter.rank == 4
+    with pytest.raises(ConfigError, match="^gain must be a number 0 < gain <= 8, got 9$"):
+        training.build(
+            training.Form.from_dict({"source": "folder", "folder": "kettle", "method": "widened", "gain": 9}),
+            DataDir(tmp_path / "data"),
+            concepts,
+        )
+    with pytest.raises(ConfigError, match="^form: unknown field 'gian' \\(did you mean 'gain'\\?\\)$"):
+        training.Form.from_dict({"source": "folder", "folder": "kettle", "gian": 3})
