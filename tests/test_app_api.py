@@ -636,7 +636,7 @@ def test_a_methods_option_travels_from_the_named_form_to_the_concept_file(app, i
     assert "blocks" not in client.predict("plain", api_name="/inspect_concept")["config"]
 
 
-def test_output_folders_that_cannot_be_written_are_refused_in_words(app, trained, tmp_path, capsys):
+def test_output_folders_that_cannot_be_written_are_refused_in_words(app, images, trained, tmp_path, capsys):
     ctx, client, _ = app
 
     def export():
@@ -658,6 +658,20 @@ def test_output_folders_that_cannot_be_written_are_refused_in_words(app, trained
         assert "file error on" in str(caught.value) and f"/{kind}/" in str(caught.value)
         assert "data folder (--data) is writable" in str(caught.value)
     assert len(client.predict("mug", "diffusers", api_name="/export_concept")) == 1  # restored, serving
+
+    # A training job whose samples cannot be written fails with the file named, and the queue goes on.
+    samples = ctx.data.concepts / "samples"
+    moved = samples.rename(samples.with_name("samples.moved"))
+    samples.write_text("a file where the folder was")
+    try:
+        job, _ = start(client, files=images[:1], name="unsampled", token="zquns", class_word="mug", steps=1,
+                       sample_every=1)  # fmt: skip
+        state = wait_for_job(client, job)
+    finally:
+        samples.unlink()
+        moved.rename(samples)
+    assert state["status"] == "failed" and state["error"].startswith("file error on ")
+    assert "/samples/" in state["error"] and "data folder (--data) is writable" in state["error"]
 
     # A data folder that cannot be created stops the app at the start with one line, no traceback.
     from bora_diffusion.app.server import main

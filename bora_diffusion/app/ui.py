@@ -1,6 +1,9 @@
 """The page: four tabs wired to the named endpoints of `handlers.Handlers`.
 
 Every event that does work has an `api_name`, so whatever the page can do, a `gradio_client` script can do too.
+The Train tab's setting fields are made from the schema (`training.form_settings()`), so a method registered
+with an option gets its field, preset and recipe value with no line here; `train_start` takes them as one named
+form (a JSON object) beside the uploaded files, and the page's Start button sends the same form.
 Generation, interference checks and evaluations share one concurrency group as large as the pipeline pool;
 training is not an event at all but a job on the queue's own thread, which the page polls once a second.
 """
