@@ -271,7 +271,7 @@ def _bad_file(folder: Path) -> list[Path]:
 
 BAD_TRAIN = [
     ({"files": ()}, "upload at least one image"),
-    ({"files": "text"}, "Invalid file type. Please upload a file that is one of these formats"),
+    ({"files": "text"}, "files: notes.txt is not one of .png, .jpg, .jpeg, .webp"),
     ({"files": "fake"}, "fake.png"),
     ({"files": "small"}, "smaller than 64 px"),
     ({"name": "../"}, "has no letters or digits"),

@@ -11,6 +11,7 @@ None (an empty field) passes: the handlers say what the field needs.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import gradio as gr
@@ -31,6 +32,11 @@ def _choices(block: Any) -> list[Any] | None:
     if getattr(block, "allow_custom_value", False):
         return None
     return [value for _, value in block.choices]
+
+
+def _shown(value: Any) -> str:
+    shown = repr(value)
+    return shown if len(shown) <= 80 else shown[:77] + "..."
 
 
 def _is_file(value: Any) -> bool:
@@ -63,7 +69,13 @@ def problem(block: Any, value: Any) -> str | None:
     if isinstance(block, gr.File):
         files = value if isinstance(value, list) else [value]
         ok = all(_is_file(item) for item in files) and (block.file_count != "single" or len(files) == 1)
-        return None if ok else "give uploaded files (gradio_client.handle_file(path) for each)"
+        if not ok:
+            return f"give uploaded files (gradio_client.handle_file(path) for each), got {_shown(value)}"
+        suffixes = [t.lower() for t in block.file_types or () if t.startswith(".")]
+        for item in files:
+            shown = item.get("orig_name") or Path(item["path"]).name
+            if suffixes and Path(shown).suffix.lower() not in suffixes:
+                return f"{shown} is not one of {', '.join(suffixes)}"
     return None
 
 
@@ -82,9 +94,9 @@ def check_call(block_fn: Any, inputs: Sequence[Any], state: Any = None) -> None:
             block = state[block._id]  # its choices as this session's page has them
         wrong = problem(block, value)
         if wrong:
-            shown = repr(value)
-            shown = shown if len(shown) <= 80 else shown[:77] + "..."
-            raise gr.Error(f"{name}: {wrong}, got {shown}", print_exception=False)
+            # A file's payload holds the server's cache path: its problem names the file the user knows.
+            got = "" if isinstance(block, gr.File) else f", got {_shown(value)}"
+            raise gr.Error(f"{name}: {wrong}{got}", print_exception=False)
 
 
 class Blocks(gr.Blocks):
