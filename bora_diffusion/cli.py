@@ -830,10 +830,11 @@ def _scoring(args: argparse.Namespace):
     """(device, pipeline, scorer, run settings) from the shared options; the scorer loads before the base, so
     missing CLIP weights fail before anything else is loaded."""
 
-    from .evaluation import ClipScorer, RunSettings, preset
-    from .evaluation.runs import OTHER_WORDS
+    from .evaluation import RunSettings, preset
+    from .evaluation.run_settings import OTHER_WORDS
     from .generate import SamplingSettings
     from .pipeline import load_base
+    from .world.scoring import WorldScorer as ClipScorer
 
     device = _device(args)
     overrides: dict[str, object] = {}
@@ -893,7 +894,7 @@ def _parse_evaluated(items: list[str]):
 
 def run_evaluate(args: argparse.Namespace) -> int:
     from .evaluation import evaluate_concepts, reference_images
-    from .evaluation.runs import RETENTION_MIN_SEMS, format_ratio
+    from .evaluation.results import RETENTION_MIN_SEMS, format_ratio
     from .formats import read_adapter
     from .pipeline import base_name
 
@@ -1020,10 +1021,11 @@ def run_import(args: argparse.Namespace) -> int:
     from .pipeline import base_name, load_base
 
     check_writable(args.out, folder=False, what="--out")
-    read_foreign(args.file)  # a missing, unreadable or non-finite file is refused before the base loads
+    # A missing, unreadable or non-finite file is refused before the base loads; the import reuses what was read.
+    foreign = read_foreign(args.file)
     pipe = load_base(args.base)
     report = import_lora(
-        args.file,
+        foreign,
         pipe.unet,
         args.out,
         base_name=base_name(args.base),

@@ -3,7 +3,7 @@
 bora-diffusion must work (tests, CI, the app's first start) on machines that cannot reach a model hub. This module
 builds a small SD-1.x-shaped pipeline entirely from configs: a UNet with self- and cross-attention at two widths,
 a small VAE, a 2-layer CLIP text encoder and the real 49,408-token OpenAI CLIP tokenizer, rebuilt from the BPE
-merges file that open_clip ships. `ensure_embedded_default()` saves it once under the bora-diffusion home folder
+merges file that open_clip ships (bora_diffusion.clip_tokenizer). `ensure_embedded_default()` saves it once under the bora-diffusion home folder
 so every later load is a plain `from_pretrained(folder)`, exactly like a downloaded base.
 
 Its weights are the world base trained by `scripts/train_world_base.py` and shipped in `world/weights/base/` (fp16,
@@ -14,7 +14,6 @@ weights from seed 0. `_write_default_weights` is the single place that decides w
 from __future__ import annotations
 
 import contextlib
-import gzip
 import hashlib
 import json
 import os
@@ -28,14 +27,16 @@ import diffusers.utils.logging
 import torch
 import transformers.utils.logging
 from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
-from open_clip.tokenizer import bytes_to_unicode, default_bpe
 from safetensors import safe_open
 from safetensors.torch import load_file
-from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+from transformers import CLIPTextConfig, CLIPTextModel
 
 from .atomic import temp_dir, written_with_umask
+from .clip_tokenizer import CLIP_CONTEXT_LENGTH, CLIP_VOCAB_SIZE, clip_tokenizer
 
+# CLIP_VOCAB_SIZE, CLIP_CONTEXT_LENGTH and clip_tokenizer live in clip_tokenizer.py; importable from here as before.
 __all__ = [
+    "CLIP_CONTEXT_LENGTH",
     "CLIP_VOCAB_SIZE",
     "EMBEDDED_NAME",
     "EMBEDDED_RECIPE_VERSION",
@@ -67,56 +68,12 @@ SHIPPED_WEIGHTS = "world-base:55f970a5333d1f38"
 # Bump whenever build_tiny_pipeline (or the source of its weights) changes: a saved folder of another version is
 # rebuilt instead of silently loading stale weights under the same name.
 EMBEDDED_RECIPE_VERSION = 2
-# 256 byte tokens + 256 byte tokens with "</w>" + 48,894 merges + 2 special tokens (OpenAI CLIP).
-CLIP_VOCAB_SIZE = 49408
-CLIP_CONTEXT_LENGTH = 77
-
 # Seed of the token-embedding rows the world base never trains (see `untrained_token_rows`).
 TOKEN_ROWS_SEED = 49408
 
-_BOS = "<|startoftext|>"
-_EOS = "<|endoftext|>"
 # Written last into a saved folder; its presence (with matching version and file sizes) means "complete".
 _MARKER = "bora_embedded.json"
 _HOME_ENV = "BORA_DIFFUSION_HOME"
-
-
-@lru_cache(maxsize=1)
-def _clip_vocab_and_merges() -> tuple[dict[str, int], tuple[tuple[str, str], ...]]:
-    """The OpenAI CLIP BPE vocabulary and merges, rebuilt the way open_clip's `SimpleTokenizer` does."""
-    with gzip.open(default_bpe(), "rt", encoding="utf-8") as bpe_file:
-        lines = bpe_file.read().split("\n")
-    # Line 0 is a version header; CLIP uses the first 49152 - 256 - 2 merges (same slice as open_clip / OpenAI).
-    merge_lines = lines[1 : 49152 - 256 - 2 + 1]
-    merges = tuple((a, b) for a, b in (line.split() for line in merge_lines))
-    byte_chars = list(bytes_to_unicode().values())
-    tokens = [*byte_chars, *(c + "</w>" for c in byte_chars), *(a + b for a, b in merges), _BOS, _EOS]
-    vocab = {token: index for index, token in enumerate(tokens)}
-    if len(vocab) != CLIP_VOCAB_SIZE:
-        raise RuntimeError(f"rebuilt CLIP vocabulary has {len(vocab)} tokens, expected {CLIP_VOCAB_SIZE}")
-    return vocab, merges
-
-
-def clip_tokenizer() -> CLIPTokenizer:
-    """The OpenAI CLIP tokenizer (49,408 tokens, 77 positions, pad = `<|endoftext|>`), built without downloads.
-
-    Ids equal open_clip's `SimpleTokenizer` (and OpenAI CLIP) for any text that ftfy's cleaning leaves unchanged;
-    like every Hugging Face CLIP tokenizer it does not run ftfy, so e.g. curly quotes are not straightened.
-    Returns a new tokenizer each call (about 50 ms; the parsed merges are cached) because tokenizers are mutable:
-    callers add concept tokens to them.
-    """
-    vocab, merges = _clip_vocab_and_merges()
-    # transformers 5's CLIPTokenizer takes the vocabulary in memory; merges must be (left, right) tuples, a list of
-    # "left right" strings is rejected by the tokenizers backend.
-    return CLIPTokenizer(
-        vocab=dict(vocab),
-        merges=list(merges),
-        unk_token=_EOS,
-        bos_token=_BOS,
-        eos_token=_EOS,
-        pad_token=_EOS,
-        model_max_length=CLIP_CONTEXT_LENGTH,
-    )
 
 
 def _tiny_unet() -> UNet2DConditionModel:

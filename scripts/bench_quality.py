@@ -46,7 +46,6 @@ from bora_diffusion.atomic import atomic_path, write_text
 from bora_diffusion.concept import Concept, load_concepts
 from bora_diffusion.config import TrainConfig
 from bora_diffusion.evaluation import (
-    ClipScorer,
     CompareConcept,
     CompareSettings,
     Comparison,
@@ -55,10 +54,11 @@ from bora_diffusion.evaluation import (
     compare_methods,
 )
 from bora_diffusion.evaluation.chart import bar_panels
-from bora_diffusion.evaluation.runs import OTHER_WORDS
+from bora_diffusion.evaluation.run_settings import OTHER_WORDS
 from bora_diffusion.generate import SamplingSettings
 from bora_diffusion.inject import TARGET_PRESETS
 from bora_diffusion.pipeline import EMBEDDED_GUIDANCE, base_name, load_base
+from bora_diffusion.world.scoring import WorldScorer as ClipScorer
 from bora_diffusion.world.vocabulary import SHAPES
 
 REPO = Path(__file__).resolve().parent.parent

@@ -582,3 +582,106 @@ def test_concept_built_directly_is_validated_and_captioned(tmp_path):
             captions={tmp_path / "x.png": "x"},
         )
     assert len(info.value.problems) == 4
+
+
+# ----------------------------------------------------------------------------------- the [train] table's schema
+def test_every_shipped_concept_toml_is_written_back_byte_for_byte(tokenizer):
+    # What the writer makes of a shipped file is that file: key order, number forms and layout unchanged.
+    folders = sorted(path.parent for path in EXAMPLES.glob("*/concept.toml"))
+    assert len(folders) >= 8
+    for concept in load_concepts(folders, tokenizer=tokenizer):
+        assert concept.to_toml() == (concept.folder / "concept.toml").read_text(encoding="utf-8"), (
+            concept.name
+        )
+
+
+def test_an_old_style_train_table_loads_with_the_values_it_always_had(tmp_path, tokenizer):
+    # Every key concept.toml had before the schema, in the forms people wrote them (alpha as an integer).
+    old = (
+        '[train]\nmethod = "bora_block"\nrank = 2\nalpha = 4\nblocks = 3\ntargets = ["attn2\\\\.to_k$"]\n'
+        "steps = 300\nlearning_rate = 0.0005\nbatch_size = 2\nresolution = 64\nprior_weight = 0.5\n"
+        "lock_weight = 1\nword_lock_weight = 2.5\ntrain_embedding = true\nembedding_learning_rate = 0.005\n"
+        "embedding_vectors = 2\n"
+    )
+    train = load_concept(folder(tmp_path, toml=GOOD_TOML + old), tokenizer=tokenizer).train
+    assert train.to_dict() == {
+        "method": "bora_block", "rank": 2, "alpha": 4.0, "blocks": 3, "targets": ["attn2\\.to_k$"],
+        "steps": 300, "learning_rate": 5e-4, "batch_size": 2, "resolution": 64, "prior_weight": 0.5,
+        "lock_weight": 1.0, "word_lock_weight": 2.5, "train_embedding": True, "embedding_learning_rate": 5e-3,
+        "embedding_vectors": 2,
+    }  # fmt: skip
+    assert isinstance(train.alpha, float) and isinstance(train.lock_weight, float)
+    assert (train.rank, train.blocks, train.targets, train.options) == (
+        2,
+        3,
+        ("attn2\\.to_k$",),
+        {"blocks": 3},
+    )
+    assert train.adapter_config() == AdapterConfig(
+        "bora_block", rank=2, alpha=4.0, blocks=3, targets=("attn2\\.to_k$",)
+    )
+    config = train.train_config()
+    assert (config.steps, config.learning_rate, config.lock_weight, config.embedding_vectors) == (
+        300,
+        5e-4,
+        1.0,
+        2,
+    )
+    assert train.snr_gamma is None  # a setting the table leaves out reads as "not set"
+
+
+def test_every_training_setting_is_a_train_key_checked_by_its_own_rule(tmp_path, tokenizer):
+    toml = GOOD_TOML + '[train]\nlr_schedule = "cosine"\nsnr_gamma = 5\ngradient_checkpointing = true\n'
+    concept = load_concept(folder(tmp_path, toml=toml), tokenizer=tokenizer)
+    config = concept.train_config()
+    assert (config.lr_schedule, config.snr_gamma, config.gradient_checkpointing) == ("cosine", 5.0, True)
+    assert concept.train.train_config(lr_schedule="linear").lr_schedule == "linear"  # a flag still beats it
+    bad = GOOD_TOML + '[train]\nlr_schedule = "exponential"\nwarmup_steps = -1\nadam_8bit = 1\n'
+    found, _ = problems(folder(tmp_path, name="bad", toml=bad), tokenizer)
+    assert found == (
+        "concept.toml: [train] adam_8bit must be true or false, got an integer 1",
+        "concept.toml: [train] lr_schedule must be one of constant, constant_with_warmup, linear, cosine, "
+        "cosine_with_restarts, polynomial, got 'exponential'",
+        "concept.toml: [train] warmup_steps must be a non-negative integer, got -1",
+    )
+
+
+def test_train_defaults_are_immutable_hashable_and_survive_pickling():
+    import pickle
+
+    train = TrainDefaults(method="bora_block", blocks=2, targets=["a"])
+    assert pickle.loads(pickle.dumps(train)) == train and hash(pickle.loads(pickle.dumps(train))) == hash(
+        train
+    )
+    assert train == TrainDefaults(targets=("a",), blocks=2, method="bora_block")  # keyword order is no matter
+    assert list(TrainDefaults(steps=3, method="lora").to_dict()) == ["method", "steps"]  # file order
+    assert len({train, TrainDefaults(method="bora_block", blocks=2, targets=["a"])}) == 1
+    with pytest.raises(AttributeError):
+        train.rank = 3
+    with pytest.raises(ConfigError, match=r"^unknown key 'stepz' \(did you mean 'steps'\?\)$"):
+        TrainDefaults(stepz=3)
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "line"),
+    [
+        ("train_embedding", True, "train_embedding = true"),  # bool
+        ("cache_latents", False, "cache_latents = false"),
+        ("steps", 300, "steps = 300"),  # int
+        ("blocks", 3, "blocks = 3"),  # a method's int option
+        ("learning_rate", 1e-05, "learning_rate = 1e-05"),  # float
+        ("alpha", 4, "alpha = 4.0"),  # an int given for a float, written as the float it is
+        ("snr_gamma", 5.5, "snr_gamma = 5.5"),  # optional float
+        ("prior_weight", 0.0, "prior_weight = 0.0"),
+        ("lr_schedule", "cosine_with_restarts", 'lr_schedule = "cosine_with_restarts"'),  # str of choices
+        ("method", "sbora_fb", 'method = "sbora_fb"'),  # str
+        ("targets", "cross_kv", 'targets = "cross_kv"'),  # a preset name
+        ("targets", ["to_k$", 'a"b\\.c'], 'targets = ["to_k$", "a\\"b\\\\.c"]'),  # regular expressions
+    ],
+)
+def test_each_kind_of_setting_is_written_readably_and_reads_back_equal(key, value, line):
+    train = TrainDefaults(**{key: value})
+    text = concept_toml("zqdog", "dog", train=train)
+    assert text.endswith(f"[train]  # a key left out means the trainer's default\n{line}\n")
+    back = TrainDefaults.from_dict(tomllib.loads(text)["train"])
+    assert back == train and type(getattr(back, key)) is type(getattr(train, key))

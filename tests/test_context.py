@@ -8,10 +8,10 @@ from collections import Counter
 import pytest
 
 from bora_diffusion.errors import ConfigError
-from bora_diffusion.evaluation import ClipScorer
-from bora_diffusion.evaluation.context import KINDS, context_accuracy, context_questions
 from bora_diffusion.evaluation.prompt_sets import fill_prompts, load_prompt_set
 from bora_diffusion.world.clip_eval import held_out_scenes
+from bora_diffusion.world.context import KINDS, context_accuracy, context_questions
+from bora_diffusion.world.scoring import WorldScorer as ClipScorer
 from bora_diffusion.world.vocabulary import BACKGROUND_TEXTURES, COLORS, SHAPES
 
 

@@ -24,8 +24,11 @@ from bora_diffusion.evaluation import (
     AlignmentReport,
     BackboneError,
     ClipScorer,
+    ContextGrammar,
     Conventions,
     ImageModeError,
+    PackagedBackbone,
+    Question,
     ReferenceImagesError,
     WeightsError,
     WeightsSource,
@@ -471,6 +474,61 @@ def test_unknown_tag_and_missing_file(tiny_backbone, tmp_path):
         resolve_weights("ViT-B-32", "opnai")
     with pytest.raises(WeightsError, match="does not exist"):
         resolve_weights(TINY, str(tmp_path / "nope.safetensors"))
+
+
+def test_a_package_plugs_in_its_clip_and_its_grammar_by_subclassing_the_scorer(
+    tiny_backbone, scorer, tmp_path
+):
+    """What the world does for its CLIP and caption grammar (world/scoring.py), with a dummy package: its packaged
+    backbone's shipped file loads through its own loader, its grammar gives context accuracy; the plain scorer
+    has neither and says so."""
+    shipped = tmp_path / "shipped.pt"
+    torch.save(scorer.model.state_dict(), shipped)
+    loaded = []
+
+    def build(seed: int) -> torch.nn.Module:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            return open_clip.create_model(TINY)
+
+    def load(path):
+        loaded.append(path)
+        model = build(1)  # other random weights, replaced by the file's
+        model.load_state_dict(torch.load(path))
+        return model.eval()
+
+    package = PackagedBackbone(
+        name=TINY, weights_file=shipped, origin="tests", register=lambda: None, build=build, load=load,
+        image_size=lambda: 32, tokenizer=lambda: open_clip.get_tokenizer(TINY), hint="make one",
+    )  # fmt: skip
+    red = ("a red x on a mat", "a blue x on a mat")
+    grammar = ContextGrammar(("color",), lambda text: [Question("color", red, 0)] if text == red[0] else [])
+
+    class PackageScorer(ClipScorer):
+        packaged_backbones = (package,)
+        context_grammar = grammar
+
+    mine = PackageScorer(tiny(weights="embedded"), device="cpu")
+    assert loaded == [shipped.resolve()]
+    record = mine.weights_record()
+    assert (record["kind"], record["origin"], record["file"]) == ("embedded", "tests", str(shipped.resolve()))
+    images = random_images(2)
+    assert torch.allclose(
+        mine.embed_images(images), scorer.embed_images(images), atol=1e-6
+    )  # the file's weights
+    cos = mine.embed_images(images[:1]) @ mine.embed_texts(list(red)).T  # [1, 2]
+    hit = float(int(torch.argmax(cos[0])) == 0)
+    assert mine.context_accuracy(images, [red[0], "a photo"]) == (
+        hit,
+        {"color": hit},
+    )  # the second asks nothing
+    assert mine.context_accuracy(images, ["a photo", "a cat"]) is None
+    assert scorer.context_accuracy(images, [red[0], "a photo"]) is None  # no grammar: context is not defined
+    with pytest.raises(WeightsError, match="only for a backbone a package ships"):
+        ClipScorer(tiny(weights="embedded"), device="cpu")
+    gone = dataclasses.replace(package, weights_file=tmp_path / "gone.pt")
+    with pytest.raises(WeightsError, match=r"gone.pt does not exist: make one"):
+        type("Gone", (ClipScorer,), {"packaged_backbones": (gone,)})(tiny(weights="embedded"), device="cpu")
 
 
 def test_checkpoint_for_another_architecture_or_corrupt_is_refused(tiny_backbone, tmp_path):

@@ -45,12 +45,13 @@ from bora_diffusion.evaluation import (
     match_budgets,
     trainable_parameters,
 )
-from bora_diffusion.evaluation.context import context_accuracy
-from bora_diffusion.evaluation.runs import OTHER_WORDS
+from bora_diffusion.evaluation.run_settings import OTHER_WORDS
 from bora_diffusion.formats import read_adapter, save_adapter
 from bora_diffusion.generate import SamplingSettings
 from bora_diffusion.inject import concepts, inject
 from bora_diffusion.slots import SlotLedger
+from bora_diffusion.world.context import context_accuracy
+from bora_diffusion.world.scoring import WorldScorer
 
 METHODS = ("lora", "sbora_fa")
 NAMES = ("kettle", "robot")
@@ -486,7 +487,7 @@ def test_the_base_is_not_scored_through_a_token_an_earlier_concept_added(tiny_pi
 
 
 def test_world_prompts_get_context_accuracy_scored_on_the_texts_clip_t_saw(tiny_pipe, tiny_clip, tmp_path):
-    scorer = ClipScorer(Conventions(backbone=tiny_clip, weights=None), device="cpu")
+    scorer = WorldScorer(Conventions(backbone=tiny_clip, weights=None), device="cpu")
     unet = copy.deepcopy(tiny_pipe.unet)
     config = AdapterConfig(method="lora", rank=2)
     inject(unet, config, name="kettle")

@@ -26,11 +26,12 @@ from conftest import block_kwargs, perturb
 from diffusers import StableDiffusionPipeline
 from peft.tuners.lora import LoraLayer
 
-from bora_diffusion import AdapterConfig, AdapterFileError
+from bora_diffusion import AdapterConfig, AdapterFileError, cli, pipeline
 from bora_diffusion.adapters import available, get
 from bora_diffusion.embedded import EMBEDDED_NAME, build_tiny_pipeline
 from bora_diffusion.formats import (
     NotExportableError,
+    convert,
     embedding_path,
     export_diffusers,
     export_embedding,
@@ -536,3 +537,25 @@ def test_import_leaves_the_base_unet_untouched(master, tmp_path):
     import_lora(path, master.unet, tmp_path / "n.safetensors", base_name=EMBEDDED_NAME)
     assert [type(m) for m in master.unet.modules()] == modules
     assert all(torch.equal(before[k], v) for k, v in master.unet.state_dict().items())
+
+
+def test_cli_import_reads_the_foreign_file_once(master, tmp_path, monkeypatch, capsys):
+    # `bora-diffusion import` reads the file before loading the base (to refuse a bad one early), then imports those
+    # very tensors: a second read would double the time and memory of a multi-GB SDXL LoRA.
+    factors = foreign_factors(master)
+    path = kohya_file(tmp_path / "k.safetensors", factors, alpha=lambda i, r: 2.0)
+    reads: list[Path] = []
+    read = convert.read_safetensors
+
+    def counting(file: Path, *args):
+        reads.append(file)
+        return read(file, *args)
+
+    monkeypatch.setattr(convert, "read_safetensors", counting)
+    monkeypatch.setattr(pipeline, "load_base", lambda base: master)
+    assert cli.main(["import", str(path), str(tmp_path / "n.safetensors")]) == 0
+    assert reads == [path]
+    assert f"imported {len(factors)} UNet layer(s) at rank 4 from kohya file" in capsys.readouterr().out
+    imported = deltas(master, tmp_path / "n.safetensors")
+    for layer, (down, up, rank) in factors.items():
+        torch.testing.assert_close(imported[layer], (2.0 / rank) * up @ down, atol=1e-6, rtol=0, msg=layer)

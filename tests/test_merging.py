@@ -49,7 +49,6 @@ import torch
 from bora_diffusion.concept import load_concept
 from bora_diffusion.embedded import EMBEDDED_NAME, default_pipeline, shipped_base_dir
 from bora_diffusion.evaluation import (
-    ClipScorer,
     EvalConcept,
     EvaluationReport,
     RunSettings,
@@ -58,6 +57,7 @@ from bora_diffusion.evaluation import (
 from bora_diffusion.generate import SamplingSettings
 from bora_diffusion.inject import eject
 from bora_diffusion.train import train_concepts
+from bora_diffusion.world.scoring import WorldScorer as ClipScorer
 
 REPO = Path(__file__).resolve().parent.parent
 CONCEPTS = ("band-triangle", "bolt-circle", "spiral-star")

@@ -51,12 +51,13 @@ import torch
 
 from bora_diffusion.concept import load_concept
 from bora_diffusion.embedded import EMBEDDED_NAME, default_pipeline, shipped_base_dir
-from bora_diffusion.evaluation import ClipScorer, fill_prompts, fill_with_words, load_prompt_set
-from bora_diffusion.evaluation.runs import OTHER_WORDS
+from bora_diffusion.evaluation import fill_prompts, fill_with_words, load_prompt_set
+from bora_diffusion.evaluation.run_settings import OTHER_WORDS
 from bora_diffusion.generate import SamplingSettings, generate
 from bora_diffusion.inject import eject
 from bora_diffusion.merge import compose
 from bora_diffusion.train import train_concepts
+from bora_diffusion.world.scoring import WorldScorer as ClipScorer
 
 REPO = Path(__file__).resolve().parent.parent
 

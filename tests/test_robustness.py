@@ -16,7 +16,7 @@ from bora_diffusion.atomic import atomic_folder, atomic_path, check_writable
 from bora_diffusion.concept import load_concept
 from bora_diffusion.data import flatten, load_image
 from bora_diffusion.errors import ConceptError, ConfigError
-from bora_diffusion.train import _read_checkpoint, remove_stale_staging
+from bora_diffusion.train.checkpoints import _read_checkpoint, remove_stale_staging
 
 TOML = 'token = "zqdog"\nclass_word = "dog"\n'
 

@@ -150,6 +150,41 @@ def test_a_new_method_with_an_option_needs_no_line_outside_its_file(widened):
         assert delta.abs().max() > 1e-3  # the update is not zero, so the factor 3 is seen
 
 
+def test_a_new_methods_option_is_a_concept_toml_key(widened, tmp_path):
+    import tomllib
+
+    from PIL import Image
+
+    from bora_diffusion.concept import TrainDefaults, concept_toml, load_concept
+    from bora_diffusion.embedded import clip_tokenizer
+    from bora_diffusion.errors import ConceptError
+
+    def concept_folder(name: str, train: str):
+        folder = tmp_path / name
+        folder.mkdir()
+        (folder / "concept.toml").write_text(f'token = "zq{name}"\nclass_word = "dog"\n[train]\n{train}')
+        Image.new("RGB", (64, 64), (90, 40, 200)).save(folder / "a.png")
+        return folder
+
+    tokenizer = clip_tokenizer()
+    train = load_concept(concept_folder("dog", 'method = "widened"\ngain = 3\n'), tokenizer=tokenizer).train
+    assert train.options == {"gain": 3.0} and isinstance(train.options["gain"], float)
+    assert train.adapter_config() == AdapterConfig("widened", gain=3.0)
+    # The option is the concept's widened choice: a method chosen over it drops it, as bora_block's blocks.
+    assert train.adapter_config(method="lora") == AdapterConfig("lora")
+    assert TrainDefaults(gain=3.0).adapter_config(default_method="widened").options == {"gain": 3.0}
+    written = concept_toml("zqdog", "dog", train=train)
+    assert written.endswith('method = "widened"\ngain = 3.0\n')
+    assert TrainDefaults.from_dict(tomllib.loads(written)["train"]) == train
+    # Checked by its own Setting, and refused under a method without it, in the file's one error line.
+    with pytest.raises(ConceptError, match=r"\[train\] gain must be a number 0 < gain <= 8, got 9"):
+        load_concept(concept_folder("cat", "gain = 9\n"), tokenizer=tokenizer)
+    with pytest.raises(
+        ConceptError, match=r"\[train\] gain is an option of widened only; remove it for method"
+    ):
+        load_concept(concept_folder("cow", 'method = "lora"\ngain = 2.0\n'), tokenizer=tokenizer)
+
+
 def test_the_apps_form_and_presets_offer_a_new_methods_option(widened, tmp_path):
     """The app part: the dummy's `gain` is a Train form field, in the presets and the named form, trained."""
     from pathlib import Path
@@ -183,3 +218,23 @@ def test_the_apps_form_and_presets_offer_a_new_methods_option(widened, tmp_path)
         )
     with pytest.raises(ConfigError, match="^form: unknown field 'gian' \\(did you mean 'gain'\\?\\)$"):
         training.Form.from_dict({"source": "folder", "folder": "kettle", "gian": 3})
+    # An upload keeps its method's option in its concept.toml, and only that method's.
+    from PIL import Image
+
+    images = []
+    for i in range(2):
+        images.append(str(tmp_path / f"up_{i}.png"))
+        Image.new("RGB", (64, 64), (90, 40 + 60 * i, 200)).save(images[-1])
+    upload = {
+        "name": "wide",
+        "token": "zqwide",
+        "class_word": "mug",
+        "method": "widened",
+        "gain": 5,
+        "blocks": 8,
+    }
+    concept, adapter, _ = training.build(
+        training.Form.from_dict(upload, tuple(images)), DataDir(tmp_path / "d"), None
+    )
+    assert adapter.options == {"gain": 5.0} and concept.train.options == {"gain": 5.0}
+    assert "gain = 5.0" in (concept.folder / "concept.toml").read_text()

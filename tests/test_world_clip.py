@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from bora_diffusion.errors import ConfigError
-from bora_diffusion.evaluation import ClipScorer, Conventions
+from bora_diffusion.evaluation import Conventions
 from bora_diffusion.evaluation.identity import identity_shares
 from bora_diffusion.evaluation.images import reference_images
 from bora_diffusion.world import sample_scene
@@ -28,6 +28,7 @@ from bora_diffusion.world.clip_training import (
 )
 from bora_diffusion.world.distractors import attribute_variants, attributes, distractors
 from bora_diffusion.world.random_objects import random_object_views
+from bora_diffusion.world.scoring import WorldScorer as ClipScorer
 
 shipped = pytest.mark.skipif(not WEIGHTS_FILE.is_file(), reason="no shipped world-clip weights")
 REPO = Path(__file__).resolve().parents[1]

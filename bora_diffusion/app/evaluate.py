@@ -16,11 +16,13 @@ from dataclasses import dataclass
 from ..concept import load_concept
 from ..config import TrainConfig
 from ..errors import ConfigError
-from ..evaluation import ClipScorer, WeightsError, preset
-from ..evaluation.compare import RANK_RULES, CompareConcept, CompareSettings, Comparison, compare_methods
+from ..evaluation import WeightsError, preset
+from ..evaluation.budgets import RANK_RULES
+from ..evaluation.compare import CompareConcept, CompareSettings, Comparison, compare_methods
 from ..evaluation.runs import EvalConcept, EvaluationReport, RunSettings, evaluate_concepts
 from ..generate import SamplingSettings
 from ..pipeline import default_guidance
+from ..world.scoring import WorldScorer as ClipScorer
 from . import library
 from .models import Pipelines
 from .storage import DataDir

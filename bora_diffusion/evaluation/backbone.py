@@ -12,9 +12,10 @@ Weights come from one of three places:
   "-quickgelu" architecture (e.g. "ViT-B-32-quickgelu").
 - None: a random initialization drawn with seed 0 under a forked RNG (the caller's RNG state is untouched);
   tests and smoke runs only.
-- "embedded", for the "world-clip" backbone only: the small CLIP trained on the world that ships inside the
-  package (`bora_diffusion/world/clip.py`), the scorer's default; a file written by
-  `scripts/train_world_clip.py` loads as a checkpoint file of that backbone.
+- "embedded", for a packaged backbone only (`PackagedBackbone`: a CLIP that ships inside a package with its own
+  loader, given to these functions as `packaged`): its shipped weights; a file trained for its architecture
+  loads as a checkpoint file of that backbone. The world CLIP, the default conventions' backbone, is one
+  (`bora_diffusion.world.scoring`).
 
 A tag's own settings are applied whichever way its file is found: QuickGELU for the OpenAI and LAION-400M
 weights (open_clip 3.x builds "ViT-B-32" with plain GELU and only warns when the tag was trained with QuickGELU,
@@ -29,7 +30,7 @@ import os
 import threading
 import urllib.error
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -41,10 +42,10 @@ from PIL import Image
 from .errors import BackboneError, WeightsError, WeightsUnavailableError
 
 __all__ = [
-    "EMBEDDED_BACKBONE",
     "EMBEDDED_WEIGHTS",
     "NETWORK_PROBE_SECONDS",
     "LoadedClip",
+    "PackagedBackbone",
     "WeightsSource",
     "known_backbones",
     "load_clip",
@@ -52,7 +53,7 @@ __all__ = [
 ]
 
 NETWORK_PROBE_SECONDS = 3.0
-EMBEDDED_BACKBONE, EMBEDDED_WEIGHTS = "world-clip", "embedded"  # shipped in the package, see world/clip.py
+EMBEDDED_WEIGHTS = "embedded"  # a packaged backbone's shipped weights
 RANDOM_INIT_SEED = 0
 # Shown when a name is unknown: the architectures CLIP-alignment papers use.
 COMMON_BACKBONES = ("ViT-B-32", "ViT-B-16", "ViT-L-14", "ViT-L-14-336", "ViT-H-14", "ViT-g-14", "RN50")
@@ -65,7 +66,7 @@ _TRUE = frozenset({"1", "on", "yes", "true"})
 class WeightsSource:
     """Where a backbone's weights come from, resolved before anything heavy runs; recorded in every report.
 
-    `kind` is "tag", "file", "random" or "embedded" (the world CLIP shipped in the package). For a tag, `origin` is the hub repo or URL it is published at, `file`
+    `kind` is "tag", "file", "random" or "embedded" (a packaged backbone's shipped weights). For a tag, `origin` is the hub repo or URL it is published at, `file`
     the cached copy (None when it still has to be downloaded) and `preprocess`/`quick_gelu` its settings.
     """
 
@@ -100,18 +101,40 @@ class LoadedClip:
     weights: WeightsSource
 
 
-def known_backbones() -> list[str]:
-    """Every architecture open_clip can build, including those registered with `open_clip.add_model_config`."""
+@dataclass(frozen=True)
+class PackagedBackbone:
+    """A CLIP architecture that ships inside a package with its weights and its own loader, rather than through
+    open_clip's pretrained tags: `weights="embedded"` means `weights_file`, a file trained for the architecture
+    loads through `load`, and `weights=None` is `build(seed)`. `register` makes the architecture known to
+    open_clip (idempotent); `origin` is recorded as the weights' origin; `hint` says how to make a weights file."""
+
+    name: str
+    weights_file: Path
+    origin: str
+    register: Callable[[], None]
+    build: Callable[[int], torch.nn.Module]
+    load: Callable[[Path], torch.nn.Module]
+    image_size: Callable[[], int]
+    tokenizer: Callable[[], Callable[[list[str]], torch.Tensor]]
+    hint: str = ""
+
+
+def known_backbones(packaged: Sequence[PackagedBackbone] = ()) -> list[str]:
+    """Every architecture open_clip can build, including those registered with `open_clip.add_model_config`
+    and the `packaged` ones."""
     import open_clip
 
-    from ..world.clip import register
-
-    register()
+    for backbone in packaged:
+        backbone.register()
     return open_clip.list_models()
 
 
-def _check_backbone(backbone: str) -> None:
-    known = known_backbones()
+def _packaged(backbone: str, packaged: Sequence[PackagedBackbone]) -> PackagedBackbone | None:
+    return next((entry for entry in packaged if entry.name == backbone), None)
+
+
+def _check_backbone(backbone: str, packaged: Sequence[PackagedBackbone]) -> None:
+    known = known_backbones(packaged)
     if backbone in known:
         return
     close = difflib.get_close_matches(backbone, known, n=3)
@@ -201,22 +224,27 @@ def _looks_like_path(weights: str) -> bool:
 
 
 def resolve_weights(
-    backbone: str, weights: str | None, *, cache_dir: str | os.PathLike[str] | None = None
+    backbone: str,
+    weights: str | None,
+    *,
+    cache_dir: str | os.PathLike[str] | None = None,
+    packaged: Sequence[PackagedBackbone] = (),
 ) -> WeightsSource:
     """Find `backbone`'s weights without loading them; raise at once if they cannot be had.
 
     Checks, in order: the backbone name, a file path (anything with a path separator or a checkpoint suffix is
     one; a known tag wins over a same-named file in the working folder), the tag's existence, the local cache,
     offline mode, and a bounded network probe. Never takes longer than `NETWORK_PROBE_SECONDS`, plus the time
-    to hash a local file.
+    to hash a local file. `packaged` are the packaged backbones the caller can load (see `PackagedBackbone`).
     """
     import open_clip
 
-    _check_backbone(backbone)
+    _check_backbone(backbone, packaged)
     if weights is None:
         return WeightsSource(kind="random")
-    if weights == EMBEDDED_WEIGHTS or backbone == EMBEDDED_BACKBONE:
-        return _embedded_weights(backbone, weights)
+    entry = _packaged(backbone, packaged)
+    if weights == EMBEDDED_WEIGHTS or entry is not None:
+        return _embedded_weights(backbone, weights, entry, packaged)
     tags = open_clip.list_pretrained_tags_by_model(backbone)
     config = {} if _looks_like_path(weights) else open_clip.get_pretrained_cfg(backbone, weights)
     local = Path(weights).expanduser()
@@ -270,38 +298,43 @@ def resolve_weights(
     return WeightsSource(kind="tag", file=None, origin=origin, **settings)
 
 
-def _embedded_weights(backbone: str, weights: str) -> WeightsSource:
-    """The shipped world CLIP, or a file trained for its architecture by scripts/train_world_clip.py."""
-    from ..world.clip import WEIGHTS_FILE
-
-    if backbone != EMBEDDED_BACKBONE:
-        raise WeightsError(
-            f"weights {EMBEDDED_WEIGHTS!r} exist for backbone {EMBEDDED_BACKBONE!r} only, not {backbone}: give "
-            "a pretrained tag (e.g. openai) or a checkpoint file"
+def _embedded_weights(
+    backbone: str, weights: str, entry: PackagedBackbone | None, packaged: Sequence[PackagedBackbone]
+) -> WeightsSource:
+    """A packaged backbone's shipped weights, or a file trained for its architecture."""
+    if entry is None:
+        names = ", ".join(repr(other.name) for other in packaged)
+        only = (
+            f"for backbone {names} only" if names else "only for a backbone a package ships (none given here)"
         )
-    file = WEIGHTS_FILE if weights == EMBEDDED_WEIGHTS else Path(weights).expanduser()
+        raise WeightsError(
+            f"weights {EMBEDDED_WEIGHTS!r} exist {only}, not {backbone}: give a pretrained tag (e.g. openai) or "
+            "a checkpoint file"
+        )
+    file = entry.weights_file if weights == EMBEDDED_WEIGHTS else Path(weights).expanduser()
     if not file.is_file():
-        raise WeightsError(f"world-clip weights file {file} does not exist: run scripts/train_world_clip.py")
+        hint = f": {entry.hint}" if entry.hint else ""
+        raise WeightsError(f"{entry.name} weights file {file} does not exist{hint}")
     kind = "embedded" if weights == EMBEDDED_WEIGHTS else "file"
-    return WeightsSource(kind=kind, file=file.resolve(), origin="bora_diffusion.world", sha256=_sha256(file))
+    return WeightsSource(kind=kind, file=file.resolve(), origin=entry.origin, sha256=_sha256(file))
 
 
-def _load_embedded(source: WeightsSource, device: str | torch.device) -> LoadedClip:
+def _load_packaged(entry: PackagedBackbone, source: WeightsSource, device: str | torch.device) -> LoadedClip:
     import open_clip
 
-    from ..world.clip import build_model, image_size, load_world_clip, tokenizer
-
     if source.kind == "random":
-        model = build_model(seed=RANDOM_INIT_SEED).eval().requires_grad_(False)
+        model = entry.build(RANDOM_INIT_SEED).eval().requires_grad_(False)
     else:
         try:
-            model = load_world_clip(source.file)
+            model = entry.load(source.file)
         except Exception as error:  # safetensors and load_state_dict raise many types for a wrong file
             raise WeightsError(
-                f"weights file {source.file} is not a world-clip file ({type(error).__name__}: {error})"
+                f"weights file {source.file} is not a {entry.name} file ({type(error).__name__}: {error})"
             ) from None
-    preprocess = open_clip.image_transform(image_size(), is_train=False)
-    return LoadedClip(model=model.to(device), preprocess=preprocess, tokenizer=tokenizer(), weights=source)
+    preprocess = open_clip.image_transform(entry.image_size(), is_train=False)
+    return LoadedClip(
+        model=model.to(device), preprocess=preprocess, tokenizer=entry.tokenizer(), weights=source
+    )
 
 
 def load_clip(
@@ -310,13 +343,16 @@ def load_clip(
     *,
     device: str | torch.device = "cpu",
     cache_dir: str | os.PathLike[str] | None = None,
+    packaged: Sequence[PackagedBackbone] = (),
 ) -> LoadedClip:
-    """Build `backbone` with `weights` (see the module docstring) on `device`, in fp32 and eval mode."""
+    """Build `backbone` with `weights` (see the module docstring) on `device`, in fp32 and eval mode; a backbone
+    among `packaged` is built by its own loader."""
     import open_clip
 
-    source = resolve_weights(backbone, weights, cache_dir=cache_dir)
-    if backbone == EMBEDDED_BACKBONE:
-        return _load_embedded(source, device)
+    source = resolve_weights(backbone, weights, cache_dir=cache_dir, packaged=packaged)
+    entry = _packaged(backbone, packaged)
+    if entry is not None:
+        return _load_packaged(entry, source, device)
     kwargs: dict[str, Any] = {"force_quick_gelu": source.quick_gelu}
     for key, value in source.preprocess.items():
         kwargs[f"image_{key}"] = tuple(value) if isinstance(value, list | tuple) else value

@@ -1,26 +1,23 @@
-"""The comparison bar chart, drawn with PIL: CLIP-T and CLIP-I per method, one bar per concept and setting, with
-error bars of +- one standard error over the images.
+"""Grouped bar panels drawn with PIL, with error bars: the comparison's chart (`renderers.comparison_chart`:
+CLIP-T and CLIP-I per method, one bar per concept and setting, +- one standard error over the images) and the
+quality benchmark's are drawn by `bar_panels`.
 
 PIL rather than matplotlib: the chart is a handful of rectangles and labels, PIL is already a dependency (every
 image here goes through it), and matplotlib would add ~40 MB and a font-cache build on first import to a library
 whose other outputs need none of it. The output is deterministic for given numbers.
 
-Layout: two panels side by side (CLIP-T left, CLIP-I right), methods along x; within a method's group, each
-concept has a solid bar (alone) and a light bar (composed with the other concepts). The y axis always includes
-0, so negative raw cosines show below the axis.
+Layout: panels side by side (the comparison: CLIP-T left, CLIP-I right), groups along x (methods); within a
+group, one bar per series (the comparison: each concept solid alone, light composed with the other concepts).
+The y axis always includes 0, so negative raw cosines show below the axis.
 """
 
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING
 
 from PIL import Image, ImageDraw, ImageFont
 
-if TYPE_CHECKING:
-    from .compare import Comparison
-
-__all__ = ["bar_panels", "comparison_chart"]
+__all__ = ["bar_panels"]
 
 # Okabe-Ito colors: distinguishable under the common color-vision deficiencies.
 _PALETTE = ((0, 114, 178), (213, 94, 0), (0, 158, 115), (204, 121, 167), (230, 159, 0), (86, 180, 233))
@@ -143,33 +140,3 @@ def bar_panels(
         draw.rectangle([lx, ly + 3, lx + 14, ly + 15], fill=_light(base) if light else base, outline=base)
         draw.text((lx + 20, ly + 9), label, fill="black", font=small, anchor="lm")
     return image
-
-
-def comparison_chart(comparison: Comparison) -> Image.Image:
-    """CLIP-T and CLIP-I per method: for each concept a solid bar alone and a light bar composed."""
-    names = comparison.concept_names
-    composed = bool(comparison.results) and comparison.results[0].report.concepts[0].composed is not None
-    settings = ("alone", "composed") if composed else ("alone",)
-    series = [
-        (f"{name} {setting}", i, setting == "composed")
-        for i, name in enumerate(names)
-        for setting in settings
-    ]
-    groups = [result.budget.method for result in comparison.results]
-    panels = []
-    for metric, label in (("clip_t", "CLIP-T (text alignment)"), ("clip_i", "CLIP-I (image alignment)")):
-        values: dict[str, list[float | None]] = {}
-        errors: dict[str, list[float | None]] = {}
-        for result in comparison.results:
-            cells = [getattr(c, setting) for c in result.report.concepts for setting in settings]
-            values[result.budget.method] = [getattr(cell, metric) for cell in cells]
-            errors[result.budget.method] = [getattr(cell, f"{metric}_sem") for cell in cells]
-        panels.append((label, values, errors))
-    c = comparison.results[0].report.conventions if comparison.results else None
-    title = (
-        f"{comparison.base_model}: {c.backbone} {c.weights or 'random init'}, {c.preset_name or 'custom'} "
-        f"conventions; {comparison.settings.rule} rule"
-        if c
-        else ""
-    )
-    return bar_panels(panels, groups, series, title=title, legend_columns=len(settings))

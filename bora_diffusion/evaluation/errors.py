@@ -9,6 +9,7 @@ from ..errors import BoraError
 
 __all__ = [
     "BackboneError",
+    "ConceptFileError",
     "EvaluationError",
     "ImageModeError",
     "ReferenceImagesError",
@@ -23,6 +24,10 @@ class EvaluationError(BoraError, ValueError):
 
 class ReferenceImagesError(EvaluationError):
     """The reference images are missing: no such folder, a file instead of a folder, or no images in it."""
+
+
+class ConceptFileError(EvaluationError):
+    """An adapter file cannot be evaluated as given (no token or class word, a duplicate name or token)."""
 
 
 class ImageModeError(EvaluationError):

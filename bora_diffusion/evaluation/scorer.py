@@ -12,6 +12,11 @@ one. An image file is embedded once per scorer: its embedding is kept under (pat
 size), so an evaluation that reads each generated image for CLIP-T, CLIP-I and identity, and each reference
 folder in every setting, runs the model once per file; a file rewritten in between is embedded again. Progress
 flows through an optional callback `progress(stage, done, total)`; the scorer never prints.
+
+What the scorer knows beyond open_clip comes in as class attributes, so a package adds its pieces by
+subclassing: `packaged_backbones` (CLIPs that ship inside a package, `backbone.PackagedBackbone`) and
+`context_grammar` (what prompts ask about their context, `context.ContextGrammar`). This one has neither; the
+world's scorer, `bora_diffusion.world.scoring.WorldScorer`, has the world CLIP and the world's grammar.
 """
 
 from __future__ import annotations
@@ -28,7 +33,8 @@ from PIL import Image
 
 from .. import __version__
 from ..errors import ConfigError
-from .backbone import LoadedClip, load_clip
+from .backbone import LoadedClip, PackagedBackbone, load_clip
+from .context import ContextGrammar, context_accuracy
 from .conventions import Conventions, image_scores, preset, scoring_texts, text_scores
 from .images import ImageSource, check_images, image_name, load_rgb, reference_images
 from .report import AlignmentReport
@@ -57,6 +63,11 @@ class ClipScorer:
     is where pretrained tags are looked up (default: the Hugging Face hub cache, `~/.cache/clip` for URL tags).
     """
 
+    # The CLIPs shipped inside a package that this scorer can load, besides open_clip's own.
+    packaged_backbones: tuple[PackagedBackbone, ...] = ()
+    # What prompts ask about their context (`context_accuracy`); None: context accuracy is not defined.
+    context_grammar: ContextGrammar | None = None
+
     def __init__(
         self,
         conventions: Conventions | str = "default",
@@ -75,7 +86,13 @@ class ClipScorer:
         self.batch_size = batch_size
         self.cache_dir = cache_dir
         self.progress = progress
-        loaded = load_clip(conventions.backbone, conventions.weights, device=self.device, cache_dir=cache_dir)
+        loaded = load_clip(
+            conventions.backbone,
+            conventions.weights,
+            device=self.device,
+            cache_dir=cache_dir,
+            packaged=self.packaged_backbones,
+        )
         self._loaded: LoadedClip = loaded
         self.model = loaded.model
         self.preprocess = loaded.preprocess
@@ -177,8 +194,8 @@ class ClipScorer:
             scores=tuple(scores.tolist()),
             images=tuple(image_name(image, i) for i, image in enumerate(images)),
             conventions=self.conventions,
-            weights=self._weights_record(),
-            environment=self._environment(),
+            weights=self.weights_record(),
+            environment=self.environment(),
             prompts=tuple(prompts),
             texts=tuple(texts),
             tokens=tokens,
@@ -211,17 +228,28 @@ class ClipScorer:
             scores=tuple(per_image.tolist()),
             images=tuple(image_name(image, i) for i, image in enumerate(images)),
             conventions=self.conventions,
-            weights=self._weights_record(),
-            environment=self._environment(),
+            weights=self.weights_record(),
+            environment=self.environment(),
             references=tuple(ref_names),
             pair_scores=tuple(tuple(row) for row in pairs.tolist()),
         )
 
+    def context_accuracy(
+        self, images: Sequence[ImageSource], texts: Sequence[str]
+    ) -> tuple[float, dict[str, float]] | None:
+        """The share of the context attributes CLIP reads right in `images` (one scoring text each, in
+        `context_grammar`), overall and per kind; None without a grammar or when the texts ask nothing."""
+        if self.context_grammar is None:
+            return None
+        return context_accuracy(self, images, texts, self.context_grammar)
+
     # ---------------------------------------------------------------------------------------------- records
-    def _weights_record(self) -> dict[str, object]:
+    def weights_record(self) -> dict[str, object]:
+        """Where this scorer's weights came from (kind, tag or file, origin, sha256), as every report records it."""
         return self._loaded.weights.to_dict()
 
-    def _environment(self) -> dict[str, object]:
+    def environment(self) -> dict[str, object]:
+        """What else decides the numbers (device, precision, library versions), as every report records it."""
         import open_clip
 
         return {

@@ -27,7 +27,7 @@ import torch
 from torch import Tensor, nn
 
 from ..errors import AdapterFileError
-from .convert import (
+from .factors import (
     DIFFUSERS_TEXT_ENCODER,
     PROVENANCE_KEY,
     ForeignLora,

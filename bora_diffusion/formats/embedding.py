@@ -20,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-from .convert import write_safetensors
+from .factors import write_safetensors
 from .native import AdapterFile, read_adapter
 
 EMBEDDING_KEY = "emb_params"  # A1111's key; diffusers reads it as well

@@ -36,7 +36,7 @@ import torch
 from torch import Tensor, nn
 
 from ..errors import AdapterFileError
-from .convert import (
+from .factors import (
     KOHYA_TEXT_ENCODER,
     PROVENANCE_KEY,
     ForeignLora,

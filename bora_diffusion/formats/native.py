@@ -39,6 +39,7 @@ import safetensors.torch
 import torch
 from torch import Tensor, nn
 
+from .. import __version__
 from ..adapters import AdaptedLinear, get
 from ..atomic import atomic_path
 from ..config import AdapterConfig
@@ -128,8 +129,6 @@ def save_adapter(
     is recorded as given, for provenance; `token_embedding` is the token's trained text embedding, (N, D) or
     (D,) for one vector, if any; `layout` is the base UNet's block layout (`unet_layout`), read from `model`
     when it is a diffusers UNet and not given."""
-    from .. import __version__
-
     layers = {p: (w.out_features, w.in_features) for p, w in wrappers(model) if name in w.adapters}
     tensors = {key: t.detach().contiguous().cpu() for key, t in adapter_state_dict(model, name).items()}
     if token_embedding is not None:
