@@ -595,6 +595,10 @@ def test_every_endpoint_answers_malformed_calls_in_words(app, trained):
     _, client, _ = app
     endpoints = client.view_api(print_info=False, return_format="dict")["named_endpoints"]
     assert {"/train_start", "/generate", "/evaluate", "/compare_methods", "/export_concept"} <= set(endpoints)
+    # The named form's keys and ranges are on the API page, from the schema.
+    described = endpoints["/train_start"]["description"]
+    assert "steps: an integer 0 < steps <= 100000 (default 200)" in described and "blocks: " in described
+    assert [p["parameter_name"] for p in endpoints["/train_start"]["parameters"]] == ["form", "files"]
     cases = _malformed_calls(endpoints)
     covered = {api for api, *_ in cases}
     assert covered == {api for api, info in endpoints.items() if info["parameters"]}

@@ -179,6 +179,17 @@ class Form:
         return cls(**concept, files=tuple(files), settings=settings)
 
 
+def form_description() -> str:
+    """train_start's API description, from the schema: every key of the form and what it takes."""
+    settings = "; ".join(f"{s.name}: {s.wanted()} (default {s.default!r}), {s.help}" for s in form_settings())
+    return (
+        "Queue a training job. form: one JSON object with source ('upload' or 'folder'), folder (a name "
+        "concept_folders lists), name, token, class_word (an upload needs all three), and any of these "
+        f"settings (left out: the folder's own, then the method's preset): {settings}. files: the images of "
+        "an upload (gradio_client.handle_file(path) for each). Returns the job id and its status."
+    )
+
+
 def _given(form: Form) -> dict[str, Any]:
     """The settings the form gives (None: not given), each checked by its Setting; a whole float from the page
     (4.0) counts as the integer it is."""

@@ -267,7 +267,13 @@ def build(ctx: Context) -> gr.Blocks:
         )
         form = gr.JSON(visible=False)
         api_start = gr.Button("train_start", visible=False)
-        api_start.click(g["train_start"], [form, files], [job_id, details], api_name="train_start")
+        api_start.click(
+            g["train_start"],
+            [form, files],
+            [job_id, details],
+            api_name="train_start",
+            api_description=training.form_description(),
+        )
         stop.click(g["train_stop"], job_id, details, api_name="train_stop")
         view = [progress, status, loss, samples]
         gr.Timer(POLL_SECONDS).tick(
