@@ -617,6 +617,14 @@ def test_every_endpoint_answers_malformed_calls_in_words(app, trained):
     )
     event, message = call_http(client.src, "/train_status", [])
     assert event == "error" and message.startswith("train_status: missing job_id; it takes 1 argument(s)")
+    assert call_http(client.src, "/train_status", ["nope", "extra"]) == (
+        "error",
+        "train_status: got 2 argument(s), but it takes 1: job_id",
+    )
+    assert call_http(client.src, "/list_concepts", [3]) == (
+        "error",
+        "list_concepts: got 1 argument(s), but it takes 0: none",
+    )
     assert client.predict(api_name="/concept_folders") == FOLDERS  # still serving
 
 

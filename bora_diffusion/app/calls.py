@@ -2,10 +2,10 @@
 preprocesses them.
 
 Gradio answers a call with too few arguments, or a string for a `gr.Number`, with an exception it does not show
-(the client reads `{"error": null}` or "The upstream Gradio app has raised an exception"), and takes a number
-for a `gr.Textbox` as its digits. `Blocks` refuses each instead, naming the endpoint's parameter (the handler's
-argument name, as the API page lists it) and what it takes. The page itself always sends well-typed values, and
-None (an empty field) passes: the handlers say what the field needs.
+(the client reads `{"error": null}` or "The upstream Gradio app has raised an exception"), takes a number for a
+`gr.Textbox` as its digits, and drops arguments beyond the last. `Blocks` refuses each instead, naming the
+endpoint's parameter (the handler's argument name, as the API page lists it) and what it takes. The page itself
+always sends well-typed values, and None (an empty field) passes: the handlers say what the field needs.
 """
 
 from __future__ import annotations
@@ -89,7 +89,13 @@ def check_call(block_fn: Any, inputs: Sequence[Any], state: Any = None) -> None:
             f"{endpoint}: missing {missing}; it takes {len(names)} argument(s): {', '.join(names)}",
             print_exception=False,
         )
-    for name, block, value in zip(names, block_fn.inputs, inputs, strict=False):
+    if len(inputs) > len(block_fn.inputs):
+        # gradio drops the extra ones; a caller who sent them meant something the endpoint would not do.
+        raise gr.Error(
+            f"{endpoint}: got {len(inputs)} argument(s), but it takes {len(names)}: {', '.join(names) or 'none'}",
+            print_exception=False,
+        )
+    for name, block, value in zip(names, block_fn.inputs, inputs, strict=True):
         if state is not None and block._id in state:
             block = state[block._id]  # its choices as this session's page has them
         wrong = problem(block, value)
