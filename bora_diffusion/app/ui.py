@@ -25,7 +25,7 @@ PIPELINES = "pipelines"  # concurrency id of every event that borrows a pipeline
 POLL_SECONDS = 1.0
 
 
-# What each target preset adapts, for the Layers dropdown (a preset added to inject shows by its name alone).
+# What each target preset adapts, for the Targets dropdown (a preset added to inject shows by its name alone).
 TARGET_WORDS = {
     "attention": "every attention projection",
     "cross_kv": "cross-attention keys and values, for concepts to fuse",
@@ -207,10 +207,7 @@ def build(ctx: Context) -> gr.Blocks:
                 )
                 cmp_methods = gr.Dropdown(
                     methods,
-                    value=[
-                        methods[0],
-                        training.DEFAULT_METHOD,
-                    ],  # the registry's first (LoRA) and the default
+                    value=[methods[0], training.DEFAULT_METHOD],  # the registry's first (LoRA), the default
                     multiselect=True,
                     label="Methods",
                     allow_custom_value=True,
