@@ -29,9 +29,9 @@ os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 
 
 def train(client, folder: str, steps: int) -> str:
-    job, _ = client.predict(
-        "folder", [], folder, "", "", "", "sbora_fa", 4, 4, steps, 1e-3, 0, 64, False, api_name="/train_start"
-    )
+    """Queue the shipped concept folder `folder` with its own recipe (the named form), for `steps` steps."""
+    form = {"source": "folder", "folder": folder, "method": "sbora_fa", "rank": 4, "steps": steps}
+    job, _ = client.predict(form, [], api_name="/train_start")
     return job
 
 

@@ -67,3 +67,25 @@ def wait_for_job(client, job_id: str, timeout: float = 600.0) -> dict:
         if state["status"] in ("done", "stopped", "failed", "cancelled") or time.monotonic() > deadline:
             return state
         time.sleep(0.2)
+
+
+def call_http(url: str, api_name: str, data: list) -> tuple[str, object]:
+    """Call a named endpoint through gradio's plain HTTP API (what curl would send, no client filling in
+    defaults): POST the arguments, then read the event stream. Returns (last event, its data): ("complete",
+    outputs) or ("error", the message, None when gradio gives none)."""
+    import httpx
+
+    base = url.rstrip("/") + "/gradio_api/call/" + api_name.lstrip("/")
+    event_id = httpx.post(base, json={"data": data}, timeout=60).json()["event_id"]
+    event, payload = None, None
+    with httpx.stream("GET", f"{base}/{event_id}", timeout=120) as stream:
+        for line in stream.iter_lines():
+            if line.startswith("event:"):
+                event = line.partition(":")[2].strip()
+            elif line.startswith("data:"):
+                payload = json.loads(line.partition(":")[2].strip() or "null")
+                if event in ("complete", "error"):
+                    break
+    if event == "error" and isinstance(payload, dict):
+        payload = payload.get("error")  # {"error": message or null, "title": ..., ...}
+    return event, payload

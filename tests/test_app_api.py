@@ -13,7 +13,7 @@ import shutil
 from pathlib import Path
 
 import pytest
-from app_fixtures import REPO, draw_images, serve, wait_for_job
+from app_fixtures import REPO, call_http, draw_images, serve, wait_for_job
 from safetensors import safe_open
 
 from bora_diffusion.errors import ConfigError
@@ -31,25 +31,11 @@ pytestmark = pytest.mark.filterwarnings(
 )
 
 
-def start(client, *, source="upload", files=(), folder="", name="", token="", class_word="", method="sbora_fa",
-          rank=4, blocks=4, steps=STEPS, lr=1e-3, sample_every=0, resolution=64, embedding=False):  # fmt: skip
-    return client.predict(
-        source,
-        [handle_file(str(f)) for f in files],
-        folder,
-        name,
-        token,
-        class_word,
-        method,
-        rank,
-        blocks,
-        steps,
-        lr,
-        sample_every,
-        resolution,
-        embedding,
-        api_name="/train_start",
-    )
+def start(client, *, files=(), **form):
+    """Queue a training job through the named form: `form` holds the schema's names (steps, learning_rate,
+    train_embedding, ...); what it leaves out is the concept folder's own, then the method's preset."""
+    form = {"source": "upload", "steps": STEPS, **form}
+    return client.predict(form, [handle_file(str(f)) for f in files], api_name="/train_start")
 
 
 @pytest.fixture(scope="module")
@@ -146,7 +132,7 @@ def test_generate_returns_images_and_a_manifest_and_is_seeded(trained, app):
 def test_a_concept_with_its_own_token_embedding_trains_and_generates(app, images, trained):
     _, client, _ = app
     job, _ = start(client, files=images[:1], name="embedded-token", token="zqemb", class_word="mug", steps=2,
-                   embedding=True)  # fmt: skip
+                   train_embedding=True)  # fmt: skip
     assert wait_for_job(client, job)["status"] == "done"
     assert (
         client.predict("embedded-token", api_name="/inspect_concept")["training"]["train_embedding"] is True
@@ -285,18 +271,28 @@ def _bad_file(folder: Path) -> list[Path]:
 
 BAD_TRAIN = [
     ({"files": ()}, "upload at least one image"),
-    ({"files": "text"}, "Invalid file type. Please upload a file that is one of these formats"),
+    ({"files": "text"}, "files: notes.txt is not one of .png, .jpg, .jpeg, .webp"),
     ({"files": "fake"}, "fake.png"),
     ({"files": "small"}, "smaller than 64 px"),
     ({"name": "../"}, "has no letters or digits"),
     ({"name": ""}, "name: give the new concept a name"),
     ({"token": "dog"}, "already a word of the text encoder's vocabulary"),
     ({"token": ""}, "token: required"),
-    ({"method": "bogus"}, "method: choose one of"),
-    ({"steps": 0}, "steps: give a whole number"),
-    ({"steps": 200_000}, "steps: give a whole number from 1 to 100000"),
-    ({"lr": -1}, "learning rate"),
-    ({"rank": 0}, "rank: give a whole number"),
+    ({"token": 5}, "token must be a string, got 5"),
+    ({"method": "bogus"}, "method 'bogus' is unknown; choose one of lora, dora, sbora_fa"),
+    ({"method": 3}, "method must be a string, got 3"),
+    ({"steps": 0}, "steps must be an integer 0 < steps <= 100000, got 0"),
+    ({"steps": 200_000}, "steps must be an integer 0 < steps <= 100000, got 200000"),
+    ({"steps": "six"}, "steps must be an integer 0 < steps <= 100000, got 'six'"),
+    ({"steps": 2.5}, "steps must be an integer 0 < steps <= 100000, got 2.5"),
+    ({"learning_rate": -1}, "learning_rate must be a number 0 < learning_rate <= 1, got -1"),
+    ({"rank": 0}, "rank must be an integer 0 < rank <= 1024, got 0"),
+    ({"method": "bora_block", "blocks": 0}, "blocks must be an integer 0 < blocks <= 1024, got 0"),
+    ({"resolution": 60}, "resolution must be a multiple of 8"),
+    ({"train_embedding": "yes"}, "train_embedding must be true or false, got 'yes'"),
+    ({"targets": "everything"}, "targets must be one of attention, cross_kv, self_attention"),
+    ({"rnak": 4}, "form: unknown field 'rnak' (did you mean 'rank'?)"),
+    ({"files": ["x.png"], "form_files": True}, "files: send the images as train_start's second argument"),
     (
         {"source": "folder", "folder": "../../etc"},
         f"folder: pick one of the concept folders ({', '.join(FOLDERS)})",
@@ -305,7 +301,7 @@ BAD_TRAIN = [
         {"source": "folder", "folder": "kettle", "name": ""},
         "a concept named 'kettle' is already in the library",
     ),
-    ({"source": "elsewhere"}, "'elsewhere' (type: <class 'str'>) is not in the list of choices"),
+    ({"source": "elsewhere"}, "source: choose one of upload, folder, got 'elsewhere'"),
 ]
 
 
@@ -319,8 +315,13 @@ def test_bad_training_requests_are_refused_in_words(app, images, trained, change
         fields["files"] = _bad_file(root / "bad")[1:]
     elif fields["files"] == "small":
         fields["files"] = draw_images(root / "small", count=1, size=32)
+    files = fields.pop("files")
+    in_form = fields.pop("form_files", False)  # the images inside the form, where they do not belong
     with pytest.raises(AppError, match=None) as caught:
-        start(client, **fields)
+        if in_form:
+            client.predict({**fields, "files": files}, [], api_name="/train_start")
+        else:
+            start(client, files=files, **fields)
     assert message in str(caught.value)
     assert client.predict("lora", api_name="/method_preset")[0] == 4  # still serving
 
@@ -332,7 +333,7 @@ BAD_CALLS = [
     ("/inspect_concept", ("../slots",), "there is no concept"),
     ("/inspect_concept", ("",), "pick a concept"),
     ("/delete_concept", ("missing",), "there is no concept 'missing'"),
-    ("/export_concept", ("mug", "a1111"), "'a1111' (type: <class 'str'>) is not in the list of choices"),
+    ("/export_concept", ("mug", "a1111"), "layout: choose one of diffusers, kohya, got 'a1111'"),
     ("/check_interference", ([], ""), "pick at least one concept"),
     ("/check_interference", (["mug"], "kettle=1"), "kettle is not among the picked concepts"),
     ("/generate", (["mug"], "", "live", " ", "", 0, 4, 7.5, 1), "prompt: write what to draw"),
@@ -343,14 +344,15 @@ BAD_CALLS = [
     (
         "/generate",
         (["mug"], "", "sideways", "a mug", "", 0, 4, 7.5, 1),
-        "'sideways' (type: <class 'str'>) is not in the list of choices",
+        "mode: choose one of live, fused, got 'sideways'",
     ),
     ("/generate", (["nobody"], "", "live", "a mug", "", 0, 4, 7.5, 1), "there is no concept 'nobody'"),
     ("/evaluate", ([], "quick-object", "default", 1, 2), "pick at least one trained concept"),
     ("/evaluate", (["mug"], "bogus", "default", 1, 2), "unknown prompt set 'bogus'"),
     ("/evaluate", (["mug"], "quick-object", "paper", 1, 2), "unknown conventions preset 'paper'"),
     ("/evaluate", (["mug"], "quick-object", "default", 99, 2), "images per prompt: give 1 to 8"),
-    ("/method_preset", ("bogus",), "method: choose one of"),
+    ("/method_preset", ("bogus",), "method 'bogus' is unknown; choose one of"),
+    ("/train_start", (["not", "a", "form"], None), "form: give a JSON object with the fields source, folder"),
     ("/folder_recipe", ("../concepts/kettle",), "folder: pick one of the concept folders"),
     (
         "/compare_methods",
@@ -394,7 +396,7 @@ def test_the_train_form_decides_the_token_embedding_and_api_callers_get_the_fold
     from bora_diffusion.app.training import Form, build
 
     def embedding(folder: str, checked: bool | None) -> bool:
-        form = Form(source="folder", folder=folder, train_embedding=checked)
+        form = Form(source="folder", folder=folder, settings={"train_embedding": checked})
         _, _, config = build(form, DataDir(tmp_path / "data"), REPO / "concepts")
         return config.train_embedding
 
@@ -409,14 +411,14 @@ def test_the_train_form_decides_the_layers_and_api_callers_get_the_folders_choic
     from bora_diffusion.app.training import Form, build
 
     def layers(folder: str, targets: str | None) -> str:
-        form = Form(source="folder", folder=folder, targets=targets)
+        form = Form(source="folder", folder=folder, settings={"targets": targets})
         _, adapter, _ = build(form, DataDir(tmp_path / "data"), REPO / "concepts")
         return adapter.targets
 
     # The world concepts are made to be fused: their recipe adapts the cross-attention keys and values only.
     assert layers("bolt-circle", None) == "cross_kv" and layers("kettle", None) == "attention"
     assert layers("bolt-circle", "attention") == "attention" and layers("kettle", "cross_kv") == "cross_kv"
-    with pytest.raises(ConfigError, match="layers: choose one of attention, cross_kv, self_attention"):
+    with pytest.raises(ConfigError, match="targets must be one of attention, cross_kv, self_attention"):
         layers("kettle", "everything")
 
     # A folder whose layers are regular expressions: the form shows none, and an empty field trains the folder's.
@@ -426,7 +428,7 @@ def test_the_train_form_decides_the_layers_and_api_callers_get_the_folders_choic
     shutil.copytree(REPO / "concepts" / "kettle", custom)
     toml = custom / "concept.toml"
     toml.write_text(toml.read_text().replace("rank = 4\n", 'rank = 4\ntargets = ["attn2\\\\.to_v$"]\n'))
-    assert folder_recipe(tmp_path / "concepts", "kettle").targets is None
+    assert folder_recipe(tmp_path / "concepts", "kettle")["targets"] is None
     _, adapter, _ = build(
         Form(source="folder", folder="kettle"), DataDir(tmp_path / "data"), tmp_path / "concepts"
     )
@@ -440,20 +442,20 @@ def test_the_train_form_decides_the_prompt_lock_and_a_form_without_it_keeps_the_
     data = DataDir(tmp_path / "data")
 
     def lock(folder: str, weight, targets: str | None = None) -> float:
-        form = Form(source="folder", folder=folder, lock_weight=weight, targets=targets)
+        form = Form(source="folder", folder=folder, settings={"lock_weight": weight, "targets": targets})
         return build(form, data, REPO / "concepts")[2].lock_weight
 
     assert lock("bolt-circle", None) == 2.0 and lock("kettle", None) == 0.0  # the folders' own
     assert lock("bolt-circle", 0) == 0.0 and lock("kettle", 5) == 5.0  # the page's field decides
     for bad in (-1, "two", float("nan")):
-        with pytest.raises(ConfigError, match="prompt lock: give a number from 0"):
+        with pytest.raises(ConfigError, match="lock_weight must be a number 0 <= lock_weight <= 1000"):
             lock("kettle", bad)
     # The lock keeps the cross-attention keys and values: self-attention alone has nothing it could keep.
-    with pytest.raises(ConfigError, match="prompt lock: .*'self_attention'"):
+    with pytest.raises(ConfigError, match="lock_weight: the prompt lock .*'self_attention'"):
         lock("bolt-circle", None, "self_attention")
     upload = Form(source="upload", files=tuple(map(str, draw_images(tmp_path / "up", 3))), name="mug",
-                  token="zqmug", class_word="mug", lock_weight=2, targets="self_attention")  # fmt: skip
-    with pytest.raises(ConfigError, match="prompt lock"):
+                  token="zqmug", class_word="mug", settings={"lock_weight": 2, "targets": "self_attention"})  # fmt: skip
+    with pytest.raises(ConfigError, match="lock_weight: the prompt lock"):
         build(upload, data, REPO / "concepts")
     assert not (tmp_path / "data" / "uploads" / "mug").exists()  # refused before the upload was stored
 
@@ -467,7 +469,8 @@ def test_the_train_form_decides_the_token_vectors_and_word_lock_and_a_form_witho
     data = DataDir(tmp_path / "data")
 
     def config(folder: str, vectors=None, word_lock=None):
-        form = Form(source="folder", folder=folder, embedding_vectors=vectors, word_lock_weight=word_lock)
+        settings = {"embedding_vectors": vectors, "word_lock_weight": word_lock}
+        form = Form(source="folder", folder=folder, settings=settings)
         return build(form, data, REPO / "concepts")[2]
 
     own = config("bolt-circle")  # the world concepts' recipe: a 3-vector token under word lock 10
@@ -476,16 +479,20 @@ def test_the_train_form_decides_the_token_vectors_and_word_lock_and_a_form_witho
     page = config("bolt-circle", vectors=2, word_lock=0)  # the page's fields decide
     assert (page.embedding_vectors, page.word_lock_weight) == (2, 0.0)
     for bad in (0, 1.5, 76, "three"):
-        with pytest.raises(ConfigError, match="token vectors: give a whole number from 1 to 75"):
+        with pytest.raises(
+            ConfigError, match="embedding_vectors must be an integer 0 < embedding_vectors <= 75"
+        ):
             config("kettle", vectors=bad)
     for bad in (-1, "ten", float("nan")):
-        with pytest.raises(ConfigError, match="word lock: give a number from 0 .off. to 1000"):
+        with pytest.raises(
+            ConfigError, match="word_lock_weight must be a number 0 <= word_lock_weight <= 1000"
+        ):
             config("kettle", word_lock=bad)
 
     # An upload keeps what it was trained with in its concept.toml, as the folders do.
     upload = Form(source="upload", files=tuple(map(str, draw_images(tmp_path / "up", 3))), name="mug",
-                  token="zqmug", class_word="mug", train_embedding=True, embedding_vectors=3,
-                  word_lock_weight=5)  # fmt: skip
+                  token="zqmug", class_word="mug",
+                  settings={"train_embedding": True, "embedding_vectors": 3, "word_lock_weight": 5})  # fmt: skip
     concept, _, trained = build(upload, data, REPO / "concepts")
     assert (trained.train_embedding, trained.embedding_vectors, trained.word_lock_weight) == (True, 3, 5.0)
     assert (
@@ -559,3 +566,133 @@ def test_missing_clip_weights_say_how_to_start_the_app():
         Scorers(ClipChoice()).get(
             "custom-diffusion"
         )  # ViT-B-32/openai (the default is the shipped world CLIP)
+
+
+def _malformed_calls(endpoints: dict) -> list[tuple[str, str, list, str]]:
+    """(endpoint, case, arguments, the parameter the answer must name) for every endpoint that takes arguments:
+    (a) the last argument left out; (b) a string for each number; (c) a number for each text, choice or form.
+    The other arguments are null, which every check lets through, so the answer is about the one case."""
+    cases = []
+    for api, info in sorted(endpoints.items()):
+        params = info["parameters"]
+        if not params:
+            continue  # list_concepts, concept_folders: nothing to leave out or mistype
+        names = [p["parameter_name"] for p in params]
+        cases.append((api, "missing", [None] * (len(params) - 1), names[-1]))
+        for i, param in enumerate(params):
+            bad = {"Number": "four", "Textbox": 3, "Dropdown": 3, "Radio": 3, "Json": 3}.get(
+                param["component"]
+            )
+            if bad is not None:
+                data = [None] * len(params)
+                data[i] = bad
+                kind = "string for a number" if param["component"] == "Number" else "number for a string"
+                cases.append((api, kind, data, names[i]))
+    return cases
+
+
+def test_every_endpoint_answers_malformed_calls_in_words(app, trained):
+    _, client, _ = app
+    endpoints = client.view_api(print_info=False, return_format="dict")["named_endpoints"]
+    assert {"/train_start", "/generate", "/evaluate", "/compare_methods", "/export_concept"} <= set(endpoints)
+    # The named form's keys and ranges are on the API page, from the schema.
+    described = endpoints["/train_start"]["description"]
+    assert "steps: an integer 0 < steps <= 100000 (default 200)" in described and "blocks: " in described
+    assert [p["parameter_name"] for p in endpoints["/train_start"]["parameters"]] == ["form", "files"]
+    cases = _malformed_calls(endpoints)
+    covered = {api for api, *_ in cases}
+    assert covered == {api for api, info in endpoints.items() if info["parameters"]}
+    assert {kind for _, kind, _, _ in cases} == {"missing", "string for a number", "number for a string"}
+    bad = []
+    for api, kind, data, name in cases:
+        event, message = call_http(client.src, api, data)
+        words = str(message)
+        if event != "error" or message is None or "upstream" in words.lower() or name not in words:
+            bad.append(f"{api} ({kind}, {name}): {event} {words[:160]}")
+    assert not bad, "\n".join(bad)
+    # The answers name the parameter and what it takes:
+    assert call_http(client.src, "/generate", [["mug"], "", "live", "a mug", "", "four", 4, 7.5, 1]) == (
+        "error",
+        "seed: give a number, got 'four'",
+    )
+    event, message = call_http(client.src, "/train_status", [])
+    assert event == "error" and message.startswith("train_status: missing job_id; it takes 1 argument(s)")
+    assert call_http(client.src, "/train_status", ["nope", "extra"]) == (
+        "error",
+        "train_status: got 2 argument(s), but it takes 1: job_id",
+    )
+    assert call_http(client.src, "/list_concepts", [3]) == (
+        "error",
+        "list_concepts: got 1 argument(s), but it takes 0: none",
+    )
+    assert client.predict(api_name="/concept_folders") == FOLDERS  # still serving
+
+
+def test_a_methods_option_travels_from_the_named_form_to_the_concept_file(app, images, trained):
+    _, client, _ = app
+    job, state = start(client, files=images[:1], name="blocky", token="zqblk", class_word="mug",
+                       method="bora_block", rank=2, blocks=2, steps=1)  # fmt: skip
+    assert state["method"] == "bora_block"
+    assert wait_for_job(client, job)["status"] == "done"
+    info = client.predict("blocky", api_name="/inspect_concept")
+    assert info["config"]["blocks"] == 2 and info["config"]["rank"] == 2
+    # Left out, the option is the method's default, and another method's option is not carried over.
+    job, _ = start(client, files=images[:1], name="blocky-default", token="zqbld", class_word="mug",
+                   method="bora_block", steps=1)  # fmt: skip
+    assert wait_for_job(client, job)["status"] == "done"
+    config = client.predict("blocky-default", api_name="/inspect_concept")["config"]
+    assert (config["blocks"], config["rank"]) == (4, 2)  # the preset: suggested rank 2, 4 blocks
+    job, _ = start(client, files=images[:1], name="plain", token="zqpln", class_word="mug", method="lora",
+                   blocks=8, steps=1)  # fmt: skip
+    assert wait_for_job(client, job)["status"] == "done"
+    assert "blocks" not in client.predict("plain", api_name="/inspect_concept")["config"]
+
+
+def test_output_folders_that_cannot_be_written_are_refused_in_words(app, images, trained, tmp_path, capsys):
+    ctx, client, _ = app
+
+    def export():
+        return client.predict("mug", "diffusers", api_name="/export_concept")
+
+    def generate():
+        return client.predict(["mug"], "", "live", "a mug", "", 0, 2, 7.5, 1, api_name="/generate")
+
+    for kind, call in (("exports", export), ("generations", generate)):
+        folder = ctx.data.root / kind
+        moved = folder.rename(folder.with_name(kind + ".moved"))
+        folder.write_text("a file where the folder was")  # root writes anywhere: block the path instead
+        try:
+            with pytest.raises(AppError) as caught:
+                call()
+        finally:
+            folder.unlink()
+            moved.rename(folder)
+        assert "file error on" in str(caught.value) and f"/{kind}/" in str(caught.value)
+        assert "data folder (--data) is writable" in str(caught.value)
+    assert len(client.predict("mug", "diffusers", api_name="/export_concept")) == 1  # restored, serving
+
+    # A training job whose samples cannot be written fails with the file named, and the queue goes on.
+    samples = ctx.data.concepts / "samples"
+    moved = samples.rename(samples.with_name("samples.moved"))
+    samples.write_text("a file where the folder was")
+    try:
+        job, _ = start(client, files=images[:1], name="unsampled", token="zquns", class_word="mug", steps=1,
+                       sample_every=1)  # fmt: skip
+        state = wait_for_job(client, job)
+    finally:
+        samples.unlink()
+        moved.rename(samples)
+    assert state["status"] == "failed" and state["error"].startswith("file error on ")
+    assert "/samples/" in state["error"] and "data folder (--data) is writable" in state["error"]
+
+    # A data folder that cannot be created stops the app at the start with one line, no traceback.
+    from bora_diffusion.app.server import main
+    from bora_diffusion.app.storage import DataDir
+
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    with pytest.raises(ConfigError, match=r"data folder .*a-file/data: cannot create uploads/ \("):
+        DataDir(blocker / "data")
+    with pytest.raises(SystemExit) as exit_:
+        main(["--data", str(blocker / "data")])
+    assert exit_.value.code == 2 and "cannot create uploads/" in capsys.readouterr().err

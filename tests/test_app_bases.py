@@ -35,7 +35,9 @@ def app(request, tmp_path_factory):
 def test_an_upload_trains_generates_evaluates_and_exports(app):
     kind, client, root = app
     images = draw_images(root / "upload", count=2)
-    job, _ = start(client, files=images, name="mug", token="zqmug", class_word="mug", steps=3, embedding=True)
+    job, _ = start(
+        client, files=images, name="mug", token="zqmug", class_word="mug", steps=3, train_embedding=True
+    )
     state = wait_for_job(client, job)
     assert state["status"] == "done", state
 

@@ -143,12 +143,12 @@ def _walk_through(browser_app, page, artifacts) -> None:
 
     # Switching to a concept folder fills the form with the folder's own recipe: the first folder is a world
     # concept, which trains its token's embedding, so the box gets ticked. Back to an upload, unticked.
-    embedding = page.locator("#train-embedding input[type=checkbox]")
+    embedding = page.locator("#train-train-embedding input[type=checkbox]")
     expect(embedding).not_to_be_checked()
     page.locator("#train-source").get_by_label("folder").check()
     expect(embedding).to_be_checked(timeout=60_000)
     expect(page.locator("#train-targets input")).to_have_value(re.compile(r"\(cross_kv\)$"))  # its layers too
-    expect(page.locator("#train-lock input")).to_have_value("2")  # and its prompt lock
+    expect(page.locator("#train-lock-weight input")).to_have_value("2")  # and its prompt lock
     page.locator("#train-source").get_by_label("upload").check()
     embedding.uncheck()
 
@@ -169,8 +169,14 @@ def _walk_through(browser_app, page, artifacts) -> None:
     page.screenshot(path=str(artifacts / "app_train.png"), full_page=True)
 
     # The shipped kettle, trained beside it through the API (same queue, same slot ledger).
-    job, _ = client.predict("folder", [], "kettle", "", "", "", "sbora_fa", 4, 4, STEPS, 1e-3, 0, 64, False,
-                            api_name="/train_start")  # fmt: skip
+    form = {
+        "source": "folder",
+        "folder": "kettle",
+        "method": "sbora_fa",
+        "steps": STEPS,
+        "train_embedding": False,
+    }
+    job, _ = client.predict(form, [], api_name="/train_start")
     assert wait_for_job(client, job)["status"] == "done"
 
     # Library: both concepts, with method and token.

@@ -219,3 +219,58 @@ def test_the_command_line_offers_a_new_methods_option_as_a_checked_flag(widened,
     # ... and the method's ownership, when the config is built.
     with pytest.raises(ConfigError, match="^gain is an option of widened only; remove it for method 'lora'$"):
         TrainDefaults().adapter_config(default_method="lora", **flags | {"method": None})
+
+
+def test_the_apps_form_and_presets_offer_a_new_methods_option(widened, tmp_path):
+    """The app part: the dummy's `gain` is a Train form field, in the presets and the named form, trained."""
+    from pathlib import Path
+
+    gradio = pytest.importorskip("gradio")
+    from bora_diffusion.app import training, ui
+    from bora_diffusion.app.storage import DataDir
+
+    names = [s.name for s in training.form_settings()]
+    assert names[:2] == ["method", "rank"] and {"blocks", "gain"} <= set(names)
+    assert training.option_owner("gain") == "widened" and training.option_owner("rank") is None
+    assert "gain" in training.preset_fields() and "gain" in training.recipe_fields()
+    assert training.preset("widened")["gain"] == 2.0 and training.preset("widened")["rank"] == 4
+    assert training.preset("bora_block")["gain"] == 2.0  # another method's field shows its own default
+    with gradio.Blocks():
+        fields = ui.form_fields(training.preset("widened"))
+    gain = fields["gain"]
+    assert isinstance(gain, gradio.Number) and gain.label == "Gain (widened)" and gain.value == 2.0
+    assert gain.info == "multiplies the update" and gain.precision is None  # a float: no rounding
+    assert fields["blocks"].label == "Blocks (bora_block)" and fields["blocks"].precision == 0
+
+    concepts = Path(__file__).resolve().parents[1] / "concepts"
+    form = training.Form.from_dict({"source": "folder", "folder": "kettle", "method": "widened", "gain": 3})
+    _, adapter, _ = training.build(form, DataDir(tmp_path / "data"), concepts)
+    assert adapter.method == "widened" and adapter.options == {"gain": 3.0} and adapter.rank == 4
+    with pytest.raises(ConfigError, match="^gain must be a number 0 < gain <= 8, got 9$"):
+        training.build(
+            training.Form.from_dict({"source": "folder", "folder": "kettle", "method": "widened", "gain": 9}),
+            DataDir(tmp_path / "data"),
+            concepts,
+        )
+    with pytest.raises(ConfigError, match="^form: unknown field 'gian' \\(did you mean 'gain'\\?\\)$"):
+        training.Form.from_dict({"source": "folder", "folder": "kettle", "gian": 3})
+    # An upload keeps its method's option in its concept.toml, and only that method's.
+    from PIL import Image
+
+    images = []
+    for i in range(2):
+        images.append(str(tmp_path / f"up_{i}.png"))
+        Image.new("RGB", (64, 64), (90, 40 + 60 * i, 200)).save(images[-1])
+    upload = {
+        "name": "wide",
+        "token": "zqwide",
+        "class_word": "mug",
+        "method": "widened",
+        "gain": 5,
+        "blocks": 8,
+    }
+    concept, adapter, _ = training.build(
+        training.Form.from_dict(upload, tuple(images)), DataDir(tmp_path / "d"), None
+    )
+    assert adapter.options == {"gain": 5.0} and concept.train.options == {"gain": 5.0}
+    assert "gain = 5.0" in (concept.folder / "concept.toml").read_text()

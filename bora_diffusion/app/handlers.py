@@ -2,8 +2,10 @@
 and returns what the components show.
 
 Every handler runs inside `guard`: a user mistake (`BoraError`) becomes a `gradio.Error` whose text names the
-field and the fix, shown in the page and returned to API clients; anything else is logged with its traceback and
-reported as an internal error, so a bug costs one request, never the server.
+field and the fix, shown in the page and returned to API clients; a file the data folder refuses (OSError) is
+named with the fix; anything else is logged with its traceback and reported as an internal error, so a bug costs
+one request, never the server. Malformed calls (a missing argument, a string for a number) are refused before
+they reach a handler (`calls.Blocks`).
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ from __future__ import annotations
 import functools
 import html
 import logging
-from dataclasses import astuple, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 import gradio as gr
@@ -49,6 +51,15 @@ def guard(fn):
             raise
         except BoraError as error:
             raise gr.Error(str(error), print_exception=False) from None
+        except OSError as error:
+            # The data folder could not be written (or read): a full disk, a read-only mount, a path blocked.
+            log.warning("%s: %s", fn.__name__, error)
+            where = f" {error.filename}" if error.filename else ""
+            raise gr.Error(
+                f"{fn.__name__}: file error on{where} ({error.strerror or error}); check that the app's data "
+                "folder (--data) is writable and has free space, then try again",
+                print_exception=False,
+            ) from None
         except Exception as error:
             log.exception("internal error in %s", fn.__name__)
             raise gr.Error(
@@ -72,65 +83,31 @@ class Handlers:
         self.ctx = ctx
 
     # ------------------------------------------------------------------------------------------------ train
-    def method_preset(self, method: str) -> tuple[int, int, int, float]:
-        """(rank, blocks, steps, learning rate) for `method`; blocks shows bora_block's value for every method
-        (the field is read for bora_block only)."""
-        p = training.preset(method)
-        return p.rank, p.blocks or training.PRESETS["bora_block"].blocks, p.steps, p.learning_rate
+    def method_preset(self, method: str) -> tuple:
+        """The values of `training.preset_fields()` (rank, every method's options, steps, learning rate) for
+        `method`; an option of another method shows its own default (the field is read for its method only)."""
+        values = training.preset(method)
+        return tuple(values[name] for name in training.preset_fields())
 
     def concept_folders(self) -> list[str]:
         return training.concept_folders(self.ctx.concepts_root)
 
-    def folder_recipe(
-        self, folder: str
-    ) -> tuple[str, int, int, int, float, int, bool, str, float, int, float]:
-        """(method, rank, blocks, steps, learning rate, resolution, train embedding, layers, prompt lock, token
-        vectors, word lock) of a concept folder's own recipe (its concept.toml over the method's preset)."""
-        return astuple(training.folder_recipe(self.ctx.concepts_root, folder))
+    def folder_recipe(self, folder: str) -> tuple:
+        """The values of `training.recipe_fields()` (method, rank, options, steps, learning rate, resolution,
+        train embedding, targets, prompt lock, token vectors, word lock) of a concept folder's own recipe (its
+        concept.toml over the method's preset)."""
+        recipe = training.folder_recipe(self.ctx.concepts_root, folder)
+        return tuple(recipe[name] for name in training.recipe_fields())
 
-    def train_start(
-        self,
-        source,
-        files,
-        folder,
-        name,
-        token,
-        class_word,
-        method,
-        rank,
-        blocks,
-        steps,
-        lr,
-        sample_every,
-        res,
-        train_embedding=None,
-        targets=None,
-        lock_weight=None,
-        embedding_vectors=None,
-        word_lock_weight=None,
-    ) -> tuple[str, dict]:
-        form = training.Form(
-            source=source,
-            files=_files(files),
-            folder=folder or "",
-            name=name or "",
-            token=token or "",
-            class_word=class_word or "",
-            method=method,
-            rank=rank,
-            blocks=blocks,
-            steps=steps,
-            learning_rate=lr,
-            sample_every=sample_every,
-            resolution=res,
-            train_embedding=train_embedding,  # None: the folder's own choice (`training.build`)
-            targets=targets or None,  # likewise
-            lock_weight=lock_weight,  # likewise
-            embedding_vectors=embedding_vectors,  # likewise
-            word_lock_weight=word_lock_weight,  # likewise
-        )
+    def train_start(self, form: dict, files=None) -> tuple[str, dict]:
+        """Queue a training job. `form` is one JSON object: source ("upload" or "folder"), folder, name, token,
+        class_word, and any settings of `training.form_settings()` by name (left out: the concept folder's
+        own, then the method's preset); `files` are the uploaded images."""
         concept, adapter, config = training.build(
-            form, self.ctx.data, self.ctx.concepts_root, self.ctx.jobs.check_name
+            training.Form.from_dict(form, _files(files)),
+            self.ctx.data,
+            self.ctx.concepts_root,
+            self.ctx.jobs.check_name,
         )
         job = self.ctx.jobs.submit(concept, adapter, config)
         return job.id, self.ctx.jobs.status(job.id)

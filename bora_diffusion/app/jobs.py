@@ -214,6 +214,14 @@ class JobQueue:
                 job.status = STOPPED if job.stop.is_set() else DONE
             except BoraError as error:
                 job.status, job.error = FAILED, str(error)
+            except OSError as error:
+                # The data folder refused a write (full, read-only, blocked): say where, not a traceback.
+                where = f" {error.filename}" if error.filename else ""
+                job.status = FAILED
+                job.error = (
+                    f"file error on{where} ({error.strerror or error}); check that the app's data folder "
+                    "(--data) is writable and has free space"
+                )
             except Exception as error:
                 # A bug: keep the queue alive and show it; the log holds the traceback.
                 log.error("training job %s failed:\n%s", job.id, traceback.format_exc())

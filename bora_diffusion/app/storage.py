@@ -69,7 +69,13 @@ class DataDir:
         self.root = Path(root).expanduser().resolve()
         self.limits = limits
         for sub in ("uploads", "concepts", "generations", "exports", "evaluations"):
-            (self.root / sub).mkdir(parents=True, exist_ok=True)
+            try:
+                (self.root / sub).mkdir(parents=True, exist_ok=True)
+            except OSError as error:
+                raise ConfigError(
+                    f"data folder {self.root}: cannot create {sub}/ ({error.strerror or error}); pass --data a "
+                    "folder the app may write"
+                ) from None
 
     @property
     def concepts(self) -> Path:

@@ -1,98 +1,126 @@
-"""The Train tab's form: method presets, and a checked training job built from what the user entered.
+"""The Train tab's form: its fields, the method presets, and a checked training job built from a named form.
 
-Every field is checked here with its name and the fix in the message, so a typo reads as a sentence in the page
-(or in the API client's error), never as a traceback. Concepts come from an upload (stored by `DataDir`) or
-from a folder of the app's concepts directory picked by name: only names that directory lists are accepted.
+The fields are the settings schema's (bora_diffusion.settings): the method and rank, every option some method
+declares (`blocks` of `bora_block`, ...), and the training settings the tab shows, each with the type, range and
+help written where the setting is declared. A request is a `Form`: the concept's source, plus the settings it
+gives by their schema names; a setting left out (or None) takes the recipe's value, which is the concept
+folder's own concept.toml over the method's preset. Every value is checked with its name in the message, so a
+mistake reads as a sentence in the page or in the API client's error, never as a traceback. Concepts come from
+an upload (stored by `DataDir`) or from a folder of the app's concepts directory picked by name: only names
+that directory lists are accepted.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable
+import difflib
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
-from ..adapters import available
+from .. import adapters
 from ..concept import Concept, TrainDefaults, load_concept
-from ..config import AdapterConfig, TrainConfig
+from ..config import AdapterConfig, TrainConfig, adapter_settings
 from ..errors import ConfigError
 from ..inject import TARGET_PRESETS
+from ..settings import Setting, settings_of
 from .storage import DataDir, safe_name
 
 SOURCES = ("upload", "folder")
+CONCEPT_FIELDS = ("source", "folder", "name", "token", "class_word")  # where the images come from
 MAX_STEPS = 100_000
-
-
-@dataclass(frozen=True)
-class Preset:
-    """Starting values for a method; the TrainConfig defaults (DreamBooth-LoRA recipe, LR raised for the tiny
-    embedded base) unless the method asks for something else."""
-
-    rank: int = 4
-    blocks: int | None = None
-    steps: int = 200
-    learning_rate: float = 1e-3
-
-
-PRESETS: dict[str, Preset] = {
-    "lora": Preset(),
-    "dora": Preset(),
-    # One factor trains, the other is a fixed slot selection (or basis): same rank and LR as LoRA, and disjoint
-    # slots keep several concepts mergeable.
-    "sbora_fa": Preset(),
-    "sbora_fb": Preset(),
-    "ortho": Preset(),
-    # b blocks of rank r: the update has rank b*r, so keep r small.
-    "bora_block": Preset(rank=2, blocks=4),
-    "bora_bidim": Preset(),
+# A shared server caps what one request may ask of it; the schema allows more (the CLI runs on the user's own
+# machine). A whole number no rule bounds (say a method's option) is capped at MAX_WHOLE.
+APP_MAXIMA = {
+    "rank": 1024,
+    "steps": MAX_STEPS,
+    "sample_every": MAX_STEPS,
+    "resolution": 2048,
+    "learning_rate": 1.0,
+    "lock_weight": 1000,
+    "word_lock_weight": 1000,
+    # More vectors than the text encoder's 77 positions minus start and end could never be read.
+    "embedding_vectors": 75,
 }
+MAX_WHOLE = 1024
+# The training settings the tab shows (the rest keep the concept's or the trainer's value), in the page's order.
+TRAIN_FIELDS = (
+    "steps", "learning_rate", "sample_every", "resolution", "train_embedding", "lock_weight", "embedding_vectors",
+    "word_lock_weight",
+)  # fmt: skip
+# Which projections the adapters sit on. Not a library Setting (the library also takes regular expressions);
+# the form offers the presets only, and None keeps a folder's own.
+TARGETS = Setting(
+    "targets", str, AdapterConfig.targets, "which projections the adapters sit on",
+    choices=tuple(TARGET_PRESETS), optional=True,
+)  # fmt: skip
+DEFAULT_METHOD = AdapterConfig.method
 
 
-def preset(method: str) -> Preset:
-    if method not in available():
-        raise ConfigError(f"method: choose one of {', '.join(available())}, got {method!r}")
-    return PRESETS.get(method, Preset())
+def _capped(setting: Setting) -> Setting:
+    cap = APP_MAXIMA.get(setting.name, MAX_WHOLE if setting.kind is int else None)
+    if cap is None or (setting.maximum is not None and setting.maximum <= cap):
+        return setting
+    return dataclasses.replace(setting, maximum=cap)
 
 
-@dataclass(frozen=True)
-class Recipe:
-    """The Train form's values for a concept folder: what `bora-diffusion train <folder>` would use."""
-
-    method: str
-    rank: int
-    blocks: int
-    steps: int
-    learning_rate: float
-    resolution: int
-    train_embedding: bool
-    # A TARGET_PRESETS name: which projections the adapters sit on; None for a folder's own regular expressions,
-    # which the form cannot show (left empty, `build` trains the folder's own).
-    targets: str | None
-    lock_weight: float  # prompt locking (bora_diffusion.locking); 0: off
-    embedding_vectors: int  # vectors of the trained token (read when train_embedding is on)
-    word_lock_weight: float  # keeps the other words' text states while the token trains; 0: off
+def form_settings() -> tuple[Setting, ...]:
+    """The Train tab's settings, in the page's order: method, rank, every method's options, the training
+    settings of TRAIN_FIELDS and the layers. Read from the registry on each call, so a method registered later
+    (a plugin, a test's dummy) has its options here too."""
+    shared = [s for s in adapter_settings() if s.name in ("method", "rank")]
+    own = [s for s in adapter_settings() if s.name not in {"method", "rank", "alpha"}]
+    train = {s.name: s for s in settings_of(TrainConfig)}
+    fields = [*shared, *own, *(train[name] for name in TRAIN_FIELDS)]
+    fields.insert(len(fields) - 3, TARGETS)  # beside the prompt lock, which depends on it
+    return tuple(_capped(s) for s in fields)
 
 
-def folder_recipe(root: Path | None, folder: str) -> Recipe:
+def option_owner(name: str) -> str | None:
+    """The method that declares option `name` (None for a shared setting): the form labels its field with it."""
+    return next((m for m in adapters.available() if name in {o.name for o in adapters.get(m).options}), None)
+
+
+def preset_fields() -> tuple[str, ...]:
+    """What picking a method resets: rank, the options, steps and learning rate (`method_preset`'s outputs)."""
+    own = tuple(s.name for s in form_settings() if option_owner(s.name))
+    return ("rank", *own, "steps", "learning_rate")
+
+
+def recipe_fields() -> tuple[str, ...]:
+    """What a concept folder's recipe fills in (`folder_recipe`'s outputs): every field but sample_every, which
+    concept.toml does not hold, so picking a folder keeps what the user set."""
+    return tuple(s.name for s in form_settings() if s.name != "sample_every")
+
+
+def preset(method: str) -> dict[str, Any]:
+    """Every form field's starting value for `method`: the schema's defaults, with the method's suggested rank
+    (a method whose update has more directions than its rank asks for a smaller one)."""
+    if not isinstance(method, str):
+        raise ConfigError(
+            f"method must be a string, one of {', '.join(adapters.available())}, got {method!r}"
+        )
+    cls = adapters.get(method)  # names the known methods when it is wrong
+    values = {s.name: s.default for s in form_settings()}
+    return {**values, "method": method, "rank": cls.suggested_rank}
+
+
+def _own(concept: Concept) -> dict[str, Any]:
+    """The form fields a concept's concept.toml sets; targets only as a preset name the form can show."""
+    own = {key: value for key, value in concept.train.to_dict().items() if value is not None}
+    if not isinstance(own.get("targets", ""), str):
+        own["targets"] = None
+    return own
+
+
+def folder_recipe(root: Path | None, folder: str) -> dict[str, Any]:
     """A concept folder's concept.toml [train] values over its method's preset, so that picking a folder shows
-    (and, left as it is, trains) the concept's own recipe, as the command line does."""
-    own = load_concept(_known_folder(root, folder)).train
-    method = own.method or "sbora_fa"
-    start = preset(method)
-    targets = own.targets or AdapterConfig.targets
-    return Recipe(
-        method=method,
-        rank=own.rank or start.rank,
-        blocks=own.blocks or start.blocks or PRESETS["bora_block"].blocks,
-        steps=own.steps or start.steps,
-        learning_rate=own.learning_rate or start.learning_rate,
-        resolution=own.resolution or TrainConfig.resolution,
-        train_embedding=bool(own.train_embedding),
-        targets=targets if isinstance(targets, str) else None,
-        lock_weight=own.lock_weight or TrainConfig.lock_weight,
-        embedding_vectors=own.embedding_vectors or TrainConfig.embedding_vectors,
-        word_lock_weight=own.word_lock_weight or TrainConfig.word_lock_weight,
-    )
+    (and, left as it is, trains) the concept's own recipe, as the command line does. `targets` is None for a
+    folder's own regular expressions, which the form cannot show (left empty, `build` trains the folder's)."""
+    own = _own(load_concept(_known_folder(root, folder)))
+    start = preset(own.get("method", DEFAULT_METHOD))
+    return {name: own.get(name, start[name]) for name in recipe_fields()}
 
 
 def _known_folder(root: Path | None, folder: str) -> Path:
@@ -114,62 +142,79 @@ def concept_folders(root: Path | None) -> list[str]:
 
 @dataclass(frozen=True)
 class Form:
-    """What the Train tab sends. Numbers arrive as floats from the page; they must still be whole where needed."""
+    """A Train request: where the images come from, and the settings it gives by their schema names
+    (`form_settings`); a setting it leaves out takes the recipe's value (see the module docstring)."""
 
-    source: str
+    source: str = "upload"
     files: tuple[str, ...] = ()
     folder: str = ""
     name: str = ""
     token: str = ""
     class_word: str = ""
-    method: str = "sbora_fa"
-    rank: float = 4
-    blocks: float | None = None
-    steps: float = 200
-    learning_rate: float = 1e-3
-    sample_every: float = 0
-    resolution: float = 64
-    # The last five: None means the concept folder's own choice. Only Python callers of `build` can send None:
-    # the page, and gradio's HTTP API for a caller that leaves a field out, send the field's shown value.
-    # Also train the token's own text embedding (ED-LoRA).
-    train_embedding: bool | None = None
-    # Which projections the adapters sit on (a TARGET_PRESETS name).
-    targets: str | None = None
-    # Prompt locking's weight (bora_diffusion.locking; 0: off).
-    lock_weight: float | None = None
-    # How many vectors the trained token has (textual inversion's number of vectors).
-    embedding_vectors: float | None = None
-    # The word lock's weight (bora_diffusion.locking.WordLock; 0: off).
-    word_lock_weight: float | None = None
+    settings: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+
+    @classmethod
+    def from_dict(cls, data: Any, files: tuple[str, ...] = ()) -> Form:
+        """A form from what an API client sends: one JSON object whose keys are CONCEPT_FIELDS and the
+        settings' names. An unknown key is refused with the closest known one; the values are checked by
+        `build`."""
+        known = (*CONCEPT_FIELDS, *(s.name for s in form_settings()))
+        if not isinstance(data, Mapping):
+            raise ConfigError(f"form: give a JSON object with the fields {', '.join(known)}, got {data!r}")
+        if "files" in data:
+            raise ConfigError(
+                "files: send the images as train_start's second argument (files), not in the form"
+            )
+        for key in data:
+            if key not in known:
+                close = difflib.get_close_matches(str(key), known, n=1)
+                hint = f"did you mean {close[0]!r}?" if close else f"known: {', '.join(known)}"
+                raise ConfigError(f"form: unknown field {key!r} ({hint})")
+        for key in CONCEPT_FIELDS:
+            if data.get(key) is not None and not isinstance(data[key], str):
+                raise ConfigError(f"{key} must be a string, got {data[key]!r}")
+        concept = {key: data.get(key) or "" for key in CONCEPT_FIELDS}
+        concept["source"] = concept["source"] or "upload"
+        settings = {key: value for key, value in data.items() if key not in CONCEPT_FIELDS}
+        return cls(**concept, files=tuple(files), settings=settings)
 
 
-def _number(value) -> float:
-    """`value` as a float; NaN (which every range check refuses) when it is not a number."""
-    try:
-        return float(value)
-    except (TypeError, ValueError):
-        return float("nan")
+def form_description() -> str:
+    """train_start's API description, from the schema: every key of the form and what it takes."""
+    settings = "; ".join(f"{s.name}: {s.wanted()} (default {s.default!r}), {s.help}" for s in form_settings())
+    return (
+        "Queue a training job. form: one JSON object with source ('upload' or 'folder'), folder (a name "
+        "concept_folders lists), name, token, class_word (an upload needs all three), and any of these "
+        f"settings (left out: the folder's own, then the method's preset): {settings}. files: the images of "
+        "an upload (gradio_client.handle_file(path) for each). Returns the job id and its status."
+    )
 
 
-def _whole(value, field: str, low: int, high: int) -> int:
-    number = _number(value)
-    if not number.is_integer() or not low <= number <= high:
-        raise ConfigError(f"{field}: give a whole number from {low} to {high}, got {value!r}")
-    return int(number)
-
-
-def _weight(value, field: str, example: int) -> float:
-    weight = _number(value)
-    if not 0 <= weight <= 1000:
-        raise ConfigError(f"{field}: give a number from 0 (off) to 1000, e.g. {example}, got {value!r}")
-    return weight
+def _given(form: Form) -> dict[str, Any]:
+    """The settings the form gives (None: not given), each checked by its Setting; a whole float from the page
+    (4.0) counts as the integer it is."""
+    described = {s.name: s for s in form_settings()}
+    unknown = sorted(set(form.settings) - set(described))
+    if unknown:
+        raise ConfigError(f"form: unknown field(s) {', '.join(unknown)}; known: {', '.join(described)}")
+    given = {}
+    for name, value in form.settings.items():
+        if value is None or (name == "targets" and value == ""):
+            continue
+        setting = described[name]
+        if setting.kind is int and isinstance(value, float) and value.is_integer():
+            value = int(value)
+        given[name] = setting.check(value)
+    if given.get("resolution", 8) % 8:
+        raise ConfigError(f"resolution must be a multiple of 8 (the VAE's factor), got {given['resolution']}")
+    return given
 
 
 def _check_lock(weight: float, targets: str | tuple[str, ...] | None) -> None:
     if weight > 0 and targets == "self_attention":
         raise ConfigError(
-            "prompt lock: it keeps the cross-attention keys and values, which 'self_attention' does not adapt; "
-            "set it to 0 or pick other layers"
+            "lock_weight: the prompt lock keeps the cross-attention keys and values, which 'self_attention' "
+            "does not adapt; set it to 0 or pick other targets"
         )
 
 
@@ -181,81 +226,50 @@ def build(
 ) -> tuple[Concept, AdapterConfig, TrainConfig]:
     """Check the form, store an upload, and return what the job trains. `check_name` raises when a name is
     taken; it runs before an upload is stored, so a clash never overwrites a trained concept's images."""
-    method = str(form.method or "")
-    preset(method)  # names the known methods when it is wrong
-    rank = _whole(form.rank, "rank", 1, 1024)
-    steps = _whole(form.steps, "steps", 1, MAX_STEPS)
-    resolution = _whole(form.resolution, "resolution", 8, 2048)
-    sample_every = _whole(form.sample_every or 0, "sample every", 0, MAX_STEPS)
-    blocks = _whole(form.blocks, "blocks", 1, 64) if method == "bora_block" else None
-    learning_rate = _number(form.learning_rate)
-    if not 0 < learning_rate < 1:
-        raise ConfigError(
-            f"learning rate: give a number between 0 and 1 (e.g. 1e-3), got {form.learning_rate!r}"
-        )
-    if resolution % 8:
-        raise ConfigError(f"resolution: give a multiple of 8, got {resolution}")
-    if form.targets is not None and form.targets not in TARGET_PRESETS:
-        raise ConfigError(f"layers: choose one of {', '.join(TARGET_PRESETS)}, got {form.targets!r}")
-    lock_weight = None if form.lock_weight is None else _weight(form.lock_weight, "prompt lock", 2)
-    word_lock_weight = (
-        None if form.word_lock_weight is None else _weight(form.word_lock_weight, "word lock", 10)
-    )
-    # A token of more vectors than the text encoder's 77 positions minus start and end could never be read.
-    vectors = (
-        None if form.embedding_vectors is None else _whole(form.embedding_vectors, "token vectors", 1, 75)
-    )
-    train_embedding = None if form.train_embedding is None else bool(form.train_embedding)
-    _check_lock(lock_weight or 0, form.targets)  # before an upload is stored
+    given = _given(form)
+    if form.source == "folder":
+        path = _known_folder(concepts_root, form.folder)
+        own = _own(load_concept(path))
+    elif form.source == "upload":
+        own = {}
+    else:
+        raise ConfigError(f"source: choose one of {', '.join(SOURCES)}, got {form.source!r}")
+    method = given.get("method", own.get("method", DEFAULT_METHOD))
+    recipe = {**preset(method), **own, **given}  # the method's preset, the folder's own, the form's
+    _check_lock(recipe["lock_weight"], recipe["targets"])  # before an upload is stored
 
     if form.source == "upload":
         if not str(form.name or "").strip():
             raise ConfigError(
                 "name: give the new concept a name (letters, digits, '-' and '_'), e.g. 'my-mug'"
             )
-        for field, value in (("token", form.token), ("class word", form.class_word)):
+        for field, value in (("token", form.token), ("class_word", form.class_word)):
             if not str(value or "").strip():
-                raise ConfigError(f"{field}: required for an upload (e.g. token 'zqmug', class word 'mug')")
+                raise ConfigError(f"{field}: required for an upload (e.g. token 'zqmug', class_word 'mug')")
         check_name(safe_name(form.name, "name"))
+        # The upload's concept.toml keeps the recipe it trains with, so the CLI trains the folder alike.
+        declared = {o.name for o in adapters.get(method).options}
+        kept = {
+            k: v for k, v in recipe.items() if k != "sample_every" and (k in declared or not option_owner(k))
+        }
         concept = data.store_upload(
             list(form.files or ()),
             form.name,
             form.token,
             form.class_word,
-            train=TrainDefaults(
-                method=method,
-                rank=rank,
-                steps=steps,
-                targets=form.targets,
-                lock_weight=lock_weight or None,
-                train_embedding=train_embedding,
-                word_lock_weight=word_lock_weight or None,
-                embedding_vectors=vectors,
-            ),
-            min_size=resolution,
+            train=TrainDefaults.from_dict(kept),
+            min_size=recipe["resolution"],
         )
-    elif form.source == "folder":
-        concept = load_concept(_known_folder(concepts_root, form.folder), min_size=resolution)
+    else:
+        concept = load_concept(path, min_size=recipe["resolution"])
         if str(form.name or "").strip():
             concept = dataclasses.replace(concept, name=safe_name(form.name, "name"))
         check_name(concept.name)
-    else:
-        raise ConfigError(f"source: choose 'upload' or 'folder', got {form.source!r}")
 
-    targets = form.targets or concept.train.targets or AdapterConfig.targets  # an upload's own is unset
-    adapter = AdapterConfig(method=method, rank=rank, blocks=blocks, targets=targets)
-    base = TrainConfig(
-        steps=steps, learning_rate=learning_rate, resolution=resolution, sample_every=sample_every
-    )
-    config = concept.train_config(
-        base,
-        steps=steps,
-        learning_rate=learning_rate,
-        resolution=resolution,
-        train_embedding=train_embedding,
-        lock_weight=lock_weight,
-        word_lock_weight=word_lock_weight,
-        embedding_vectors=vectors,
-    )
+    targets = given.get("targets") or concept.train.targets or AdapterConfig.targets
+    options = {o.name: recipe.get(o.name) for o in adapters.get(method).options}
+    adapter = AdapterConfig(method, rank=recipe["rank"], targets=targets, **options)
+    train = {name: given.get(name) for name in TRAIN_FIELDS}  # None: the concept's own, then TrainConfig's
+    config = concept.train_config(TrainConfig(sample_every=recipe["sample_every"]), **train)
     _check_lock(config.lock_weight, targets)  # a folder's own lock or layers
     return concept, adapter, config

@@ -1,6 +1,9 @@
 """The page: four tabs wired to the named endpoints of `handlers.Handlers`.
 
 Every event that does work has an `api_name`, so whatever the page can do, a `gradio_client` script can do too.
+The Train tab's setting fields are made from the schema (`training.form_settings()`), so a method registered
+with an option gets its field, preset and recipe value with no line here; `train_start` takes them as one named
+form (a JSON object) beside the uploaded files, and the page's Start button sends the same form.
 Generation, interference checks and evaluations share one concurrency group as large as the pipeline pool;
 training is not an event at all but a job on the queue's own thread, which the page polls once a second.
 """
@@ -13,11 +16,54 @@ from ..adapters import available
 from ..evaluation import PRESETS as CONVENTIONS
 from ..evaluation import prompt_sets
 from ..pipeline import default_guidance
-from . import compose, evaluate, library
+from ..settings import Setting
+from . import compose, evaluate, library, training
+from .calls import Blocks
 from .handlers import Context, Handlers, guard
 
 PIPELINES = "pipelines"  # concurrency id of every event that borrows a pipeline
 POLL_SECONDS = 1.0
+
+
+# What each target preset adapts, for the Targets dropdown (a preset added to inject shows by its name alone).
+TARGET_WORDS = {
+    "attention": "every attention projection",
+    "cross_kv": "cross-attention keys and values, for concepts to fuse",
+    "self_attention": "self-attention only",
+}
+
+
+def field(setting: Setting, value, elem_id: str):
+    """The component of one form setting: its type picks the kind, its help is the field's info line, and an
+    option is labelled with the method that declares it ("Blocks (bora_block)")."""
+    owner = training.option_owner(setting.name)
+    label = setting.name.replace("_", " ").capitalize() + (f" ({owner})" if owner else "")
+    common = dict(label=label, info=setting.help, elem_id=elem_id)
+    if setting.name == "method":
+        return gr.Dropdown(available(), value=value, allow_custom_value=True, **common)
+    if setting.name == "targets":
+        words = [(f"{TARGET_WORDS.get(p, p)} ({p})", p) for p in setting.choices]
+        return gr.Dropdown(words, value=value, **common)
+    if setting.kind is bool:
+        return gr.Checkbox(value, **common)
+    if setting.choices:
+        return gr.Dropdown(list(setting.choices), value=value, **common)
+    if setting.kind is str:
+        return gr.Textbox(value, **common)
+    # No minimum / maximum on the component: the form's own check names the field and its range.
+    return gr.Number(value, precision=0 if setting.kind is int else None, **common)
+
+
+def form_fields(values: dict) -> dict:
+    """The Train tab's setting fields (`training.form_settings()`), laid out three to a row, by name."""
+    settings = training.form_settings()
+    made = {}
+    for start in range(0, len(settings), 3):
+        with gr.Row():
+            for setting in settings[start : start + 3]:
+                elem_id = "train-" + setting.name.replace("_", "-")
+                made[setting.name] = field(setting, values[setting.name], elem_id)
+    return made
 
 
 def build(ctx: Context) -> gr.Blocks:
@@ -25,10 +71,10 @@ def build(ctx: Context) -> gr.Blocks:
     g = {name: guard(getattr(h, name)) for name in dir(h) if not name.startswith("_") and name != "ctx"}
     workers = ctx.pipelines.workers
     methods = list(available())
-    first = h.method_preset("sbora_fa")
+    first = training.preset(training.DEFAULT_METHOD)
     folders = h.concept_folders()
 
-    with gr.Blocks(title="bora-diffusion") as demo:
+    with Blocks(title="bora-diffusion") as demo:
         gr.Markdown(
             f"# bora-diffusion\nConcept tuning on **{ctx.pipelines.name}**: train a concept, keep it in the "
             "library, compose several and generate, then score them with CLIP."
@@ -59,48 +105,7 @@ def build(ctx: Context) -> gr.Blocks:
                         token = gr.Textbox(label="Token (a made-up word, e.g. zqmug)", elem_id="train-token")
                         class_word = gr.Textbox(label="Class word (e.g. mug)", elem_id="train-class")
                 with gr.Column():
-                    method = gr.Dropdown(methods, value="sbora_fa", label="Method", allow_custom_value=True)
-                    with gr.Row():
-                        rank = gr.Number(first[0], label="Rank", precision=0, elem_id="train-rank")
-                        blocks = gr.Number(first[1], label="Blocks (bora_block)", precision=0)
-                        steps = gr.Number(first[2], label="Steps", precision=0, elem_id="train-steps")
-                    with gr.Row():
-                        lr = gr.Number(first[3], label="Learning rate")
-                        sample_every = gr.Number(0, label="Sample every N steps (0: never)", precision=0,
-                                                 elem_id="train-sample-every")  # fmt: skip
-                        resolution = gr.Number(64, label="Resolution", precision=0)
-                    with gr.Row():
-                        embedding = gr.Checkbox(
-                            False,
-                            label="Also train the token's own text embedding (ED-LoRA)",
-                            elem_id="train-embedding",
-                        )
-                        vectors = gr.Number(
-                            1,
-                            label="Token vectors (with the embedding)",
-                            precision=0,
-                            elem_id="train-vectors",
-                        )
-                        word_lock = gr.Number(
-                            0,
-                            label="Word lock (the other words keep their text states; 0: off)",
-                            elem_id="train-word-lock",
-                        )
-                    targets = gr.Dropdown(
-                        [
-                            ("every attention projection (attention)", "attention"),
-                            ("cross-attention keys and values, for concepts to fuse (cross_kv)", "cross_kv"),
-                            ("self-attention only (self_attention)", "self_attention"),
-                        ],
-                        value="attention",
-                        label="Layers",
-                        elem_id="train-targets",
-                    )
-                    lock = gr.Number(
-                        0,
-                        label="Prompt lock (keeps the keys and values of prompts without the token; 0: off)",
-                        elem_id="train-lock",
-                    )
+                    fields = form_fields(first)
                     with gr.Row():
                         start = gr.Button("Start training", variant="primary", elem_id="train-start")
                         stop = gr.Button("Stop and save", variant="stop", elem_id="train-stop")
@@ -202,7 +207,7 @@ def build(ctx: Context) -> gr.Blocks:
                 )
                 cmp_methods = gr.Dropdown(
                     methods,
-                    value=["lora", "sbora_fa"],
+                    value=[methods[0], training.DEFAULT_METHOD],  # the registry's first (LoRA), the default
                     multiselect=True,
                     label="Methods",
                     allow_custom_value=True,
@@ -233,8 +238,10 @@ def build(ctx: Context) -> gr.Blocks:
         )
         # A method picked by hand starts from its preset; a concept folder fills the form with its own recipe.
         # `.input`, not `.change`: a folder's recipe that sets the method must not be reset to the preset.
-        method.input(g["method_preset"], method, [rank, blocks, steps, lr], api_name="method_preset")
-        recipe = [method, rank, blocks, steps, lr, resolution, embedding, targets, lock, vectors, word_lock]
+        method = fields["method"]
+        presets = [fields[name] for name in training.preset_fields()]
+        method.input(g["method_preset"], method, presets, api_name="method_preset")
+        recipe = [fields[name] for name in training.recipe_fields()]
         folder.change(g["folder_recipe"], folder, recipe, api_name="folder_recipe")
         source.input(
             lambda s, f: g["folder_recipe"](f) if s == "folder" and f else [gr.update()] * len(recipe),
@@ -242,13 +249,28 @@ def build(ctx: Context) -> gr.Blocks:
             recipe,
             api_visibility="private",
         )
+        # The page sends its components; API clients send one named form (a JSON object) and the files.
+        concept_fields = [source, folder, name, token, class_word]
+        keys = [*training.CONCEPT_FIELDS, *fields]
+
+        def start_from_page(files_value, *values):
+            return g["train_start"](dict(zip(keys, values, strict=True)), files_value)
+
         start.click(
+            start_from_page,
+            [files, *concept_fields, *fields.values()],
+            [job_id, details],
+            api_visibility="private",
+        )
+        form = gr.JSON(visible=False)
+        api_start = gr.Button("train_start", visible=False)
+        api_start.click(
             g["train_start"],
-            [source, files, folder, name, token, class_word, method, rank, blocks, steps, lr, sample_every,
-             resolution, embedding, targets, lock, vectors, word_lock],
+            [form, files],
             [job_id, details],
             api_name="train_start",
-        )  # fmt: skip
+            api_description=training.form_description(),
+        )
         stop.click(g["train_stop"], job_id, details, api_name="train_stop")
         view = [progress, status, loss, samples]
         gr.Timer(POLL_SECONDS).tick(
