@@ -112,6 +112,16 @@ def test_the_cycle_finder_finds_a_cycle_and_a_clean_graph_has_none():
     assert _cycles({"a": {"b"}, "b": set(), "c": {"a", "b"}}) == []
 
 
+def test_the_scan_sees_imports_inside_functions_and_leaves_type_checking_out(tmp_path):
+    source = tmp_path / "compare.py"
+    source.write_text(
+        "from typing import TYPE_CHECKING\nfrom . import chart\nif TYPE_CHECKING:\n    from .scorer import S\n"
+        "def save():\n    from ..world.scenes import draw\n"
+    )
+    known = {"pkg.ev.chart", "pkg.ev.scorer", "pkg.world.scenes", "pkg.ev"}
+    assert _imports("pkg.ev.compare", source, known) == {"pkg.ev", "pkg.ev.chart", "pkg.world.scenes"}
+
+
 def test_no_module_is_over_450_lines():
     sizes = {name: len(path.read_text().splitlines()) for name, path in _modules().items()}
     assert sizes, "no modules found"
@@ -160,3 +170,25 @@ def test_no_method_name_is_compared_as_a_string_outside_its_own_file():
     # A method's own file may name itself (adapters/<file>.py: `method = "lora"` is not a comparison anyway).
     offenders = [use for path in files for use in method_name_uses(path, methods)]
     assert offenders == []
+
+
+def test_the_generic_scorer_knows_nothing_of_the_world():
+    """evaluation/ scores any concept with any CLIP; the world (the demo domain) plugs itself in from world/."""
+    graph = import_graph()
+    assert "bora_diffusion.evaluation.scorer" in graph["bora_diffusion.world.scoring"]
+    into_world = {
+        name: sorted(t for t in targets if t.startswith("bora_diffusion.world"))
+        for name, targets in graph.items()
+        if name.startswith("bora_diffusion.evaluation")
+    }
+    assert {name: targets for name, targets in into_world.items() if targets} == {}
+
+
+def _first_line(path: Path) -> str:
+    docstring = ast.get_docstring(ast.parse(path.read_text())) or ""
+    return docstring.splitlines()[0] if docstring else ""
+
+
+def test_every_module_says_its_job_in_a_docstring():
+    missing = sorted(name for name, path in _modules().items() if len(_first_line(path)) < 20)
+    assert missing == []
