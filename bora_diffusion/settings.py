@@ -86,7 +86,7 @@ class Setting:
                 raise self._error(value)
             return value
         if isinstance(value, bool) or not isinstance(value, int | float):
-            raise self._error(value)
+            raise self._error(value, not_a_number=True)
         if (
             (self.kind is int and not isinstance(value, int))
             or not math.isfinite(value)
@@ -97,9 +97,14 @@ class Setting:
             raise self._error(value)
         return float(value) if self.kind is float else value
 
-    def _error(self, value: Any) -> ConfigError:
+    def _error(self, value: Any, not_a_number: bool = False) -> ConfigError:
+        wanted = self.wanted()
+        if not_a_number and self.kind is float and not wanted.startswith("a "):
+            wanted = (
+                "a positive number" if wanted == "positive" else f"a number {wanted}"
+            )  # not "positive, got 'x'"
         omit = " (or omitted)" if self.optional else ""
-        return ConfigError(f"{self.name} must be {self.wanted()}{omit}, got {value!r}")
+        return ConfigError(f"{self.name} must be {wanted}{omit}, got {value!r}")
 
 
 def setting(default: Any, help: str, kind: type | None = None, **rules: Any) -> Any:

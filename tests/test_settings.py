@@ -50,7 +50,8 @@ def widened(monkeypatch):
         (Setting("warmup", int, 0, "", minimum=0), -1, "warmup must be a non-negative integer, got -1"),
         (Setting("lr", float, 1.0, "", positive=True), 0, "lr must be positive, got 0"),
         (Setting("lr", float, 1.0, "", positive=True), float("nan"), "lr must be positive, got nan"),
-        (Setting("lr", float, 1.0, "", positive=True), "1e-3", "lr must be positive, got '1e-3'"),
+        (Setting("lr", float, 1.0, "", positive=True), "1e-3", "lr must be a positive number, got '1e-3'"),
+        (Setting("w", float, 0.0, "", minimum=0), "none", "w must be a number >= 0, got 'none'"),
         (Setting("w", float, 0.0, "", minimum=0), -0.5, "w must be >= 0, got -0.5"),
         (Setting("p", float, 0.5, "", minimum=0, maximum=1), 2, "p must be a number 0 <= p <= 1, got 2"),
         (
