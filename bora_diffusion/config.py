@@ -73,9 +73,7 @@ class AdapterConfig:
         declared = {option.name: option for option in cls.options}
         for name in given:
             if name not in declared:
-                owners = [
-                    m for m in adapters.available() if name in {o.name for o in adapters.get(m).options}
-                ]
+                owners = adapters.option_owners(name)
                 where = (
                     f"an option of {' and '.join(owners)} only" if owners else "not an option of any method"
                 )

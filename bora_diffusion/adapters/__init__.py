@@ -36,6 +36,8 @@ __all__ = [
     "available",
     "build",
     "get",
+    "option_names",
+    "option_owners",
     "orthogonal_basis",
 ]
 
@@ -51,6 +53,16 @@ def get(method: str) -> type[AdapterLayer]:
         return _METHODS[method]
     except KeyError:
         raise ConfigError(f"method {method!r} is unknown; choose one of {', '.join(_METHODS)}") from None
+
+
+def option_names(method: str) -> set[str]:
+    """The names of the options `method` declares (`{"blocks"}` for bora_block)."""
+    return {option.name for option in get(method).options}
+
+
+def option_owners(name: str) -> list[str]:
+    """The methods that declare an option called `name`, in registry order."""
+    return [method for method in _METHODS if name in option_names(method)]
 
 
 def build(base: nn.Linear, config: AdapterConfig, *, path: str, slot: Slot | None = None) -> AdapterLayer:

@@ -79,7 +79,7 @@ def form_settings() -> tuple[Setting, ...]:
 
 def option_owner(name: str) -> str | None:
     """The method that declares option `name` (None for a shared setting): the form labels its field with it."""
-    return next((m for m in adapters.available() if name in {o.name for o in adapters.get(m).options}), None)
+    return next(iter(adapters.option_owners(name)), None)
 
 
 def preset_fields() -> tuple[str, ...]:
@@ -248,7 +248,7 @@ def build(
                 raise ConfigError(f"{field}: required for an upload (e.g. token 'zqmug', class_word 'mug')")
         check_name(safe_name(form.name, "name"))
         # The upload's concept.toml keeps the recipe it trains with, so the CLI trains the folder alike.
-        declared = {o.name for o in adapters.get(method).options}
+        declared = adapters.option_names(method)
         kept = {
             k: v for k, v in recipe.items() if k != "sample_every" and (k in declared or not option_owner(k))
         }

@@ -78,11 +78,6 @@ def compare_train_flags() -> tuple[SettingFlag, ...]:
     )
 
 
-def owners(option: str) -> list[str]:
-    """The methods that declare `option`."""
-    return [m for m in adapters.available() if option in {o.name for o in adapters.get(m).options}]
-
-
 def in_words(value: Any) -> str:
     if isinstance(value, bool):
         return "on" if value else "off"
@@ -108,9 +103,8 @@ def checked(setting: Setting, text: str, flag: str) -> Any:
     positive integer, got 0"."""
     value: Any = text
     if setting.kind in (int, float):
-        with contextlib.suppress(
-            ValueError
-        ):  # the setting's check then says what it must be, showing the text
+        # A text that is no number stays text: the setting's check then says what it must be, showing it.
+        with contextlib.suppress(ValueError):
             value = setting.kind(text)
     try:
         return setting.check(value)
@@ -145,7 +139,9 @@ def add_setting_flags(
     for item in flags:
         s = item.setting
         default = s.default if defaults else None
-        text = helps.get(s.name) or help_text(s, owners(s.name) if s in option_settings() else ())
+        text = helps.get(s.name) or help_text(
+            s, adapters.option_owners(s.name) if s in option_settings() else ()
+        )
         if s.kind is bool:
             action = argparse.BooleanOptionalAction if s.default or s.name in negatable else "store_true"
             parser.add_argument(item.flag, dest=item.dest, action=action, default=default, help=text)

@@ -86,7 +86,7 @@ def _checked(data: Mapping[str, Any]) -> tuple[dict[str, Any], list[str]]:
             if key in options:
                 # Under the concept's own method, so an option of another method is refused as AdapterConfig
                 # refuses it; with none named, under the first method that declares it.
-                probe = method or next(m for m in adapters.available() if key in _option_names(m))
+                probe = method or adapters.option_owners(key)[0]
                 values[key] = AdapterConfig(probe, **{key: value}).options[key]
             else:
                 values[key] = described[key].check(value)  # an int made a float for a float setting
@@ -99,10 +99,6 @@ def _checked(data: Mapping[str, Any]) -> tuple[dict[str, Any], list[str]]:
         except TargetError as error:
             problems.append(str(error))
     return values, problems
-
-
-def _option_names(method: str) -> set[str]:
-    return {option.name for option in adapters.get(method).options}
 
 
 def train_problems(data: Mapping[str, Any]) -> list[str]:
@@ -169,7 +165,7 @@ class TrainDefaults:
         values = {key: self._values[key] for key in keys if key in self._values}
         values.update({key: value for key, value in overrides.items() if value is not None})
         values.setdefault("method", default_method)
-        for name in self.options.keys() - _option_names(values["method"]):
+        for name in self.options.keys() - adapters.option_names(values["method"]):
             if overrides.get(name) is None:
                 # The concept's option belongs to its own method choice, not to a method chosen over it.
                 values.pop(name)
