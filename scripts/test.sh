@@ -9,6 +9,9 @@ export BORA_REQUIRE_BROWSER=1
 # Screenshots of every app tab from the browser test land here, for people to look at after a run.
 export BORA_TEST_ARTIFACTS="${BORA_TEST_ARTIFACTS:-$PWD/test-artifacts}"
 source scripts/env.sh
+# The tests run tiny models, whose ops are too small to share among threads; on a busy machine (CI) two threads
+# wait at every op's barrier for each other's time slices (bora_diffusion/threads.py). One thread each, unless asked.
+export OMP_NUM_THREADS="${OMP_NUM_THREADS:-1}"
 .venv/bin/ruff check bora_diffusion tests scripts app.py
 .venv/bin/ruff format --check bora_diffusion tests scripts app.py
 # Tests must not write into the user's home: the embedded default is built in a throwaway folder.

@@ -16,6 +16,7 @@ from collections.abc import Iterator
 
 from ..inject import eject
 from ..pipeline import base_name, load_base
+from ..threads import use_threads
 
 
 class Pipelines:
@@ -35,6 +36,7 @@ class Pipelines:
         with self._lock:
             if self._train is None:
                 self._train = load_base(self.base)
+                use_threads(self._train.unet)  # the CPU threads for its size (bora_diffusion.threads)
             return self._train
 
     @contextlib.contextmanager
@@ -70,7 +72,9 @@ class Pipelines:
         if not build:
             return self._pool.get()
         try:
-            return load_base(self.base)
+            pipe = load_base(self.base)
+            use_threads(pipe.unet)  # the CPU threads for its size (bora_diffusion.threads)
+            return pipe
         except BaseException:
             with self._lock:
                 self._made -= 1

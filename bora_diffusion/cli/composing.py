@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import argparse
 
-from .runtime import device, guidance
+from .runtime import base_pipeline, guidance
 
 
 def _parse_concepts(items: list[str]) -> list[tuple[str, float]]:
@@ -33,10 +33,10 @@ def _is_number(text: str) -> bool:
 
 def _composed(args: argparse.Namespace, *, fuse: bool):
     from ..merge import compose
-    from ..pipeline import base_name, load_base
+    from ..pipeline import base_name
 
     files = _parse_concepts(args.concepts)  # a bad scale is refused before the base loads
-    pipe = load_base(args.base, device=device(args))
+    pipe = base_pipeline(args)
     report = compose(pipe, files, fuse=fuse, force=args.force)
     base = base_name(args.base)
     for concept in report.concepts.values():

@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 from .flags import compare_train_flags, given, option_settings, setting_flags
-from .runtime import device, guidance
+from .runtime import base_pipeline, device, guidance
 
 
 def _scores_text(scores) -> str:
@@ -27,7 +27,6 @@ def _scoring(args: argparse.Namespace):
     from ..evaluation import RunSettings, preset
     from ..evaluation.run_settings import OTHER_WORDS
     from ..generate import SamplingSettings
-    from ..pipeline import load_base
     from ..world.scoring import WorldScorer
 
     where = device(args)
@@ -49,7 +48,7 @@ def _scoring(args: argparse.Namespace):
         other_words=() if args.no_other_words or args.no_base else _words(args.other_words) or OTHER_WORDS,
     )
     scorer = WorldScorer(preset(args.conventions, **overrides), device=where)
-    pipe = load_base(args.base, device=where)
+    pipe = base_pipeline(args)
     return pipe, scorer, settings
 
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import argparse
 
+from .runtime import base_pipeline
+
 
 def run_inspect(args: argparse.Namespace) -> int:
     from ..formats import read_adapter
@@ -64,7 +66,7 @@ def _layers_per_block(layers) -> str:
 def run_base(args: argparse.Namespace) -> int:
     from ..atomic import atomic_folder, check_pipeline_folder
     from ..embedded import ensure_embedded_default, silenced_progress_bars
-    from ..pipeline import EMBEDDED_ALIASES, base_name, load_base
+    from ..pipeline import EMBEDDED_ALIASES, base_name
 
     if args.base is None or args.base in EMBEDDED_ALIASES:
         print(f"{base_name(args.base)}: {ensure_embedded_default()}")  # written there on first use
@@ -72,7 +74,7 @@ def run_base(args: argparse.Namespace) -> int:
         print(f"base: {args.base}")
     if args.save:
         check_pipeline_folder(args.save)
-        pipe = load_base(args.base)
+        pipe = base_pipeline(args, on_device=False)
         with silenced_progress_bars(), atomic_folder(args.save) as staging:  # nothing half-written is left
             pipe.save_pretrained(staging)
         print(f"diffusers folder: {args.save} (StableDiffusionPipeline.from_pretrained loads it)")
@@ -121,12 +123,12 @@ def run_import(args: argparse.Namespace) -> int:
     from ..atomic import check_writable
     from ..formats import import_lora
     from ..formats.convert import read_foreign
-    from ..pipeline import base_name, load_base
+    from ..pipeline import base_name
 
     check_writable(args.out, folder=False, what="--out")
     # A missing, unreadable or non-finite file is refused before the base loads; the import reuses what was read.
     foreign = read_foreign(args.file)
-    pipe = load_base(args.base)
+    pipe = base_pipeline(args, on_device=False)
     report = import_lora(
         foreign,
         pipe.unet,

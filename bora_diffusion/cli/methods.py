@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from .runtime import device
+from .runtime import base_pipeline
 
 # The largest |fused - live| output difference a method may show: fusing is exact in exact arithmetic, so what
 # is left is float32 rounding, far below this.
@@ -37,10 +37,10 @@ def row(result) -> str:
 
 
 def run_methods(args: argparse.Namespace) -> int:
-    from ..pipeline import base_name, load_base
+    from ..pipeline import base_name
     from ..selfcheck import check_methods
 
-    pipe = load_base(args.base, device=device(args))
+    pipe = base_pipeline(args)
     name = base_name(args.base)
     print(f"base: {name}   rank: {args.rank}   targets: {args.targets}")
     print(HEADER)

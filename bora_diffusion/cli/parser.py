@@ -6,12 +6,13 @@ import argparse
 
 from .. import __version__, adapters
 from ..config import TrainConfig, adapter_settings
-from ..settings import settings_of
+from ..settings import Setting, settings_of
 from .app import run_app
 from .composing import run_compose, run_generate
 from .evaluating import run_compare, run_evaluate
 from .files import run_base, run_export, run_import, run_inspect, run_slots
 from .flags import (
+    CheckedValue,
     adapter_setting,
     add_setting_flags,
     and_joined,
@@ -28,7 +29,18 @@ GUIDANCE_HELP = "classifier-free guidance scale (default: 3 on the embedded base
 DEVICE_HELP = (
     "cuda, cuda:N or cpu (default: cuda when available; under a multi-process launch, each process's GPU)"
 )
+THREADS = Setting(
+    "threads", int, None, "CPU threads torch uses (default: 1 for a tiny base such as the embedded one, which a "
+    "busy machine slows far less so; torch's default for the rest, or OMP_NUM_THREADS)", positive=True,
+    optional=True,
+)  # fmt: skip
 BASE_HELP = "base model: 'embedded' (default, tiny, offline), a local diffusers folder, or a hub id"
+
+
+def add_device_flags(parser: argparse.ArgumentParser) -> None:
+    """Where a command that loads the base runs: --device and --threads."""
+    parser.add_argument("--device", help=DEVICE_HELP)
+    parser.add_argument("--threads", action=CheckedValue, setting=THREADS, metavar="N", help=THREADS.help)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -101,7 +113,7 @@ def add_scoring_args(parser: argparse.ArgumentParser) -> None:
         help="CLIP weights instead of the conventions' (world-clip: embedded; the presets: openai, cached "
         "locally): a pretrained tag, a checkpoint file, or 'none' for a random CLIP (smoke runs)",
     )
-    parser.add_argument("--device", help=DEVICE_HELP)
+    add_device_flags(parser)
 
 
 def add_concept_args(parser: argparse.ArgumentParser) -> None:
@@ -112,7 +124,7 @@ def add_concept_args(parser: argparse.ArgumentParser) -> None:
         help="concept adapter files, each with an optional scale from -10 to 10 (default 1), e.g. dog.safetensors:0.8",
     )
     parser.add_argument("--base", default=None, help=BASE_HELP)
-    parser.add_argument("--device", help=DEVICE_HELP)
+    add_device_flags(parser)
     parser.add_argument("--force", action="store_true", help="compose even if concepts share slots")
 
 
@@ -126,7 +138,7 @@ def add_methods_command(commands: argparse._SubParsersAction) -> None:
         "fused model equals the live one, save its file, remove it and check the UNet is restored bit for bit.",
     )
     methods.add_argument("--base", default=None, help=BASE_HELP)
-    methods.add_argument("--device", help=DEVICE_HELP)
+    add_device_flags(methods)
     add_setting_flags(methods, setting_flags([adapter_setting("rank")]), defaults=True)
     methods.add_argument("--targets", default="attention", help=TARGETS_HELP)
     methods.add_argument(
@@ -162,7 +174,7 @@ def add_train_command(commands: argparse._SubParsersAction) -> None:
         "--out", required=True, help="output folder: adapters, checkpoints, samples, slots.json"
     )
     train.add_argument("--base", default=None, help=BASE_HELP)
-    train.add_argument("--device", help=DEVICE_HELP)
+    add_device_flags(train)
     adapter = train.add_argument_group(
         "adapter", "a flag beats the concept's [train] value, which beats the default shown"
     )

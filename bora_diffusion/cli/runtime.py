@@ -1,5 +1,5 @@
-"""Where a command runs: this process's rank under a multi-process launch, the device the base runs on, and the
-base's default guidance. Every group of commands shares these."""
+"""Where a command runs: this process's rank under a multi-process launch, the device and CPU threads the base runs
+with, and the base's default guidance. Every group of commands shares these."""
 
 from __future__ import annotations
 
@@ -37,6 +37,17 @@ def device(args: argparse.Namespace) -> str:
         return "cpu"
     local_rank = os.environ.get("LOCAL_RANK", "")
     return f"cuda:{local_rank}" if local_rank.isdigit() else "cuda"
+
+
+def base_pipeline(args: argparse.Namespace, *, on_device: bool = True):
+    """The base `--base` names, on `device(args)` (or the CPU: `on_device=False`), with its CPU threads chosen for
+    its size unless `--threads` says (bora_diffusion.threads)."""
+    from ..pipeline import load_base
+    from ..threads import use_threads
+
+    pipe = load_base(args.base, device=device(args) if on_device else "cpu")
+    use_threads(pipe.unet, getattr(args, "threads", None))
+    return pipe
 
 
 def guidance(args: argparse.Namespace) -> float:

@@ -8,21 +8,21 @@ import sys
 from pathlib import Path
 
 from .flags import TRAIN_FLAGS, adapter_flag_names, adapter_setting
-from .runtime import device, process_rank
+from .runtime import base_pipeline, process_rank
 
 
 def run_train(args: argparse.Namespace) -> int:
     from ..atomic import check_writable
     from ..callbacks import ProgressBar, TensorBoardLog
     from ..concept import DEFAULT_MIN_SIZE, load_concepts
-    from ..pipeline import base_name, load_base
+    from ..pipeline import base_name
     from ..train import train_concepts
 
     check_writable(args.out, folder=True, what="--out")
     min_size = args.resolution or DEFAULT_MIN_SIZE
     # Folders first, with the CLIP tokenizer SD 1.x, 2.x and SDXL share: a refusal costs no base load.
     load_concepts(args.concepts, min_size=min_size)
-    pipe = load_base(args.base, device=device(args))
+    pipe = base_pipeline(args)
     concepts = load_concepts(args.concepts, min_size=min_size, tokenizer=pipe.tokenizer)
     _note_transparency(concepts)
     # Flags not given are None, so the concept's own values stand under them.
