@@ -1,0 +1,134 @@
+"""Fast paths of the LoRA family: autograd Functions that save only what their backward reads.
+
+Each computes `result + alpha * up @ (down-side of x)` for a layer's input x (..., in) and the frozen output
+`result` (..., out), with alpha = scale * s folded into the GEMM (addmm's alpha), so no separate pass scales a
+(tokens, out) tensor, and a backward written by hand that launches only the products whose gradients are needed
+(the input usually needs none: the base is frozen and x comes from frozen layers or the data).
+
+- `low_rank_add`: a dense down factor (R, in). Saves x only when `down` trains (its gradient is dh^T x), and
+  saves x in the dtype it came in, casting in the backward, so a half-precision base keeps no fp32 copy of it.
+- `gather_add`: a one-hot down factor given by its `index` (sbora_fa). Saves x[..., index], (tokens, r), never x.
+- `scatter_add`: a one-hot up factor (sbora_fb): adds the (tokens, r) projection into output channels `index`.
+
+The dense path (`AdapterLayer.delta_weight`) stays the reference; tests/test_methods.py checks every fast path
+against it, outputs and gradients, per dtype.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor
+
+
+def _add_product(result: Tensor, hidden: Tensor, up: Tensor, alpha: float) -> Tensor:
+    """result (T, out) + alpha * hidden (T, R) @ up.T (R, out): one addmm when the dtypes agree."""
+    if result.dtype == hidden.dtype:
+        return torch.addmm(result, hidden, up.t(), alpha=alpha)
+    return result + torch.mm(hidden, up.t()).mul_(alpha).to(result.dtype)
+
+
+class _LowRankAdd(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx: Any, result: Tensor, x: Tensor, down: Tensor, up: Tensor, alpha: float) -> Tensor:
+        x2 = x.reshape(-1, x.shape[-1])  # (T, in), T = all leading axes
+        hidden = torch.mm(x2.to(down.dtype), down.t())  # (T, in) @ (in, R) -> (T, R)
+        out = _add_product(result.reshape(-1, result.shape[-1]), hidden, up, alpha)  # (T, out)
+        _, needs_x, needs_down, needs_up, _ = ctx.needs_input_grad
+        ctx.alpha, ctx.x_shape, ctx.x_dtype = alpha, x.shape, x.dtype
+        ctx.save_for_backward(
+            x2 if needs_down else None,
+            down if needs_x else None,
+            up if (needs_x or needs_down) else None,
+            hidden if needs_up else None,
+        )
+        return out.view(result.shape)
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, ...]:
+        x2, down, up, hidden = ctx.saved_tensors
+        needs_result, needs_x, needs_down, needs_up, _ = ctx.needs_input_grad
+        g = grad.reshape(-1, grad.shape[-1])  # (T, out)
+        gu = g.to(up.dtype if up is not None else hidden.dtype)
+        grad_x = grad_down = grad_up = None
+        if needs_up:
+            grad_up = torch.mm(gu.t(), hidden).mul_(ctx.alpha)  # (out, T) @ (T, R) -> (out, R)
+        if needs_x or needs_down:
+            grad_hidden = torch.mm(gu, up).mul_(ctx.alpha)  # (T, out) @ (out, R) -> (T, R)
+            if needs_down:
+                grad_down = torch.mm(grad_hidden.t(), x2.to(grad_hidden.dtype))  # (R, T) @ (T, in) -> (R, in)
+            if needs_x:
+                grad_x = torch.mm(grad_hidden, down).to(ctx.x_dtype).view(ctx.x_shape)  # (T, in)
+        return (grad if needs_result else None), grad_x, grad_down, grad_up, None
+
+
+class _GatherAdd(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx: Any, result: Tensor, x: Tensor, index: Tensor, up: Tensor, alpha: float) -> Tensor:
+        picked = x.reshape(-1, x.shape[-1]).index_select(1, index).to(up.dtype)  # (T, in) -> (T, r)
+        out = _add_product(result.reshape(-1, result.shape[-1]), picked, up, alpha)  # (T, out)
+        _, needs_x, _, needs_up, _ = ctx.needs_input_grad
+        ctx.alpha, ctx.x_shape, ctx.x_dtype = alpha, x.shape, x.dtype
+        ctx.save_for_backward(
+            picked if needs_up else None, index if needs_x else None, up if needs_x else None
+        )
+        return out.view(result.shape)
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, ...]:
+        picked, index, up = ctx.saved_tensors
+        needs_result, needs_x, _, needs_up, _ = ctx.needs_input_grad
+        g = grad.reshape(-1, grad.shape[-1])  # (T, out)
+        grad_x = grad_up = None
+        if needs_up:
+            grad_up = torch.mm(g.to(picked.dtype).t(), picked).mul_(
+                ctx.alpha
+            )  # (out, T) @ (T, r) -> (out, r)
+        if needs_x:
+            grad_picked = torch.mm(g.to(up.dtype), up).mul_(ctx.alpha).to(ctx.x_dtype)  # (T, r)
+            grad_x = g.new_zeros(g.shape[0], ctx.x_shape[-1], dtype=ctx.x_dtype)  # (T, in)
+            grad_x = grad_x.index_copy_(1, index, grad_picked).view(ctx.x_shape)  # the slot's columns only
+        return (grad if needs_result else None), grad_x, None, grad_up, None
+
+
+class _ScatterAdd(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx: Any, result: Tensor, x: Tensor, down: Tensor, index: Tensor, alpha: float) -> Tensor:
+        x2 = x.reshape(-1, x.shape[-1])  # (T, in)
+        hidden = torch.mm(x2.to(down.dtype), down.t())  # (T, in) @ (in, r) -> (T, r)
+        out = result.reshape(-1, result.shape[-1]).clone()  # (T, out)
+        out.index_add_(1, index, hidden.to(out.dtype), alpha=alpha)  # into output channels `index`
+        _, needs_x, needs_down, _, _ = ctx.needs_input_grad
+        ctx.alpha, ctx.x_shape, ctx.x_dtype = alpha, x.shape, x.dtype
+        ctx.save_for_backward(x2 if needs_down else None, down if needs_x else None, index)
+        return out.view(result.shape)
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, ...]:
+        x2, down, index = ctx.saved_tensors
+        needs_result, needs_x, needs_down, _, _ = ctx.needs_input_grad
+        g = grad.reshape(-1, grad.shape[-1])  # (T, out)
+        dtype = down.dtype if down is not None else x2.dtype if x2 is not None else g.dtype
+        grad_hidden = g.index_select(1, index).to(dtype).mul_(ctx.alpha)  # (T, r)
+        grad_x = grad_down = None
+        if needs_down:
+            grad_down = torch.mm(grad_hidden.t(), x2.to(dtype))  # (r, T) @ (T, in) -> (r, in)
+        if needs_x:
+            grad_x = torch.mm(grad_hidden, down).to(ctx.x_dtype).view(ctx.x_shape)  # (T, in)
+        return (grad if needs_result else None), grad_x, grad_down, None, None
+
+
+def low_rank_add(result: Tensor, x: Tensor, down: Tensor, up: Tensor, alpha: float) -> Tensor:
+    """`result + alpha * x @ down.T @ up.T`: x (..., in), down (R, in), up (out, R), result (..., out)."""
+    return _LowRankAdd.apply(result, x, down, up, alpha)
+
+
+def gather_add(result: Tensor, x: Tensor, index: Tensor, up: Tensor, alpha: float) -> Tensor:
+    """`result + alpha * x[..., index] @ up.T`: index (r,) distinct input features, up (out, r)."""
+    return _GatherAdd.apply(result, x, index, up, alpha)
+
+
+def scatter_add(result: Tensor, x: Tensor, down: Tensor, index: Tensor, alpha: float) -> Tensor:
+    """`result` plus `alpha * x @ down.T` added into output channels `index`: down (r, in), index (r,) distinct."""
+    return _ScatterAdd.apply(result, x, down, index, alpha)
