@@ -57,13 +57,11 @@ class _LowRankAdd(torch.autograd.Function):
         gu = g.to(up.dtype if up is not None else hidden.dtype)
         grad_x = grad_down = grad_up = None
         if needs_up:
-            grad_up = (
-                torch.mm(hidden.t().contiguous(), gu).mul_(ctx.alpha).t()
-            )  # (R, T) @ (T, out) -> (out, R)
+            # (R, T) @ (T, out) -> (R, out), returned as its (out, R) transpose
+            grad_up = torch.mm(hidden.t().contiguous(), gu).mul_(ctx.alpha).t()
         if needs_x or needs_down:
-            grad_hidden_t = torch.mm(up.t().contiguous(), gu.t()).mul_(
-                ctx.alpha
-            )  # (R, out) @ (out, T) -> (R, T)
+            # (R, out) @ (out, T) -> (R, T): the hidden activations' gradient, transposed
+            grad_hidden_t = torch.mm(up.t().contiguous(), gu.t()).mul_(ctx.alpha)
             if needs_down:
                 grad_down = torch.mm(grad_hidden_t, x2.to(grad_hidden_t.dtype))  # (R, T) @ (T, in) -> (R, in)
             if needs_x:
@@ -90,11 +88,13 @@ class _GatherAdd(torch.autograd.Function):
         g = grad.reshape(-1, grad.shape[-1])  # (T, out)
         grad_x = grad_up = None
         if needs_up:
-            grad_up = torch.mm(g.to(picked.dtype).t(), picked).mul_(
-                ctx.alpha
-            )  # (out, T) @ (T, r) -> (out, r)
+            # (r, T) @ (T, out) -> (r, out), returned as its (out, r) transpose
+            grad_up = torch.mm(picked.t().contiguous(), g.to(picked.dtype)).mul_(ctx.alpha).t()
         if needs_x:
-            grad_picked = torch.mm(g.to(up.dtype), up).mul_(ctx.alpha).to(ctx.x_dtype)  # (T, r)
+            # (r, out) @ (out, T) -> (r, T), then viewed as (T, r)
+            grad_picked = (
+                torch.mm(up.t().contiguous(), g.to(up.dtype).t()).mul_(ctx.alpha).t().to(ctx.x_dtype)
+            )
             grad_x = g.new_zeros(g.shape[0], ctx.x_shape[-1], dtype=ctx.x_dtype)  # (T, in)
             grad_x = grad_x.index_copy_(1, index, grad_picked).view(ctx.x_shape)  # the slot's columns only
         return (grad if needs_result else None), grad_x, None, grad_up, None
