@@ -52,7 +52,7 @@ class BlockDiversified(AdapterLayer):
         self.B = nn.Parameter(torch.zeros(self.out_features, self.rank, device=device))
         sigma = torch.empty(self.blocks, self.blocks, self.rank).uniform_(-bound, bound, generator=generator)
         self.sigma = nn.Parameter(sigma.to(device))
-        # The block each input feature and output unit falls in, as `tensor_split` cuts them; plain attributes,
+        # The block each input feature (and each output unit) falls in, as `tensor_split` cuts them; plain attributes,
         # not buffers, so that the adapter's tensors (and its files) stay what they were.
         self._in_block = torch.cat(
             [
@@ -60,12 +60,14 @@ class BlockDiversified(AdapterLayer):
                 for j, part in enumerate(torch.arange(self.in_features).tensor_split(self.blocks))
             ]
         )  # (in,) int64
-        self._out_block = torch.cat(
+        out_block = torch.cat(
             [
                 torch.full((len(part),), i)
                 for i, part in enumerate(torch.arange(self.out_features).tensor_split(self.blocks))
             ]
         )  # (out,) int64
+        # Made here, on the CPU: one_hot on a GPU checks its input's range, a sync on every forward.
+        self._out_mask = torch.nn.functional.one_hot(out_block, self.blocks).bool()  # (out, b)
 
     def block_scales(self) -> Tensor:
         """Sigma (b, b, r) in fp32: the normalized, clamped exponential of the raw sigma."""
@@ -94,18 +96,16 @@ class BlockDiversified(AdapterLayer):
     def fast_factors(self) -> tuple[Tensor, Tensor]:
         """`lora_factors`' (down (b r, in), up (out, b r)) in four vectorized ops, for the forward pass."""
         if self._in_block.device != self.A.device:  # moved once, after the module moved
-            self._in_block, self._out_block = (
-                self._in_block.to(self.A.device),
-                self._out_block.to(self.A.device),
-            )
-        in_block, out_block = self._in_block, self._out_block
+            self._in_block = self._in_block.to(self.A.device)
+            self._out_mask = self._out_mask.to(self.A.device)
         scales = self.block_scales().to(self.dtype)  # (b, b, r)
         # down[i r + k, col] = Sigma[i, block(col), k] * A[k, col]
-        per_column = scales.permute(0, 2, 1).index_select(2, in_block)  # (b, r, b) -> (b, r, in)
+        per_column = scales.permute(0, 2, 1).index_select(2, self._in_block)  # (b, r, b) -> (b, r, in)
         down = (per_column * self.A).reshape(self.blocks * self.rank, self.in_features)  # (b r, in)
         # up[o, i r + k] = B[o, k] where o lies in output block i, else 0: block-diagonal
-        mask = torch.nn.functional.one_hot(out_block, self.blocks).to(self.dtype)  # (out, b)
-        up = (mask[:, :, None] * self.B[:, None, :]).reshape(self.out_features, self.blocks * self.rank)
+        up = (self._out_mask.to(self.dtype)[:, :, None] * self.B[:, None, :]).reshape(
+            self.out_features, self.blocks * self.rank
+        )
         return down, up
 
     def add_delta(self, result: Tensor, x: Tensor, base_out: Tensor, base: nn.Linear) -> Tensor:
