@@ -4,7 +4,11 @@ Part (a), the adapters' own cost: forward + backward through one layer of each S
 (out, in) at `--tokens` tokens (batch 1), the input needing no grad, the base weight frozen, only the adapter
 trainable. A method's overhead is its time minus the time of the same frozen Linear without adapter, timed right
 before it (one pair per sample); the per-shape overheads, weighted by how many projections of each shape SD 1.5
-has, add up to the adapter overhead of the attention projections of one SD 1.5 UNet pass.
+has, add up to the adapter overhead of the attention projections of one SD 1.5 UNet pass. `--equal-params` gives
+each of our methods, per shape, the rank whose trainable parameters come closest to peft LoRA's at `--rank` without
+exceeding them (`sbora_fa` at 2r on a square layer). Part (a) also reports the bytes each layer saves for the
+backward (through `torch.autograd.graph.saved_tensors_hooks`; the layer's own parameters and buffers, which live
+anyway, not counted, the input x counted).
 
 Part (b), a whole training step (forward, backward, AdamW step) of a UNet with adapters on all attention
 projections (`to_q`, `to_k`, `to_v`, `to_out.0`): the embedded tiny UNet by default, `--sd15` for a UNet of SD 1.5's
@@ -22,6 +26,7 @@ Usage (from the repository root):
     HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 .venv/bin/python scripts/bench_adapters.py            # (a) + (b), tiny
     HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 .venv/bin/python scripts/bench_adapters.py --part b --sd15
     .venv/bin/python scripts/bench_adapters.py --device cuda --dtype bf16 --sd15 --resolution 512 --json out.json
+    .venv/bin/python scripts/bench_adapters.py --part a --equal-params --json equal.json
 """
 
 from __future__ import annotations
@@ -193,6 +198,45 @@ def adapted_layer(base: nn.Linear, variant: str, rank: int) -> nn.Module:
     return wrap_linear(base, variant, rank=rank)  # bora_block at its default blocks, 4
 
 
+def trainable_count(base: nn.Linear, variant: str, rank: int) -> int:
+    return sum(p.numel() for p in trainable(adapted_layer(base, variant, rank)))
+
+
+def matched_ranks(base: nn.Linear, names: Sequence[str], rank: int, equal_params: bool) -> dict[str, int]:
+    """`rank` for every variant, or with `equal_params` for each of ours the largest rank whose trainable
+    parameters do not exceed peft LoRA's at `rank` on this layer (at least 1); peft's two stay at `rank`."""
+    ranks = {name: rank for name in names}
+    if not equal_params:
+        return ranks
+    budget = rank * (base.in_features + base.out_features)  # peft LoRA: A (r, in) + B (out, r)
+    for name in names:
+        if name in (PEFT_LORA, PEFT_DORA):
+            continue
+        chosen = 1
+        while trainable_count(base, name, chosen + 1) <= budget:
+            chosen += 1
+        ranks[name] = chosen
+    return ranks
+
+
+def saved_bytes(layer: nn.Module, x: Tensor) -> int:
+    """Bytes one forward of `layer` saves for its backward: every distinct storage the autograd graph keeps,
+    less the layer's own parameters and buffers (they live anyway). The input x counts."""
+    own = {t.untyped_storage().data_ptr() for t in (*layer.parameters(), *layer.buffers())}
+    storages: dict[int, int] = {}
+
+    def pack(tensor: Tensor) -> Tensor:
+        storage = tensor.untyped_storage()
+        if storage.data_ptr() not in own:
+            storages[storage.data_ptr()] = storage.nbytes()
+        return tensor
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
+        out = layer(x)
+    del out
+    return sum(storages.values())
+
+
 def perturb_zero_factors(params: Sequence[nn.Parameter], generator: torch.Generator) -> None:
     """Give the zero-initialized factors small random values, so that no path is trivially zero."""
     with torch.no_grad():
@@ -227,10 +271,16 @@ def paired(first: Callable[[], float], second: Callable[[], float]) -> Callable[
 
 
 def bench_shape(
-    shape: tuple[int, int], names: Sequence[str], setup: Setup, tokens: int, rounds: tuple[int, int, int]
+    shape: tuple[int, int],
+    names: Sequence[str],
+    setup: Setup,
+    tokens: int,
+    rounds: tuple[int, int, int],
+    equal_params: bool = False,
 ) -> dict[str, dict[str, Any]]:
-    """Per variant on one (out, in) shape: median ms, trainable parameters, and the median overhead over the frozen
-    Linear, each sample paired with a frozen pass timed right before it so that drift cancels pairwise."""
+    """Per variant on one (out, in) shape: rank, median ms, trainable parameters, saved bytes, and the median
+    overhead over the frozen Linear, each sample paired with a frozen pass timed right before it so that drift
+    cancels pairwise."""
     warmup, repeats, inner = rounds
     out_features, in_features = shape
     device, dtype = torch.device(setup.device), setup.torch_dtype
@@ -238,7 +288,8 @@ def bench_shape(
     base = nn.Linear(in_features, out_features, bias=False).to(device, dtype).requires_grad_(False)
     x = torch.randn(1, tokens, in_features, generator=generator).to(device, dtype)
     grad = torch.randn(1, tokens, out_features, generator=generator).to(device, dtype)
-    layers = {name: adapted_layer(base, name, setup.rank) for name in (FROZEN, *names)}
+    ranks = {FROZEN: 0, **matched_ranks(base, names, setup.rank, equal_params)}
+    layers = {name: adapted_layer(base, name, ranks[name]) for name in (FROZEN, *names)}
     for layer in layers.values():
         layer.train()
         upcast_trainable(trainable(layer))
@@ -248,10 +299,19 @@ def bench_shape(
     samples = round_robin(tasks, warmup, repeats, setup.seed)
     floor = [1e3 * ref for pairs in samples.values() for ref, _ in pairs]
     result = {
-        FROZEN: {"ms": statistics.median(floor), "overhead_ms": 0.0, "trainable": 0, "samples_ms": floor}
+        FROZEN: {
+            "rank": 0,
+            "ms": statistics.median(floor),
+            "overhead_ms": 0.0,
+            "trainable": 0,
+            "saved_bytes": 0,
+            "samples_ms": floor,
+        }
     }
     for name, pairs in samples.items():
         result[name] = {
+            "rank": ranks[name],
+            "saved_bytes": saved_bytes(layers[name], x),
             "ms": 1e3 * statistics.median(t for _, t in pairs),
             "overhead_ms": 1e3 * statistics.median(t - ref for ref, t in pairs),
             "trainable": sum(p.numel() for p in trainable(layers[name])),
@@ -262,19 +322,23 @@ def bench_shape(
 
 
 def part_a(
-    methods: Sequence[str], setup: Setup, tokens: int, rounds: tuple[int, int, int]
+    methods: Sequence[str],
+    setup: Setup,
+    tokens: int,
+    rounds: tuple[int, int, int],
+    equal_params: bool = False,
 ) -> dict[str, dict[str, Any]]:
     """Per-shape results and their SD 1.5 UNet-pass totals (weighted by the projection counts)."""
     names = variants(methods)
     per_shape = {}
     for shape, count in SD15_PROJECTIONS:
         print(f"  (a) shape {shape} x{count} ...", file=sys.stderr, flush=True)
-        per_shape[f"{shape[0]}x{shape[1]}"] = bench_shape(shape, names, setup, tokens, rounds)
+        per_shape[f"{shape[0]}x{shape[1]}"] = bench_shape(shape, names, setup, tokens, rounds, equal_params)
     counts = [count for _, count in SD15_PROJECTIONS]
     totals = {
         name: {
             key: sum(c * row[name][key] for c, row in zip(counts, per_shape.values(), strict=True))
-            for key in ("ms", "overhead_ms", "trainable")
+            for key in ("ms", "overhead_ms", "trainable", "saved_bytes")
         }
         for name in (FROZEN, *names)
     }
@@ -484,38 +548,58 @@ def markdown_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
     return "\n".join(lines)
 
 
-def table_a_totals(result: dict[str, Any], rank: int) -> str:
+def rank_span(result: dict[str, Any], name: str) -> str:
+    """The rank a variant ran at, or its range over the shapes (they differ under --equal-params)."""
+    ranks = sorted({row[name]["rank"] for row in result["per_shape"].values()})
+    return str(ranks[0]) if len(ranks) == 1 else f"{ranks[0]}-{ranks[-1]}"
+
+
+def table_a_totals(result: dict[str, Any]) -> str:
     totals = result["unet_pass"]
     lora, dora = totals[PEFT_LORA]["overhead_ms"], totals[PEFT_DORA]["overhead_ms"]
     rows = [
         [
             name,
-            str(rank),
+            rank_span(result, name),
             f"{int(row['trainable']):,}",
             f"{row['ms']:.1f}",
             f"{row['overhead_ms']:.1f}",
             f"{ratio(row['overhead_ms'], lora):.2f}",
             f"{ratio(row['overhead_ms'], dora):.2f}",
+            f"{row['saved_bytes'] / 2**20:.1f}",
         ]
         for name, row in totals.items()
         if name != FROZEN
     ]
-    rows.append(["frozen Linear (floor)", "-", "0", f"{totals[FROZEN]['ms']:.1f}", "0", "-", "-"])
-    header = ["method", "rank", "trainable params", "fwd+bwd ms", "overhead ms", "/ peft LoRA", "/ peft DoRA"]
+    rows.append(["frozen Linear (floor)", "-", "0", f"{totals[FROZEN]['ms']:.1f}", "0", "-", "-", "-"])
+    header = [
+        "method",
+        "rank",
+        "trainable params",
+        "fwd+bwd ms",
+        "overhead ms",
+        "/ peft LoRA",
+        "/ peft DoRA",
+        "saved MiB",
+    ]
     return markdown_table(header, rows)
 
 
-def table_a_shapes(result: dict[str, Any]) -> str:
+def table_a_shapes(result: dict[str, Any], key: str = "overhead_ms") -> str:
+    """Per shape: overhead ms per layer (ratio to peft LoRA), or with key="saved_bytes" the KiB one layer saves
+    for its backward (ratio to peft LoRA)."""
     shapes = result["per_shape"]
     names = [n for n in next(iter(shapes.values())) if n != FROZEN]
+    unit, digits = (2**10, 0) if key == "saved_bytes" else (1, 2)
     rows = []
     for name in names:
         cells = [
-            f"{row[name]['overhead_ms']:.2f} ({ratio(row[name]['overhead_ms'], row[PEFT_LORA]['overhead_ms']):.2f}x)"
+            f"{row[name][key] / unit:.{digits}f} ({ratio(row[name][key], row[PEFT_LORA][key]):.2f}x)"
             for row in shapes.values()
         ]
         rows.append([name, *cells])
-    rows.append(["frozen Linear (floor)", *(f"{row[FROZEN]['ms']:.2f}" for row in shapes.values())])
+    if key == "overhead_ms":
+        rows.append(["frozen Linear (floor)", *(f"{row[FROZEN]['ms']:.2f}" for row in shapes.values())])
     counts = [count for _, count in SD15_PROJECTIONS]
     header = ["method", *(f"{shape} x{c}" for shape, c in zip(shapes, counts, strict=True))]
     return markdown_table(header, rows)
@@ -608,6 +692,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--repeats", type=int, default=15, help="(a) timed rounds")
     parser.add_argument("--inner", type=int, default=2, help="(a) passes per timed sample")
     parser.add_argument(
+        "--equal-params",
+        action="store_true",
+        help="(a) each method at the rank whose trainable parameters match peft LoRA's at --rank",
+    )
+    parser.add_argument(
         "--sd15", action="store_true", help="(b) an SD-1.5-shaped UNet instead of the tiny one"
     )
     parser.add_argument(
@@ -649,16 +738,26 @@ def quiet_note(foreign: float) -> str:
 def run_part_a(args: argparse.Namespace, setup: Setup, methods: Sequence[str]) -> dict[str, Any]:
     rounds = (args.warmup, args.repeats, args.inner)
     start = cpu_snapshot()
-    result = part_a(methods, setup, args.tokens, rounds)
+    result = part_a(methods, setup, args.tokens, rounds, args.equal_params)
     foreign = foreign_cpus(start, cpu_snapshot())
+    budget = f"equal parameter count (peft LoRA at rank {args.rank})" if args.equal_params else "equal rank"
     print(
-        f"\n### (a) Adapter overhead of one SD 1.5 UNet pass's attention projections ({args.tokens} tokens)\n"
+        f"\n### (a) Adapter overhead of one SD 1.5 UNet pass's attention projections ({args.tokens} tokens, "
+        f"{budget})\n"
     )
-    print(table_a_totals(result, args.rank))
+    print(table_a_totals(result))
     print("\n### (a) Per shape (out, in) x count: overhead ms per layer (ratio to peft LoRA)\n")
     print(table_a_shapes(result))
+    print("\n### (a) Per shape: KiB one layer saves for the backward (ratio to peft LoRA)\n")
+    print(table_a_shapes(result, "saved_bytes"))
     print(f"\n{quiet_note(foreign)}")
-    return {"tokens": args.tokens, "rounds": rounds, "foreign_cpus": foreign, **result}
+    return {
+        "tokens": args.tokens,
+        "rounds": rounds,
+        "equal_params": args.equal_params,
+        "foreign_cpus": foreign,
+        **result,
+    }
 
 
 def run_part_b(args: argparse.Namespace, setup: Setup, methods: Sequence[str]) -> dict[str, Any]:

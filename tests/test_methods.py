@@ -169,3 +169,79 @@ def test_half_precision_runs_and_tracks_fp32(method, dtype):
         assert out.dtype == dtype and torch.isfinite(out).all()
         torch.testing.assert_close(out.float(), expected, atol=ATOL[dtype] * 4, rtol=ATOL[dtype])
         torch.testing.assert_close(out, dense_output(case), atol=ATOL[dtype], rtol=ATOL[dtype])
+
+
+# Largest |fast - dense| allowed, relative to the largest |dense|, of outputs and of gradients, per
+# (base dtype, adapter dtype): the fast paths reorder sums and keep rank-r intermediates, the dense path does not.
+RELATIVE = {
+    (torch.float32, torch.float32): 2e-6,
+    (torch.bfloat16, torch.bfloat16): 3e-2,
+    (torch.float16, torch.float16): 5e-3,
+    (torch.bfloat16, torch.float32): 2e-2,  # the default for a half base: fp32 adapters
+}
+
+
+def _forward_and_grads(wrapper, x, grad_out, dense: bool):
+    """The wrapper's output and the gradients of every trainable adapter tensor and of x, through the fast
+    path or through F.linear with the dense weight W0 + scale * delta_weight(W0)."""
+    from torch.nn import functional as F
+
+    adapter = wrapper.adapters["c1"]
+    params = [p for p in adapter.parameters() if p.requires_grad]
+    x = x.detach().requires_grad_(True)
+    if dense:
+        w0 = wrapper.base.weight
+        weight = w0 + (adapter.scale * adapter.delta_weight(w0)).to(w0.dtype)
+        out = F.linear(x, weight, wrapper.base.bias)
+    else:
+        out = wrapper(x)
+    grads = torch.autograd.grad(out, [*params, x], grad_out)
+    return [out.detach(), *grads]
+
+
+@pytest.mark.parametrize("dtypes", list(RELATIVE), ids=lambda d: "-".join(str(t)[6:] for t in d))
+def test_fast_path_equals_dense_path_with_gradients_per_dtype(method, dtypes):
+    from bora_diffusion.inject import wrap_linear
+
+    base_dtype, adapter_dtype = dtypes
+    torch.manual_seed(0)
+    base = torch.nn.Linear(21, 19).requires_grad_(False)  # uneven block splits for bora_block
+    wrapper = wrap_linear(base, method, name="c1", rank=3, **block_kwargs(method))
+    perturb(wrapper, "c1")
+    wrapper.base.to(base_dtype)
+    wrapper.adapters["c1"].to(adapter_dtype)
+    wrapper.adapters["c1"].scale = 0.7
+    x = torch.randn(2, 5, 21).to(base_dtype)
+    grad_out = torch.randn(2, 5, 19).to(base_dtype)
+    fast = _forward_and_grads(wrapper, x, grad_out, dense=False)
+    dense = _forward_and_grads(wrapper, x, grad_out, dense=True)
+    assert len(fast) >= 3  # the output, at least one trainable tensor, and x
+    for what, f, d in zip(["output", *(f"grad {i}" for i in range(len(fast) - 1))], fast, dense, strict=True):
+        assert f.dtype == d.dtype and f.shape == d.shape, what
+        scale = d.float().abs().max()
+        assert scale > 0, what  # nothing trivially zero
+        error = (f.float() - d.float()).abs().max() / scale
+        assert error <= RELATIVE[dtypes], f"{what}: relative error {error:.2e}"
+
+
+def test_fast_path_saves_the_input_only_when_a_trainable_tensor_needs_it(method):
+    """With x needing no grad (the frozen base's case), a method none of whose trainable tensors has an input
+    axis (sbora_fa's B, ortho's B) saves nothing of x's size for the backward: sbora_fa keeps x[..., index]."""
+    from bora_diffusion.inject import wrap_linear
+
+    torch.manual_seed(0)
+    wrapper = wrap_linear(torch.nn.Linear(21, 19).requires_grad_(False), method, name="c1", rank=3)
+    perturb(wrapper, "c1")
+    x = torch.randn(2, 5, 21)
+    saved: list[torch.Size] = []
+
+    def pack(tensor):
+        saved.append(tensor.shape)
+        return tensor
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
+        out = wrapper(x)
+    out.sum().backward()
+    reads_x = any(21 in p.shape for p in wrapper.adapters["c1"].parameters() if p.requires_grad)
+    holds_x = any(shape.numel() >= x.numel() for shape in saved)
+    assert holds_x == reads_x, saved

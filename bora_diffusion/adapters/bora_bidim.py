@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .base import Slot, norm_in, norm_out
+from .fast import low_rank_add
 from .lora import LoRA
 
 if TYPE_CHECKING:
@@ -54,16 +55,19 @@ class BiDimensional(LoRA):
         return a[:, None] * (w0 + super().delta_weight()) * c[None, :] - w0
 
     def add_delta(self, result: Tensor, x: Tensor, base_out: Tensor, base: nn.Linear) -> Tensor:
-        # W' x - W0 x = a * W0 ((c - 1) x) + (a - 1) * W0 x + a * s * B A (c x). Written as differences so that it
-        # is exactly zero at init (a = c = 1); one extra pass through W0 pays for the input-side scale.
+        # W' x - W0 x = a * W0 ((c - 1) x) + (a - 1) * W0 x + s * (a B) (A c) x. Written as differences so that it
+        # is exactly zero at init (a = c = 1). The input-side scale needs one extra pass through W0, forward and
+        # backward (the gradient of c reads W0^T of the output gradient): no algebra recovers W0 (c x) from
+        # W0 x. Everything else rides on the small tensors: a and c move onto B (out, r) and A (r, in), so the
+        # low-rank term is LoRA's two GEMMs, and the two (tokens, out) scalings are fused passes (addcmul).
         a, c = self._axis_scales(base.weight)
-        frozen = (base_out if base.bias is None else base_out - base.bias).to(self.dtype)  # W0 x
-        x = x.to(self.dtype)
-        input_shift = F.linear((x * (c - 1)).to(base.weight.dtype), base.weight).to(
-            self.dtype
-        )  # W0 ((c - 1) x)
-        delta = a * input_shift + (a - 1) * frozen + a * self.low_rank(x * c)
-        return result + (self.scale * delta).to(result.dtype)
+        frozen = base_out if base.bias is None else base_out - base.bias  # W0 x
+        weight = base.weight
+        input_shift = F.linear((x.to(self.dtype) * (c - 1)).to(weight.dtype), weight)  # W0 ((c - 1) x)
+        shifted = torch.addcmul(result, input_shift, (self.scale * a).to(result.dtype))  # (..., out)
+        shifted = torch.addcmul(shifted, frozen, (self.scale * (a - 1)).to(result.dtype))  # + (a - 1) W0 x
+        down, up = self.A * c[None, :], a[:, None] * self.B  # (r, in), (out, r)
+        return low_rank_add(shifted, x, down, up, self.scale * self.scaling)
 
     def lora_factors(self) -> None:
         return None

@@ -7,8 +7,9 @@ A (r, in) is split into b input blocks A_j, B (out, r) into b output blocks B_i 
     dW[block i, block j] = s * B_i @ diag(Sigma[i, j]) @ A_j
 
 so dW reaches rank min(out, in, b r) where LoRA of rank r stays at r, for r (out + in) + b^2 r parameters.
-The dense form is the exact LoRA factorization of rank b r returned by `lora_factors`; the forward works
-block-wise and never forms it.
+The dense form is the exact LoRA factorization of rank b r returned by `lora_factors`. The forward uses that
+factorization too, built in a few vectorized ops on the small factors (never b^2 block products), and runs as
+LoRA's two GEMMs at rank b r; it never forms the dense (out, in) delta.
 """
 
 from __future__ import annotations
@@ -16,12 +17,12 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..errors import ConfigError
 from ..settings import Setting
 from .base import AdapterLayer, Slot, init_down
+from .fast import low_rank_add
 
 if TYPE_CHECKING:
     from ..config import AdapterConfig  # a type only: config imports this package, not the other way round
@@ -51,6 +52,22 @@ class BlockDiversified(AdapterLayer):
         self.B = nn.Parameter(torch.zeros(self.out_features, self.rank, device=device))
         sigma = torch.empty(self.blocks, self.blocks, self.rank).uniform_(-bound, bound, generator=generator)
         self.sigma = nn.Parameter(sigma.to(device))
+        # The block each input feature (and each output unit) falls in, as `tensor_split` cuts them; plain attributes,
+        # not buffers, so that the adapter's tensors (and its files) stay what they were.
+        self._in_block = torch.cat(
+            [
+                torch.full((len(part),), j)
+                for j, part in enumerate(torch.arange(self.in_features).tensor_split(self.blocks))
+            ]
+        )  # (in,) int64
+        out_block = torch.cat(
+            [
+                torch.full((len(part),), i)
+                for i, part in enumerate(torch.arange(self.out_features).tensor_split(self.blocks))
+            ]
+        )  # (out,) int64
+        # Made here, on the CPU: one_hot on a GPU checks its input's range, a sync on every forward.
+        self._out_mask = torch.nn.functional.one_hot(out_block, self.blocks).bool()  # (out, b)
 
     def block_scales(self) -> Tensor:
         """Sigma (b, b, r) in fp32: the normalized, clamped exponential of the raw sigma."""
@@ -76,17 +93,24 @@ class BlockDiversified(AdapterLayer):
         down, up, scaling = self.lora_factors()
         return scaling * up @ down  # (out, b r) @ (b r, in) -> (out, in)
 
-    def add_delta(self, result: Tensor, x: Tensor, base_out: Tensor, base: nn.Linear) -> Tensor:
-        x = x.to(self.dtype)
+    def fast_factors(self) -> tuple[Tensor, Tensor]:
+        """`lora_factors`' (down (b r, in), up (out, b r)) in four vectorized ops, for the forward pass."""
+        if self._in_block.device != self.A.device:  # moved once, after the module moved
+            self._in_block = self._in_block.to(self.A.device)
+            self._out_mask = self._out_mask.to(self.A.device)
         scales = self.block_scales().to(self.dtype)  # (b, b, r)
-        x_blocks = x.tensor_split(self.blocks, dim=-1)  # b x (..., in_j)
-        a_blocks = self.A.tensor_split(self.blocks, dim=1)  # b x (r, in_j)
-        b_blocks = self.B.tensor_split(self.blocks, dim=0)  # b x (out_i, r)
-        u = torch.stack(
-            [F.linear(x_j, a_j) for x_j, a_j in zip(x_blocks, a_blocks, strict=True)], dim=-2
-        )  # (..., b, r)
-        z = torch.einsum("ijr,...jr->...ir", scales, u)  # (..., b, r): z_i = sum_j Sigma[i, j] * u_j
-        delta = torch.cat(
-            [F.linear(z[..., i, :], b_i) for i, b_i in enumerate(b_blocks)], dim=-1
-        )  # (..., out)
-        return result + ((self.scale * self.scaling) * delta).to(result.dtype)
+        # down[i r + k, col] = Sigma[i, block(col), k] * A[k, col]
+        per_column = scales.permute(0, 2, 1).index_select(2, self._in_block)  # (b, r, b) -> (b, r, in)
+        down = (per_column * self.A).reshape(self.blocks * self.rank, self.in_features)  # (b r, in)
+        # up[o, i r + k] = B[o, k] where o lies in output block i, else 0: block-diagonal
+        up = (self._out_mask.to(self.dtype)[:, :, None] * self.B[:, None, :]).reshape(
+            self.out_features, self.blocks * self.rank
+        )
+        return down, up
+
+    def add_delta(self, result: Tensor, x: Tensor, base_out: Tensor, base: nn.Linear) -> Tensor:
+        # The rank-(b r) factorization as two GEMMs; the zeros of the block-diagonal up factor cost b times a
+        # rank-r GEMM's arithmetic, but one launch, and at these ranks a GEMM is bound by reading x and writing
+        # the output, not by its width.
+        down, up = self.fast_factors()
+        return low_rank_add(result, x, down, up, self.scale * self.scaling)  # (..., out)

@@ -13,6 +13,7 @@ import torch
 from torch import Tensor, nn
 
 from .base import Slot, norm_out
+from .fast import low_rank_add
 from .lora import LoRA
 
 if TYPE_CHECKING:
@@ -42,11 +43,13 @@ class DoRA(LoRA):
         return self._norm_scale(base_weight)[:, None] * v - base_weight.to(self.dtype)
 
     def add_delta(self, result: Tensor, x: Tensor, base_out: Tensor, base: nn.Linear) -> Tensor:
-        # W' x - W0 x = (c - 1) * (W0 x) + c * s * B A x: the base output is reused, W' is never formed.
+        # W' x - W0 x = (c - 1) * (W0 x) + s * (c B) A x: the base output is reused, W' is never formed. The
+        # first term is one fused pass (addcmul); c moves onto B (out, r) rather than onto the (tokens, out)
+        # product, so the second is LoRA's two GEMMs adding into the first.
         frozen = base_out if base.bias is None else base_out - base.bias  # W0 x, bias not rescaled
         c = self._norm_scale(base.weight)  # (out,)
-        delta = (c - 1) * frozen.to(self.dtype) + c * self.low_rank(x.to(self.dtype))
-        return result + (self.scale * delta).to(result.dtype)
+        shifted = torch.addcmul(result, frozen, (self.scale * (c - 1)).to(result.dtype))  # (..., out)
+        return low_rank_add(shifted, x, self.A, c[:, None] * self.B, self.scale * self.scaling)
 
     def lora_factors(self) -> None:
         return None

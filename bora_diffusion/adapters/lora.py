@@ -9,10 +9,10 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .base import AdapterLayer, Slot, add_up_projection, init_down
+from .base import AdapterLayer, Slot, init_down
+from .fast import low_rank_add
 
 if TYPE_CHECKING:
     from ..config import AdapterConfig  # a type only: config imports this package, not the other way round
@@ -29,17 +29,13 @@ class LoRA(AdapterLayer):
         self.A = nn.Parameter(init_down((self.rank, self.in_features), config.init, generator, device))
         self.B = nn.Parameter(torch.zeros(self.out_features, self.rank, device=device))
 
-    def low_rank(self, x: Tensor) -> Tensor:
-        """s * B @ A applied to x: (..., in) -> (..., r) -> (..., out), never forming B @ A."""
-        return F.linear(F.linear(x, self.A), self.B) * self.scaling
-
     def delta_weight(self, base_weight: Tensor | None = None) -> Tensor:
         return self.scaling * self.B @ self.A  # (out, r) @ (r, in) -> (out, in)
 
     def add_delta(self, result: Tensor, x: Tensor, base_out: Tensor, base: nn.Linear) -> Tensor:
-        # Scale the thin (..., r) side, not the (..., out) output, then add B's projection in one GEMM.
-        hidden = F.linear(x.to(self.dtype), self.A) * (self.scale * self.scaling)  # (..., in) -> (..., r)
-        return add_up_projection(result, hidden, self.B)
+        # Two GEMMs, the scale folded into the second (addmm), which adds into `result` (fast.py). Ortho
+        # inherits this with A a buffer: then x is not even saved for the backward.
+        return low_rank_add(result, x, self.A, self.B, self.scale * self.scaling)  # (..., out)
 
     def lora_factors(self) -> tuple[Tensor, Tensor, float]:
         return self.A, self.B, self.scaling

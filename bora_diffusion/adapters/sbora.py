@@ -13,10 +13,10 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .base import AdapterLayer, Slot, add_up_projection
+from .base import AdapterLayer, Slot
+from .fast import gather_add, scatter_add
 
 if TYPE_CHECKING:
     from ..config import AdapterConfig  # a type only: config imports this package, not the other way round
@@ -37,9 +37,9 @@ class SBoRAFA(AdapterLayer):
         return delta.index_copy(1, self.index, self.scaling * self.B)  # (out, in), nonzero in columns `index`
 
     def add_delta(self, result: Tensor, x: Tensor, base_out: Tensor, base: nn.Linear) -> Tensor:
-        # A gather, never a one-hot matmul: (..., in) -> (..., r); then B's projection added in one GEMM.
-        picked = x.index_select(-1, self.index).to(self.dtype) * (self.scale * self.scaling)
-        return add_up_projection(result, picked, self.B)
+        # A gather, never a one-hot matmul: (..., in) -> (..., r), then B's projection added in one GEMM. The
+        # backward keeps x[..., index] (tokens, r) alone, not x (tokens, in).
+        return gather_add(result, x, self.index, self.B, self.scale * self.scaling)  # (..., out)
 
     def merge_into(self, weight: Tensor, factor: float, base_weight: Tensor) -> None:
         weight.index_add_(1, self.index, (factor * self.scaling * self.B).to(weight.dtype))
@@ -65,9 +65,8 @@ class SBoRAFB(AdapterLayer):
         return delta.index_copy(0, self.index, self.scaling * self.A)  # (out, in), nonzero in rows `index`
 
     def add_delta(self, result: Tensor, x: Tensor, base_out: Tensor, base: nn.Linear) -> Tensor:
-        delta = F.linear(x.to(self.dtype), self.A) * (self.scale * self.scaling)  # (..., in) -> (..., r)
-        # Scatter into output channels `index`; out of place so autograd keeps `result` intact.
-        return result.index_add(-1, self.index, delta.to(result.dtype))
+        # (..., in) -> (..., r), scattered into output channels `index` of a copy of `result` (fast.py).
+        return scatter_add(result, x, self.A, self.index, self.scale * self.scaling)  # (..., out)
 
     def merge_into(self, weight: Tensor, factor: float, base_weight: Tensor) -> None:
         weight.index_add_(0, self.index, (factor * self.scaling * self.A).to(weight.dtype))
