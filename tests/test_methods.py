@@ -206,7 +206,7 @@ def test_fast_path_equals_dense_path_with_gradients_per_dtype(method, dtypes):
     base_dtype, adapter_dtype = dtypes
     torch.manual_seed(0)
     base = torch.nn.Linear(21, 19).requires_grad_(False)  # uneven block splits for bora_block
-    wrapper = wrap_linear(base, method, name="c1", rank=3, **block_kwargs(method))
+    wrapper = wrap_linear(base, method, name="c1", rank=3, **off_default_options(method))
     perturb(wrapper, "c1")
     wrapper.base.to(base_dtype)
     wrapper.adapters["c1"].to(adapter_dtype)

@@ -49,16 +49,6 @@ def norm_in(weight: Tensor) -> Tensor:
     return torch.linalg.vector_norm(weight.float(), dim=0).clamp_min(NORM_FLOOR)
 
 
-def add_up_projection(result: Tensor, hidden: Tensor, up: Tensor) -> Tensor:
-    """`result + hidden @ up.T` for hidden (..., r) and up (out, r), as one fused GEMM (addmm) when the dtypes
-    agree: it saves the separate pass over the (tokens, out) output that a matmul followed by an add costs."""
-    if hidden.dtype != result.dtype:
-        return result + F.linear(hidden, up).to(result.dtype)
-    out = result.shape[-1]
-    fused = torch.addmm(result.reshape(-1, out), hidden.reshape(-1, hidden.shape[-1]), up.T)  # (tokens, out)
-    return fused.view(result.shape)
-
-
 def init_down(shape: tuple[int, int], init: str, generator: torch.Generator, device: torch.device) -> Tensor:
     """A trainable down factor (r, in): Kaiming-uniform with a = sqrt(5), like a fresh nn.Linear, or N(0, 1/r^2)."""
     factor = torch.empty(shape, device="cpu")
