@@ -5,7 +5,8 @@ share among threads, and on a busy machine sharing them costs far more than it g
 where OpenMP threads wait for the slowest, and a thread the kernel has just given to another process's turn keeps
 the others waiting a whole time slice, thousands of times a step. Measured on 2 cores (docs/benchmarks.md, "CPU
 threads on a busy machine", `scripts/bench_threads.py`): idle, 2 threads train the main job's first concept
-about 1.2x faster than 1; beside one busy process, 1 thread is about 3.5x faster than 2. A large model's GEMMs
+1.17x faster than 1; beside two busy processes, 1 thread is 2.6x faster than 2, and 1.9x slower than idle where
+2 threads are 4.9x slower. A large model's GEMMs
 are long enough to pay for the barriers, so it keeps torch's default. `--threads N` (or OMP_NUM_THREADS, which
 torch reads itself) decides instead.
 """
