@@ -552,7 +552,7 @@ def test_cli_import_reads_the_foreign_file_once(master, tmp_path, monkeypatch, c
         return read(file, *args)
 
     monkeypatch.setattr(convert, "read_safetensors", counting)
-    monkeypatch.setattr(pipeline, "load_base", lambda base: master)
+    monkeypatch.setattr(pipeline, "load_base", lambda base, device="cpu": master)
     assert cli.main(["import", str(path), str(tmp_path / "n.safetensors")]) == 0
     assert reads == [path]
     assert f"imported {len(factors)} UNet layer(s) at rank 4 from kohya file" in capsys.readouterr().out
