@@ -122,18 +122,22 @@ class AdapterConfig:
         return cls(method, **{key: data[key] for key in shared if key in data}, **options)
 
 
+def option_settings(method: str | None = None) -> tuple[Setting, ...]:
+    """The options `method` declares, or every method's (in registry order, each name once) when None."""
+    methods = adapters.available() if method is None else [method]
+    return tuple({option.name: option for m in methods for option in adapters.get(m).options}.values())
+
+
 def all_option_names() -> set[str]:
     """Every option name some method declares."""
-    return {option.name for method in adapters.available() for option in adapters.get(method).options}
+    return {option.name for option in option_settings()}
 
 
 def adapter_settings(method: str | None = None) -> tuple[Setting, ...]:
     """The adapter settings a recipe sets (method, rank, alpha), then `method`'s own options (every method's
     when None). `init` and the init `seed` are the library's: no flag or concept.toml key sets them."""
-    methods = adapters.available() if method is None else [method]
-    own = {option.name: option for m in methods for option in adapters.get(m).options}
     shared = tuple(s for s in settings_of(AdapterConfig) if s.name not in ("init", "seed"))
-    return shared + tuple(own.values())
+    return shared + option_settings(method)
 
 
 LR_SCHEDULES = ("constant", "constant_with_warmup", "linear", "cosine", "cosine_with_restarts", "polynomial")

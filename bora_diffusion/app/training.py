@@ -21,7 +21,7 @@ from typing import Any
 
 from .. import adapters
 from ..concept import Concept, TrainDefaults, load_concept
-from ..config import AdapterConfig, TrainConfig, adapter_settings
+from ..config import AdapterConfig, TrainConfig, adapter_settings, option_settings
 from ..errors import ConfigError
 from ..inject import TARGET_PRESETS
 from ..settings import Setting, settings_of
@@ -70,7 +70,7 @@ def form_settings() -> tuple[Setting, ...]:
     settings of TRAIN_FIELDS and the layers. Read from the registry on each call, so a method registered later
     (a plugin, a test's dummy) has its options here too."""
     shared = [s for s in adapter_settings() if s.name in ("method", "rank")]
-    own = [s for s in adapter_settings() if s.name not in {"method", "rank", "alpha"}]
+    own = list(option_settings())
     train = {s.name: s for s in settings_of(TrainConfig)}
     fields = [*shared, *own, *(train[name] for name in TRAIN_FIELDS)]
     fields.insert(len(fields) - 3, TARGETS)  # beside the prompt lock, which depends on it

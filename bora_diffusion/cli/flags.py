@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .. import adapters
-from ..config import AdapterConfig, TrainConfig, adapter_settings
+from ..config import AdapterConfig, TrainConfig, adapter_settings, option_settings
 from ..errors import ConfigError
 from ..settings import Setting, settings_of
 
@@ -50,12 +50,6 @@ def adapter_flag_names() -> tuple[str, ...]:
 def adapter_setting(name: str) -> Setting:
     """The shared adapter setting `name` (method, rank or alpha)."""
     return next(s for s in settings_of(AdapterConfig) if s.name == name)
-
-
-def option_settings() -> tuple[Setting, ...]:
-    """Every registered method's own options, in registry order."""
-    shared = {s.name for s in settings_of(AdapterConfig)}
-    return tuple(s for s in adapter_settings() if s.name not in shared)
 
 
 def methods_text() -> str:
