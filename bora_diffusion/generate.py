@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -16,6 +17,7 @@ from PIL import Image
 
 from .atomic import atomic_path, write_text
 from .errors import ConfigError
+from .regions import Region, regional_sampling
 
 
 @dataclass(frozen=True)
@@ -76,25 +78,30 @@ def generate(
     *,
     settings: SamplingSettings = SamplingSettings(),
     record: dict | None = None,
+    regions: Sequence[Region] = (),
 ) -> Generated:
     """Generate every prompt with every seed into `out_dir`; `record` (base model, concepts, scales) goes into the
-    manifest as given."""
+    manifest as given. `regions` (bora_diffusion.regions) draw each of their prompts in their own part of every
+    image, the prompts then being the global prompt around them."""
     check_request(prompts, seeds)
     out_dir = Path(out_dir)
     jobs = [(p, prompt, seed) for p, prompt in enumerate(prompts) for seed in seeds]
     images: list[Image.Image] = []
-    for start in range(0, len(jobs), settings.batch_size):
-        chunk = jobs[start : start + settings.batch_size]
-        result = pipe(
-            [prompt for _, prompt, _ in chunk],
-            negative_prompt=[settings.negative_prompt] * len(chunk) if settings.negative_prompt else None,
-            generator=[torch.Generator().manual_seed(seed) for _, _, seed in chunk],
-            num_inference_steps=settings.steps,
-            guidance_scale=settings.guidance,
-            height=settings.height,
-            width=settings.width,
-        )
-        images.extend(result.images)
+    with regional_sampling(
+        pipe, regions, height=settings.height, width=settings.width, guidance=settings.guidance
+    ):
+        for start in range(0, len(jobs), settings.batch_size):
+            chunk = jobs[start : start + settings.batch_size]
+            result = pipe(
+                [prompt for _, prompt, _ in chunk],
+                negative_prompt=[settings.negative_prompt] * len(chunk) if settings.negative_prompt else None,
+                generator=[torch.Generator().manual_seed(seed) for _, _, seed in chunk],
+                num_inference_steps=settings.steps,
+                guidance_scale=settings.guidance,
+                height=settings.height,
+                width=settings.width,
+            )
+            images.extend(result.images)
     paths, entries = [], []
     for (p, prompt, seed), image in zip(jobs, images, strict=True):
         path = out_dir / f"p{p:02d}-s{seed}.png"
@@ -107,7 +114,14 @@ def generate(
     write_text(
         manifest,
         json.dumps(
-            {**(record or {}), "settings": asdict(settings), "images": entries, "grid": grid.name}, indent=1
+            {
+                **(record or {}),
+                "settings": asdict(settings),
+                **({"regions": [region.to_dict() for region in regions]} if regions else {}),
+                "images": entries,
+                "grid": grid.name,
+            },
+            indent=1,
         ),
     )
     return Generated(paths, grid, manifest)

@@ -86,9 +86,12 @@ def run_generate(args: argparse.Namespace) -> int:
     from ..atomic import check_writable
     from ..generate import SamplingSettings, check_request, generate
     from ..pipeline import base_name
+    from ..regions import check_regions, parse_region, resolved
 
     seeds = args.seed or [0, 1, 2, 3]
     check_request(args.prompt, seeds)  # every number and path checked before the base loads
+    regions = [parse_region(text, f"--region {i}") for i, text in enumerate(args.region, start=1)]
+    check_regions(regions)
     check_writable(args.out, folder=True, what="--out")
     height = args.height if args.height is not None else args.resolution
     width = args.width if args.width is not None else args.resolution
@@ -97,7 +100,11 @@ def run_generate(args: argparse.Namespace) -> int:
     )
     pipe, report = _composed(args, fuse=args.fuse)
     record = {"base_model": base_name(args.base), "fused": args.fuse, "concepts": report.concepts}
-    result = generate(pipe, args.prompt, seeds, args.out, settings=settings, record=record)
+    regions = resolved(regions, {name: concept["token"] for name, concept in report.concepts.items()})
+    for region in regions:
+        if report.concepts and not region.concepts:
+            print(f"note: {region.where} names no loaded concept's token; live, it draws with the base alone")
+    result = generate(pipe, args.prompt, seeds, args.out, settings=settings, record=record, regions=regions)
     if report.concepts:
         print(report.summary())
     print(f"{len(result.images)} images, grid {result.grid}, manifest {result.manifest}")

@@ -322,6 +322,16 @@ def add_generate_command(commands: argparse._SubParsersAction) -> None:
     generate.add_argument("--width", type=int, help="image width, a multiple of 8 (overrides --resolution)")
     generate.add_argument("--fuse", action="store_true", help="fuse the concepts into the weights (faster)")
     generate.add_argument(
+        "--region",
+        action="append",
+        default=[],
+        metavar="BOX=PROMPT",
+        help="a region drawn with its own prompt, the --prompt being the global one around it (repeatable): "
+        "BOX is x0,y0,x1,y1 in fractions of the image (0,0 the top left), or a mask image (white inside), e.g. "
+        "'0,0,0.5,1=a huzd circle'. Inside it only the concepts whose token its prompt names are active (live; "
+        "--fuse cannot separate them). Boxes may not overlap",
+    )
+    generate.add_argument(
         "--out", required=True, help="output folder for the images, manifest.json and grid.png"
     )
     generate.set_defaults(run=run_generate)
