@@ -1,0 +1,179 @@
+"""Regional composition on the world: does each region draw its own concept, and the background the global prompt?
+
+    source scripts/env.sh
+    .venv/bin/python scripts/bench_regions.py --concepts outputs/demo [--seeds 4] [--steps 20] [--json out.json]
+
+`--concepts` holds the main job's three concept files (bolt-circle, notched-ring, spiral-star; `bora-diffusion
+train concepts/bolt-circle concepts/notched-ring concepts/spiral-star --out DIR`). Every layout (the three pairs
+side by side, the three together) is drawn on three background colors with `--seeds` seeds, three ways: without
+regions (one prompt naming the concepts in a world relation), with regions live (inside each box only its
+concept's adapters), and with regions fused (every concept in the weights). Each box's crop is identified by the
+world CLIP against the three concepts' reference images (bora_diffusion.evaluation.identity: a hit when its own
+concept's references score highest; chance 1/3), and the background (the pixels outside every box) is read as the
+world color nearest its mean, a hit when that is the global prompt's color.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from bora_diffusion.embedded import default_pipeline
+from bora_diffusion.evaluation.identity import identity_shares
+from bora_diffusion.generate import SamplingSettings, generate
+from bora_diffusion.merge import compose
+from bora_diffusion.pipeline import EMBEDDED_GUIDANCE
+from bora_diffusion.regions import Region
+from bora_diffusion.world.scoring import WorldScorer
+from bora_diffusion.world.vocabulary import COLORS
+
+CONCEPTS = {"bolt-circle": "a huzd circle", "notched-ring": "a vlek ring", "spiral-star": "a zorp star"}
+LEFT, RIGHT = (0.0, 0.15, 0.5, 0.85), (0.5, 0.15, 1.0, 0.85)  # a strip above and below is background
+LAYOUTS = {  # name -> [(concept, box)], the relation the prompt without regions names
+    "circle | ring": ([("bolt-circle", LEFT), ("notched-ring", RIGHT)], "to the left of"),
+    "circle | star": ([("bolt-circle", LEFT), ("spiral-star", RIGHT)], "to the left of"),
+    "ring | star": ([("notched-ring", LEFT), ("spiral-star", RIGHT)], "to the left of"),
+    "three": (
+        [
+            ("bolt-circle", (0.0, 0.0, 0.5, 0.5)),
+            ("notched-ring", (0.5, 0.0, 1.0, 0.5)),
+            ("spiral-star", (0.25, 0.5, 0.75, 1.0)),
+        ],
+        None,
+    ),
+}
+BACKGROUNDS = ("white", "blue", "green")
+
+
+def plain_prompt(parts: list[tuple[str, tuple]], relation: str | None, color: str) -> str:
+    """The prompt without regions: the concepts in a world relation (three: listed) on the global color."""
+    phrases = [CONCEPTS[name] for name, _ in parts]
+    if relation:
+        return f"{phrases[0]} {relation} {phrases[1]} on a {color} background"
+    return f"{', '.join(phrases[:-1])} and {phrases[-1]} on a {color} background"
+
+
+def crop(image: Image.Image, box: tuple) -> Image.Image:
+    width, height = image.size
+    x0, y0, x1, y1 = box
+    return image.crop((round(x0 * width), round(y0 * height), round(x1 * width), round(y1 * height)))
+
+
+def background_color(image: Image.Image, boxes: list[tuple]) -> str:
+    """The world color nearest the mean of the pixels outside every box."""
+    pixels = np.asarray(image.convert("RGB"), dtype=np.float64)  # (H, W, 3)
+    height, width = pixels.shape[:2]
+    outside = np.ones((height, width), dtype=bool)
+    for x0, y0, x1, y1 in boxes:
+        outside[round(y0 * height) : round(y1 * height), round(x0 * width) : round(x1 * width)] = False
+    mean = pixels[outside].mean(axis=0)  # (3,)
+    return min(COLORS, key=lambda color: float(np.sum((np.array(COLORS[color]) - mean) ** 2)))
+
+
+def loaded(folder: Path, fuse: bool):
+    pipe = default_pipeline()
+    compose(pipe, [(folder / f"{name}.safetensors", 1.0) for name in CONCEPTS], fuse=fuse)
+    return pipe
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--concepts", type=Path, required=True, help="folder with the three concept files")
+    parser.add_argument("--seeds", type=int, default=4)
+    parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--guidance", type=float, default=EMBEDDED_GUIDANCE)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--out", type=Path, default=Path("/tmp/bench-regions"))
+    parser.add_argument("--json", type=Path)
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    start = time.perf_counter()
+    settings = SamplingSettings(steps=args.steps, guidance=args.guidance)
+    seeds = list(range(args.seeds))
+    pipes = {"live": loaded(args.concepts, fuse=False), "fused": loaded(args.concepts, fuse=True)}
+    references = {name: sorted(Path("concepts", name).glob("*.png")) for name in CONCEPTS}
+    scorer = WorldScorer("default")
+    ways = ("no regions", "regions live", "regions fused")
+    crops: dict[tuple[str, str], dict[str, list[Path]]] = {}  # (way, layout) -> concept -> crops
+    backgrounds: dict[tuple[str, str], list[bool]] = {}
+    for layout, (parts, relation) in LAYOUTS.items():
+        boxes = [box for _, box in parts]
+        for way in ways:
+            crops[way, layout] = {name: [] for name, _ in parts}
+            backgrounds[way, layout] = []
+            for color in BACKGROUNDS:
+                folder = args.out / way.replace(" ", "-") / layout.replace(" | ", "-") / color
+                global_prompt = plain_prompt(parts, relation, color)
+                regions = []
+                if way != "no regions":
+                    global_prompt = f"a {color} background"
+                    regions = [
+                        Region(f"{CONCEPTS[name]} on a {color} background", box=box, concepts=(name,))
+                        for name, box in parts
+                    ]
+                pipe = pipes["fused" if way == "regions fused" else "live"]
+                result = generate(pipe, [global_prompt], seeds, folder, settings=settings, regions=regions)
+                for path in result.images:
+                    image = Image.open(path).convert("RGB")
+                    for name, box in parts:
+                        target = folder / "crops" / f"{path.stem}-{name}.png"
+                        target.parent.mkdir(parents=True, exist_ok=True)
+                        crop(image, box).save(target)
+                        crops[way, layout][name].append(target)
+                    backgrounds[way, layout].append(background_color(image, boxes) == color)
+    rows = []
+    for layout in LAYOUTS:
+        for way in ways:
+            shares = identity_shares(scorer, crops[way, layout], references)
+            count = len(next(iter(crops[way, layout].values())))
+            hits = sum(shares[name] * count for name in shares) / (count * len(shares))
+            rows.append(
+                {
+                    "layout": layout,
+                    "way": way,
+                    "identity": hits,
+                    "per_concept": shares,
+                    "background": float(np.mean(backgrounds[way, layout])),
+                    "crops": count * len(shares),
+                }
+            )
+    commit = subprocess.run(
+        ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True
+    ).stdout.strip()
+    print(f"commit {commit}, {time.perf_counter() - start:.0f} s, seeds {args.seeds}, steps {args.steps}")
+    print("| layout | way | crops | identity (own concept) | per concept | background = global color |")
+    print("|---|---|---|---|---|---|")
+    for row in rows:
+        per = ", ".join(f"{name} {share:.2f}" for name, share in row["per_concept"].items())
+        print(
+            f"| {row['layout']} | {row['way']} | {row['crops']} | {row['identity']:.2f} | {per} | "
+            f"{row['background']:.2f} |"
+        )
+    for way in ways:
+        mine = [row for row in rows if row["way"] == way]
+        identity = sum(r["identity"] * r["crops"] for r in mine) / sum(r["crops"] for r in mine)
+        print(f"{way}: identity {identity:.2f} over {sum(r['crops'] for r in mine)} crops")
+    if args.json:
+        args.json.write_text(
+            json.dumps(
+                {
+                    "commit": commit,
+                    "args": vars(args)
+                    | {"concepts": str(args.concepts), "out": str(args.out), "json": str(args.json)},
+                    "rows": rows,
+                },
+                indent=1,
+            )
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
