@@ -182,40 +182,57 @@ RELATIVE = {
 
 
 def _forward_and_grads(wrapper, x, grad_out, dense: bool):
-    """The wrapper's output and the gradients of every trainable adapter tensor and of x, through the fast
-    path or through F.linear with the dense weight W0 + scale * delta_weight(W0)."""
+    """The wrapper's output and the gradients of every live adapter's trainable tensors and of x (when it needs
+    one), through the wrapper's forward or through F.linear with the dense W0 + sum_k scale_k delta_k(W0)."""
     from torch.nn import functional as F
 
-    adapter = wrapper.adapters["c1"]
-    params = [p for p in adapter.parameters() if p.requires_grad]
-    x = x.detach().requires_grad_(True)
+    live = [wrapper.adapters[name] for name in wrapper.active]
+    params = [p for adapter in live for p in adapter.parameters() if p.requires_grad]
     if dense:
         w0 = wrapper.base.weight
-        weight = w0 + (adapter.scale * adapter.delta_weight(w0)).to(w0.dtype)
+        weight = w0 + sum((a.scale * a.delta_weight(w0)).to(w0.dtype) for a in live)
         out = F.linear(x, weight, wrapper.base.bias)
     else:
         out = wrapper(x)
-    grads = torch.autograd.grad(out, [*params, x], grad_out)
+    grads = torch.autograd.grad(out, [*params, *([x] if x.requires_grad else [])], grad_out)
     return [out.detach(), *grads]
 
 
+# lone: one concept at scale 1, where a method with `forward_whole` computes the whole output; lone_scaled: at
+# 0.7, which needs W0 x beside W' x, so the wrapper adds `add_delta` to base(x); two: a second concept of the same
+# method live beside it (the general path, each adding its delta).
+@pytest.mark.parametrize("live", ["lone", "lone_scaled", "two"])
+@pytest.mark.parametrize("bias", [True, False], ids=["bias", "nobias"])
+@pytest.mark.parametrize("x_grad", [True, False], ids=["xgrad", "xfrozen"])
 @pytest.mark.parametrize("dtypes", list(RELATIVE), ids=lambda d: "-".join(str(t)[6:] for t in d))
-def test_fast_path_equals_dense_path_with_gradients_per_dtype(method, dtypes):
+def test_fast_path_equals_dense_path_with_gradients_per_dtype(method, dtypes, live, bias, x_grad):
+    from bora_diffusion.adapters.base import AdapterLayer
     from bora_diffusion.inject import wrap_linear
 
     base_dtype, adapter_dtype = dtypes
     torch.manual_seed(0)
-    base = torch.nn.Linear(21, 19).requires_grad_(False)  # uneven block splits for bora_block
+    base = torch.nn.Linear(21, 19, bias=bias).requires_grad_(False)  # uneven block splits for bora_block
     wrapper = wrap_linear(base, method, name="c1", rank=3, **off_default_options(method))
+    if live == "two":
+        wrap_linear(wrapper, method, name="c2", rank=2, **off_default_options(method))
+        perturb(wrapper, "c2", seed=2)
     perturb(wrapper, "c1")
     wrapper.base.to(base_dtype)
-    wrapper.adapters["c1"].to(adapter_dtype)
-    wrapper.adapters["c1"].scale = 0.7
-    x = torch.randn(2, 5, 21).to(base_dtype)
+    for name, adapter in wrapper.adapters.items():
+        adapter.to(adapter_dtype)
+        adapter.scale = 0.7 if (live, name) != ("lone", "c1") else 1.0
+    x = torch.randn(2, 5, 21).to(base_dtype).requires_grad_(x_grad)
     grad_out = torch.randn(2, 5, 19).to(base_dtype)
+    if live == "lone":  # the whole-output path runs exactly where the method provides one
+        adapter = wrapper.adapters["c1"]
+        provides = type(adapter).forward_whole is not AdapterLayer.forward_whole
+        assert (adapter.forward_whole(x, wrapper.base) is not None) == provides
+        assert provides == (method in ("dora", "bora_bidim"))
     fast = _forward_and_grads(wrapper, x, grad_out, dense=False)
     dense = _forward_and_grads(wrapper, x, grad_out, dense=True)
-    assert len(fast) >= 3  # the output, at least one trainable tensor, and x
+    assert (
+        len(fast) >= 2 + x_grad
+    )  # the output, at least one trainable tensor, and x when it needs a gradient
     for what, f, d in zip(["output", *(f"grad {i}" for i in range(len(fast) - 1))], fast, dense, strict=True):
         assert f.dtype == d.dtype and f.shape == d.shape, what
         scale = d.float().abs().max()

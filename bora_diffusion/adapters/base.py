@@ -2,7 +2,9 @@
 
 `AdapterLayer` is one concept's adapter on one frozen Linear. A method implements its math once:
 `delta_weight()` (the dense W' - W0, for merging, exports and tests) and, where it pays, `add_delta()`, a forward
-that never builds the dense matrix. Everything else (scale, enable, merge, unmerge, several concepts per layer)
+that never builds the dense matrix, and `forward_whole()`, the layer's whole output W' x + bias for when the
+adapter is the only live one (a non-additive method may need a second pass through W0 for the difference alone).
+Everything else (scale, enable, merge, unmerge, several concepts per layer)
 lives once in `AdaptedLinear`, the wrapper that takes the Linear's place in the model.
 
 Conventions (docs/methods.md): W0 has shape (out, in); A is (r, in), the down factor; B is (out, r), the up
@@ -119,6 +121,17 @@ class AdapterLayer(nn.Module):
         delta = F.linear(x.to(self.dtype), self.delta_weight(base.weight))
         return result + (self.scale * delta).to(result.dtype)
 
+    def forward_whole(self, x: Tensor, base: nn.Linear) -> Tensor | None:
+        """The layer's whole output, `base(x) + scale * (W' - W0) x`, when this adapter is the only live one on
+        it; None (the default) has the wrapper add `add_delta` to base(x) instead."""
+        return None
+
+    def whole_applies(self, base: nn.Linear) -> bool:
+        """Whether W' x alone is the layer's output: at scale 1 (otherwise W0 x is needed beside it) and with a
+        frozen base (`forward_whole` paths give the base weight and bias no gradient)."""
+        frozen = not base.weight.requires_grad and (base.bias is None or not base.bias.requires_grad)
+        return self.scale == 1.0 and frozen
+
     def merge_into(self, weight: Tensor, factor: float, base_weight: Tensor) -> None:
         """Add `factor * (W' - W0)` into `weight` in place. `base_weight` is W0, before any merge."""
         weight.add_(self.delta_weight(base_weight).to(weight.dtype), alpha=factor)
@@ -134,7 +147,8 @@ class AdapterLayer(nn.Module):
 class AdaptedLinear(nn.Module):
     """A frozen nn.Linear plus named adapters, one per concept. It takes the Linear's place in the model.
 
-    Forward adds the active, unmerged adapters to base(x). `merge` fuses adapters into the base weight after
+    Forward adds the active, unmerged adapters to base(x), or lets a lone one compute the whole output when it
+    can (`AdapterLayer.forward_whole`). `merge` fuses adapters into the base weight after
     keeping a copy of the original; `unmerge` restores that copy, so it is bit-exact for every method.
     """
 
@@ -200,10 +214,12 @@ class AdaptedLinear(nn.Module):
         self.active = list(names)
 
     def forward(self, x: Tensor) -> Tensor:
-        result = self.base(x)
         live = [name for name in self.active if name not in self.merged]
-        if not live:
-            return result
+        if len(live) == 1:
+            whole = self.adapters[live[0]].forward_whole(x, self.base)
+            if whole is not None:
+                return whole
+        result = self.base(x)
         base_out = result
         for name in live:
             result = self.adapters[name].add_delta(result, x, base_out, self.base)

@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .base import Slot, norm_in, norm_out
-from .fast import low_rank_add
+from .fast import low_rank_add, scaled_linear
 from .lora import LoRA
 
 if TYPE_CHECKING:
@@ -68,6 +68,14 @@ class BiDimensional(LoRA):
         shifted = torch.addcmul(shifted, frozen, (self.scale * (a - 1)).to(result.dtype))  # + (a - 1) W0 x
         down, up = self.A * c[None, :], a[:, None] * self.B  # (r, in), (out, r)
         return low_rank_add(shifted, x, down, up, self.scale * self.scaling)
+
+    def forward_whole(self, x: Tensor, base: nn.Linear) -> Tensor | None:
+        # Alone on the layer, W' x + bias = a * (W0 (c x) + s B A (c x)) + bias: one GEMM through W0 forward and
+        # one backward (W0^T (a g), shared by the gradients of c and of x), where add_delta needs two forward.
+        if not self.whole_applies(base):
+            return None
+        a, c = self._axis_scales(base.weight)
+        return scaled_linear(x, base.weight, base.bias, self.A, self.B, a, c, self.scaling)
 
     def lora_factors(self) -> None:
         return None

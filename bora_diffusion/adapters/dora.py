@@ -13,7 +13,7 @@ import torch
 from torch import Tensor, nn
 
 from .base import Slot, norm_out
-from .fast import low_rank_add
+from .fast import low_rank_add, scaled_linear
 from .lora import LoRA
 
 if TYPE_CHECKING:
@@ -50,6 +50,15 @@ class DoRA(LoRA):
         c = self._norm_scale(base.weight)  # (out,)
         shifted = torch.addcmul(result, frozen, (self.scale * (c - 1)).to(result.dtype))  # (..., out)
         return low_rank_add(shifted, x, self.A, c[:, None] * self.B, self.scale * self.scaling)
+
+    def forward_whole(self, x: Tensor, base: nn.Linear) -> Tensor | None:
+        # Alone on the layer, W' x + bias = c * (W0 x + s B A x) + bias: c folds into W0 and B, so the forward
+        # makes no (tokens, out) pass beside the GEMMs.
+        if not self.whole_applies(base):
+            return None
+        return scaled_linear(
+            x, base.weight, base.bias, self.A, self.B, self._norm_scale(base.weight), None, self.scaling
+        )
 
     def lora_factors(self) -> None:
         return None
