@@ -69,8 +69,9 @@ BATCH_SIZE = 4
 LOCK_WEIGHT = 2.0
 TRAIN_STEPS = 500
 
-# Made-up tokens: none is a word of the CLIP vocabulary, and their BPE pieces are all different
-# (zor|p, v|lek, yo|xt, gli|x, wo|zt, hu|z|d; the examples use q|wiv and b|xj).
+# Made-up tokens: none is a word of the CLIP vocabulary, and their BPE pieces are all different, from each other
+# and from the world's words (zor|p, v|lek, yo|xt, gli|x, wo|zt, hu|z|d, me|fk, jor|n, ta|vr, fe|sh, mur|l,
+# gor|f; the examples use q|wiv and b|xj). tests/test_world_concepts.py checks it.
 TOKENS: Mapping[str, str] = {
     "spiral-star": "zorp",
     "notched-ring": "vlek",
@@ -78,6 +79,12 @@ TOKENS: Mapping[str, str] = {
     "band-triangle": "glix",
     "quad-cross": "wozt",
     "bolt-circle": "huzd",
+    "melon-circle": "mefk",
+    "window-square": "jorn",
+    "kite-diamond": "tavr",
+    "oval-ring": "fesh",
+    "bowtie-triangle": "murl",
+    "sun-star": "gorf",
 }
 
 

@@ -1,0 +1,139 @@
+"""The merge baselines of bora_diffusion.fusion against their definitions, on a toy model of two Linears:
+naive summing is W0 + the sum of the deltas; least squares of one concept gives that concept's weight back, and
+of two concepts whose inputs span orthogonal subspaces reproduces each one on its own inputs, which summing does
+not; the recorded Grams are the inputs' X^T X; fused weights go in for a `with` block and the base comes back."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from bora_diffusion.config import AdapterConfig
+from bora_diffusion.errors import ConfigError
+from bora_diffusion.fusion import fused_weights, gradient_fusion, least_squares, naive_sum, record_grams
+from bora_diffusion.inject import inject, wrappers
+
+IN, OUT = 8, 6
+
+
+class Toy(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.first = nn.Linear(IN, IN)
+        self.second = nn.Linear(IN, OUT)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.second(torch.tanh(self.first(x)))
+
+
+def _toy(names: list[str], seed: int = 0) -> Toy:
+    torch.manual_seed(seed)
+    model = Toy()
+    for name in names:
+        inject(model, AdapterConfig(method="lora", rank=2, targets=(r"^(first|second)$",)), name=name)
+    generator = torch.Generator().manual_seed(seed + 1)
+    with torch.no_grad():
+        for _, layer in wrappers(model):
+            for param in layer.adapters.parameters():  # lora's up factor starts at zero: give it a delta
+                param.copy_(torch.randn(param.shape, generator=generator) * 0.5)
+    return model
+
+
+def _subspace_inputs(rows: int, dims: slice, seed: int) -> torch.Tensor:
+    """[rows, IN] inputs that are zero outside the feature indices `dims`."""
+    x = torch.zeros(rows, IN)
+    x[:, dims] = torch.randn(rows, dims.stop - dims.start, generator=torch.Generator().manual_seed(seed))
+    return x
+
+
+def test_naive_sum_is_the_base_plus_every_delta():
+    model = _toy(["a", "b"])
+    for name in ("a", "b"):
+        for _, layer in wrappers(model):
+            layer.adapters[name].scale = 0.5 if name == "b" else 1.0
+    fused = naive_sum(model, ["a", "b"])
+    for path, layer in wrappers(model):
+        w0 = layer.original_weight
+        expected = w0 + layer.adapters["a"].delta_weight(w0) + 0.5 * layer.adapters["b"].delta_weight(w0)
+        torch.testing.assert_close(fused[path], expected)
+        assert not torch.allclose(fused[path], w0, atol=1e-3)
+    x = torch.randn(5, IN)
+    live = model(x)  # both adapters active, live: their outputs add up, as the summed weight's do
+    with fused_weights(model, fused):
+        torch.testing.assert_close(model(x), live, atol=1e-5, rtol=1e-5)
+
+
+def test_least_squares_of_one_concept_is_that_concept():
+    torch.manual_seed(0)
+    w0, w1 = torch.randn(OUT, IN), torch.randn(OUT, IN)
+    x = torch.randn(64, IN)  # full-rank inputs
+    fused = least_squares(w0, [w1], [x.T @ x], ridge=1e-9)
+    torch.testing.assert_close(fused, w1, atol=1e-5, rtol=1e-5)
+    # With a real ridge the result leans toward W0, and only a little: 1e-3 of the inputs' mean eigenvalue.
+    leaned = least_squares(w0, [w1], [x.T @ x], ridge=1e-3)
+    assert 0 < (leaned - w1).norm() / (w0 - w1).norm() < 1e-2
+
+
+def test_least_squares_keeps_two_concepts_on_orthogonal_inputs_where_summing_does_not():
+    torch.manual_seed(0)
+    w0 = torch.randn(OUT, IN)
+    w1, w2 = w0 + torch.randn(OUT, IN), w0 + torch.randn(OUT, IN)
+    x1, x2 = _subspace_inputs(32, slice(0, 4), 1), _subspace_inputs(32, slice(4, 8), 2)
+    fused = least_squares(w0, [w1, w2], [x1.T @ x1, x2.T @ x2], ridge=1e-9)
+    torch.testing.assert_close(x1 @ fused.T, x1 @ w1.T, atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(x2 @ fused.T, x2 @ w2.T, atol=1e-4, rtol=1e-4)
+    summed = w0 + (w1 - w0) + (w2 - w0)
+    assert (
+        x1 @ summed.T - x1 @ w1.T
+    ).norm() > 1.0  # the other concept's delta leaks into concept 1's outputs
+
+
+def test_least_squares_leaves_unvisited_input_directions_at_the_base():
+    torch.manual_seed(0)
+    w0, w1 = torch.randn(OUT, IN), torch.randn(OUT, IN)
+    x = _subspace_inputs(32, slice(0, 4), 3)
+    fused = least_squares(w0, [w1], [x.T @ x], ridge=1e-6)
+    torch.testing.assert_close(fused[:, 4:], w0[:, 4:], atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(fused[:, :4], w1[:, :4], atol=1e-3, rtol=1e-3)
+
+
+def test_gradient_fusion_reproduces_each_concept_on_its_recorded_inputs():
+    model = _toy(["a", "b"])
+    inputs = {"a": _subspace_inputs(40, slice(0, 4), 1), "b": _subspace_inputs(40, slice(4, 8), 2)}
+    alone = {}
+    for name in ("a", "b"):
+        for _, layer in wrappers(model):
+            layer.set_active([name])
+        alone[name] = model(inputs[name]).detach()
+    for _, layer in wrappers(model):
+        layer.set_active(["a", "b"])
+    grams = record_grams(model, ["a", "b"], lambda name: model(inputs[name]))
+    # The first layer sees the raw inputs: its Gram is X^T X.
+    torch.testing.assert_close(grams["a"]["first"], inputs["a"].double().T @ inputs["a"].double())
+    for _, layer in wrappers(model):
+        assert layer.active == ["a", "b"]  # recording put the active adapters back
+    fused = gradient_fusion(model, ["a", "b"], grams, ridge=1e-9)
+    with fused_weights(model, fused):
+        # The first layer's inputs are orthogonal, so it is exact; the second's are tanh of them, which overlap,
+        # so the concepts' outputs only come close. Summing is far off on both.
+        error = {name: (model(inputs[name]) - alone[name]).norm() / alone[name].norm() for name in alone}
+    with fused_weights(model, naive_sum(model, ["a", "b"])):
+        summed = {name: (model(inputs[name]) - alone[name]).norm() / alone[name].norm() for name in alone}
+    for name in alone:
+        assert error[name] < 0.5 * summed[name], (error, summed)
+
+
+def test_fused_weights_restore_the_base_and_the_active_adapters():
+    model = _toy(["a", "b"])
+    x = torch.randn(3, IN)
+    before = model(x).detach()
+    weights = {path: torch.zeros_like(layer.base.weight) for path, layer in wrappers(model)}
+    with fused_weights(model, weights):
+        assert torch.allclose(model(x), model.second.base.bias.expand(3, OUT))
+    torch.testing.assert_close(model(x), before, atol=0, rtol=0)
+    with (
+        pytest.raises(ConfigError, match="does not adapt"),
+        fused_weights(model, {"nowhere": torch.zeros(1)}),
+    ):
+        pass
