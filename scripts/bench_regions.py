@@ -37,9 +37,9 @@ from bora_diffusion.world.vocabulary import COLORS
 CONCEPTS = {"bolt-circle": "a huzd circle", "notched-ring": "a vlek ring", "spiral-star": "a zorp star"}
 LEFT, RIGHT = (0.0, 0.15, 0.5, 0.85), (0.5, 0.15, 1.0, 0.85)  # a strip above and below is background
 LAYOUTS = {  # name -> [(concept, box)], the relation the prompt without regions names
-    "circle | ring": ([("bolt-circle", LEFT), ("notched-ring", RIGHT)], "to the left of"),
-    "circle | star": ([("bolt-circle", LEFT), ("spiral-star", RIGHT)], "to the left of"),
-    "ring | star": ([("notched-ring", LEFT), ("spiral-star", RIGHT)], "to the left of"),
+    "circle+ring": ([("bolt-circle", LEFT), ("notched-ring", RIGHT)], "to the left of"),
+    "circle+star": ([("bolt-circle", LEFT), ("spiral-star", RIGHT)], "to the left of"),
+    "ring+star": ([("notched-ring", LEFT), ("spiral-star", RIGHT)], "to the left of"),
     "three": (
         [
             ("bolt-circle", (0.0, 0.0, 0.5, 0.5)),
@@ -109,7 +109,7 @@ def main(argv: list[str] | None = None) -> int:
             crops[way, layout] = {name: [] for name, _ in parts}
             backgrounds[way, layout] = []
             for color in BACKGROUNDS:
-                folder = args.out / way.replace(" ", "-") / layout.replace(" | ", "-") / color
+                folder = args.out / way.replace(" ", "-") / layout.replace("+", "-") / color
                 global_prompt = plain_prompt(parts, relation, color)
                 regions = []
                 if way != "no regions":
