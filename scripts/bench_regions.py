@@ -28,18 +28,19 @@ from PIL import Image
 from bora_diffusion.embedded import default_pipeline
 from bora_diffusion.evaluation.identity import identity_shares
 from bora_diffusion.generate import SamplingSettings, generate
+from bora_diffusion.inject import merge, set_active, unmerge
 from bora_diffusion.merge import compose
 from bora_diffusion.pipeline import EMBEDDED_GUIDANCE
-from bora_diffusion.regions import Region
+from bora_diffusion.regions import Region, cross_attentions, regional_sampling
 from bora_diffusion.world.scoring import WorldScorer
 from bora_diffusion.world.vocabulary import COLORS
 
 CONCEPTS = {"bolt-circle": "a huzd circle", "notched-ring": "a vlek ring", "spiral-star": "a zorp star"}
 LEFT, RIGHT = (0.0, 0.15, 0.5, 0.85), (0.5, 0.15, 1.0, 0.85)  # a strip above and below is background
 LAYOUTS = {  # name -> [(concept, box)], the relation the prompt without regions names
-    "circle | ring": ([("bolt-circle", LEFT), ("notched-ring", RIGHT)], "to the left of"),
-    "circle | star": ([("bolt-circle", LEFT), ("spiral-star", RIGHT)], "to the left of"),
-    "ring | star": ([("notched-ring", LEFT), ("spiral-star", RIGHT)], "to the left of"),
+    "circle+ring": ([("bolt-circle", LEFT), ("notched-ring", RIGHT)], "to the left of"),
+    "circle+star": ([("bolt-circle", LEFT), ("spiral-star", RIGHT)], "to the left of"),
+    "ring+star": ([("notched-ring", LEFT), ("spiral-star", RIGHT)], "to the left of"),
     "three": (
         [
             ("bolt-circle", (0.0, 0.0, 0.5, 0.5)),
@@ -83,6 +84,59 @@ def loaded(folder: Path, fuse: bool):
     return pipe
 
 
+@torch.no_grad()
+def leak(folder: Path, guidance: float) -> dict[str, tuple[float, float]]:
+    """Per cross-attention layer, ||out - out_alone|| / ||out_alone|| at the tokens the circle's box covers whole,
+    where out_alone has only bolt-circle's adapters: (max, mean) over layers, live and fused. Every layer is fed
+    the inputs it saw in one regional sampling step, so the layers are compared on the same inputs."""
+    names = list(CONCEPTS)
+    pipe = loaded(folder, fuse=False)
+    parts = LAYOUTS["circle+ring"][0]
+    regions = [
+        Region(f"{CONCEPTS[name]} on a white background", box=box, concepts=(name,)) for name, box in parts
+    ]
+    seen: dict = {}
+
+    def keep(module, args, kwargs) -> None:
+        seen.setdefault(module, (args[0], kwargs["encoder_hidden_states"]))
+
+    hooks = [layer.register_forward_pre_hook(keep, with_kwargs=True) for layer in cross_attentions(pipe.unet)]
+    with regional_sampling(pipe, regions, height=None, width=None, guidance=guidance):
+        pipe(
+            "a white background",
+            num_inference_steps=2,
+            guidance_scale=guidance,
+            output_type="latent",
+            generator=torch.Generator().manual_seed(0),
+        )
+    for hook in hooks:
+        hook.remove()
+
+    def outputs(fused: bool, active: list[str]) -> dict:
+        set_active(pipe.unet, active)
+        if fused:
+            merge(pipe.unet)
+        with regional_sampling(pipe, regions, height=None, width=None, guidance=guidance) as plan:
+            found = {
+                layer: (layer(h, encoder_hidden_states=e), plan.masks(h.shape[1])[0] == 1)
+                for layer, (h, e) in seen.items()
+            }
+        unmerge(pipe.unet)
+        set_active(pipe.unet, names)
+        return found
+
+    alone = outputs(False, [parts[0][0]])
+    result = {}
+    for way, fused in (("live", False), ("fused", True)):
+        got = outputs(fused, names)
+        distance = [
+            float((out[:, inside] - alone[layer][0][:, inside]).norm() / alone[layer][0][:, inside].norm())
+            for layer, (out, inside) in got.items()
+        ]
+        result[way] = (max(distance), sum(distance) / len(distance))
+    return result
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--concepts", type=Path, required=True, help="folder with the three concept files")
@@ -92,8 +146,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--out", type=Path, default=Path("/tmp/bench-regions"))
     parser.add_argument("--json", type=Path)
+    parser.add_argument(
+        "--leak-only",
+        action="store_true",
+        help="only how far the circle's box is from the circle alone, per layer",
+    )
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
+    if args.leak_only:
+        for way, (worst, mean) in leak(args.concepts, args.guidance).items():
+            print(
+                f"{way}: relative distance from bolt-circle alone inside its box, max {worst:.4f} mean {mean:.4f}"
+            )
+        return 0
     start = time.perf_counter()
     settings = SamplingSettings(steps=args.steps, guidance=args.guidance)
     seeds = list(range(args.seeds))
@@ -109,7 +174,7 @@ def main(argv: list[str] | None = None) -> int:
             crops[way, layout] = {name: [] for name, _ in parts}
             backgrounds[way, layout] = []
             for color in BACKGROUNDS:
-                folder = args.out / way.replace(" ", "-") / layout.replace(" | ", "-") / color
+                folder = args.out / way.replace(" ", "-") / layout.replace("+", "-") / color
                 global_prompt = plain_prompt(parts, relation, color)
                 regions = []
                 if way != "no regions":

@@ -129,6 +129,37 @@ def test_generate_returns_images_and_a_manifest_and_is_seeded(trained, app):
     assert Path(base[0]["image"]).read_bytes() != first[0]  # the concepts change the image
 
 
+REGIONS = {"headers": ["x0", "y0", "x1", "y1", "prompt"], "data": [[0, 0, 0.5, 1, "a zqmug mug"], [0.5, 0, 1, 1, "a qwiv kettle"]]}  # fmt: skip
+
+
+def test_generate_with_regions_draws_each_box_with_its_own_concepts(trained, app):
+    _, client, _ = app
+    args = (["mug", "kettle"], "", "live", "a table", "", 3, 4, 5.0, 1)
+    gallery, manifest, message = client.predict(*args, REGIONS, api_name="/generate_regions")
+    assert len(gallery) == 1 and message.startswith("1 image(s) in 2 region(s)")
+    record = json.loads(Path(manifest).read_text())
+    assert [(r["box"], r["concepts"]) for r in record["regions"]] == [
+        ([0, 0, 0.5, 1], ["mug"]),
+        ([0.5, 0, 1, 1], ["kettle"]),
+    ]
+    plain, _, _ = client.predict(*args, api_name="/generate")
+    assert Path(plain[0]["image"]).read_bytes() != Path(gallery[0]["image"]).read_bytes()
+    from PIL import Image
+
+    with Image.open(client.predict(REGIONS, api_name="/region_preview")) as image:
+        side = image.size[0]
+        assert image.size == (256, 256)
+        rgb = image.convert("RGB")
+        # each box outlined in its own color (the first red, the second blue; gradio re-encodes the image lossily)
+        assert _near(rgb.getpixel((1, side // 2)), (0xD6, 0x28, 0x28))  # the first box's left edge
+        assert _near(rgb.getpixel((side - 2, side // 2)), (0x26, 0x56, 0xD6))  # the second box's right edge
+        assert _near(rgb.getpixel((side // 4, side // 2)), (0xF6, 0xF6, 0xF6))  # inside: the image area
+
+
+def _near(pixel, color, tolerance: int = 40) -> bool:
+    return all(abs(a - b) <= tolerance for a, b in zip(pixel, color, strict=True))
+
+
 def test_a_concept_with_its_own_token_embedding_trains_and_generates(app, images, trained):
     _, client, _ = app
     job, _ = start(client, files=images[:1], name="embedded-token", token="zqemb", class_word="mug", steps=2,
@@ -347,6 +378,54 @@ BAD_CALLS = [
         "mode: choose one of live, fused, got 'sideways'",
     ),
     ("/generate", (["nobody"], "", "live", "a mug", "", 0, 4, 7.5, 1), "there is no concept 'nobody'"),
+    (
+        "/generate_regions",
+        (
+            ["mug"],
+            "",
+            "live",
+            "a mug",
+            "",
+            0,
+            4,
+            7.5,
+            1,
+            {"headers": REGIONS["headers"], "data": [[0, 0, 1.5, 1, "a"]]},
+        ),
+        "regions row 1: box 0,0,1.5,1 leaves the image",
+    ),
+    (
+        "/generate_regions",
+        (
+            ["mug"],
+            "",
+            "live",
+            "a mug",
+            "",
+            0,
+            4,
+            7.5,
+            1,
+            {"headers": REGIONS["headers"], "data": [[0, 0, 0.6, 1, "a"], [0.5, 0, 1, 1, "b"]]},
+        ),
+        "regions row 2: box 0.5,0,1,1 overlaps regions row 1's 0,0,0.6,1",
+    ),
+    (
+        "/generate_regions",
+        (
+            ["mug"],
+            "",
+            "live",
+            "a mug",
+            "",
+            0,
+            4,
+            7.5,
+            1,
+            {"headers": REGIONS["headers"], "data": [[0, 0, 0.5, 1, ""]]},
+        ),
+        "regions row 1: give x0, y0, x1, y1",
+    ),
     ("/evaluate", ([], "quick-object", "default", 1, 2), "pick at least one trained concept"),
     ("/evaluate", (["mug"], "bogus", "default", 1, 2), "unknown prompt set 'bogus'"),
     ("/evaluate", (["mug"], "quick-object", "paper", 1, 2), "unknown conventions preset 'paper'"),

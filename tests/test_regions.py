@@ -27,7 +27,7 @@ from bora_diffusion.config import AdapterConfig
 from bora_diffusion.embedded import EMBEDDED_NAME, build_tiny_pipeline, default_pipeline
 from bora_diffusion.errors import ConfigError
 from bora_diffusion.formats.native import save_adapter
-from bora_diffusion.inject import inject, merge
+from bora_diffusion.inject import inject, merge, unmerge
 from bora_diffusion.regions import (
     Region,
     check_regions,
@@ -131,6 +131,35 @@ def test_live_regions_isolate_their_concepts_on_every_cross_attention_layer(mast
         assert torch.equal(out[:, inside], after_b[layer][0][:, inside])  # bit for bit: no trace of concept 2
         assert not torch.equal(out[:, masks[1] == 1], after_b[layer][0][:, masks[1] == 1])
         assert (out[:, inside] - after_a[layer][0][:, inside]).abs().max() > 1e-4
+
+
+def test_fused_regions_cannot_isolate_what_the_weights_hold(master):
+    """Fused, every concept's delta is in to_k / to_v, and every text token has a value in every concept's input
+    columns: region 1's output moves when concept 2's factors do (what live composition avoids)."""
+    pipe = two_concepts(master)
+    regions = [
+        Region("a red toy", box=LEFT, concepts=("a",)),
+        Region("a blue toy", box=RIGHT, concepts=("b",)),
+    ]
+    inputs = layer_inputs(pipe, regions)
+
+    @torch.no_grad()
+    def fused_outputs() -> dict:
+        merge(pipe.unet)
+        try:
+            with regional_sampling(pipe, regions, height=SIDE, width=SIDE, guidance=3.0) as plan:
+                return {
+                    layer: (layer(h, encoder_hidden_states=e), plan.masks(h.shape[1])[0] == 1)
+                    for layer, (h, e) in inputs.items()
+                }
+        finally:
+            unmerge(pipe.unet)
+
+    before = fused_outputs()
+    perturb(pipe.unet, "b", seed=7, std=1.0)
+    after = fused_outputs()
+    for layer, (out, inside) in before.items():
+        assert (out[:, inside] - after[layer][0][:, inside]).abs().max() > 1e-4
 
 
 def test_outside_every_region_the_layer_follows_the_global_prompt(master):

@@ -14,6 +14,7 @@ from pathlib import Path
 from ..errors import ConfigError
 from ..generate import MAX_SEED, Generated, SamplingSettings, generate
 from ..merge import CompositionReport, check_scale, compose
+from ..regions import Region, check_regions, resolved
 from . import library
 from .models import Pipelines
 from .storage import DataDir
@@ -22,6 +23,9 @@ MAX_COUNT = 16
 MAX_STEPS = 150
 MODES = ("live", "fused")
 PAIR_COLUMNS = ["layer", "first", "second", "slot overlap", "cosine", "cross in", "cross out"]
+REGION_COLUMNS = ["x0", "y0", "x1", "y1", "prompt"]
+PREVIEW_SIDE = 256
+_OUTLINES = ["#d62828", "#2656d6", "#2ea043", "#803ab4", "#f7871e", "#f480bc"]
 
 
 @dataclass(frozen=True)
@@ -80,6 +84,51 @@ def parse_weights(names: Sequence[str], text: str) -> list[tuple[str, float]]:
     return [(name, weights.get(name, 1.0)) for name in names]
 
 
+def parse_regions(rows) -> list[Region]:
+    """Rows of (x0, y0, x1, y1, prompt), fractions of the image; rows left blank are skipped. Each problem names
+    its row (1 = the first) and the fix."""
+    regions = []
+    for number, row in enumerate(rows or [], start=1):
+        cells = ["" if cell is None else str(cell).strip() for cell in list(row)[: len(REGION_COLUMNS)]]
+        if not any(cells):
+            continue
+        where = f"regions row {number}"
+        if len(cells) < len(REGION_COLUMNS) or not cells[4]:
+            raise ConfigError(f"{where}: give x0, y0, x1, y1 (fractions of the image) and a prompt")
+        try:
+            box = tuple(float(cell) for cell in cells[:4])
+        except ValueError:
+            raise ConfigError(
+                f"{where}: x0, y0, x1, y1 must be numbers from 0 to 1, got {', '.join(cells[:4])}"
+            ) from None
+        regions.append(Region(cells[4], box=box, where=where))  # type: ignore[arg-type]
+    check_regions(regions)
+    return regions
+
+
+def preview(rows, side: int = PREVIEW_SIDE):
+    """The regions' boxes over the image area, each outlined and numbered in its own color (a PIL image)."""
+    from PIL import Image, ImageDraw
+
+    image = Image.new("RGB", (side, side), "#f6f6f6")
+    draw = ImageDraw.Draw(image)
+    for number, row in enumerate(
+        rows or [], start=1
+    ):  # drawn while being typed: a row not yet valid is skipped
+        try:
+            box = [min(max(float(cell), 0.0), 1.0) for cell in list(row)[:4]]
+        except (TypeError, ValueError):
+            continue
+        if len(box) < 4 or box[0] >= box[2] or box[1] >= box[3]:
+            continue
+        x0, y0, x1, y1 = (round(v * (side - 1)) for v in box)
+        color = _OUTLINES[(number - 1) % len(_OUTLINES)]
+        draw.rectangle((x0, y0, x1, y1), outline=color, width=3)
+        prompt = str(list(row)[4]) if len(row) > 4 and row[4] is not None else ""
+        draw.text((x0 + 6, y0 + 4), f"{number}: {prompt}"[:40], fill=color)
+    return image
+
+
 def _files(data: DataDir, picked: Sequence[tuple[str, float]]) -> list[tuple[Path, float]]:
     return [(library.adapter(data, name).path, weight) for name, weight in picked]
 
@@ -117,8 +166,10 @@ def run(
     weights: str,
     mode: str,
     request: Request,
+    regions: Sequence[Region] = (),
 ) -> tuple[Generated, CompositionReport]:
-    """Compose (nothing picked = the plain base), generate `count` seeds of one prompt into generations/<id>/."""
+    """Compose (nothing picked = the plain base), generate `count` seeds of one prompt into generations/<id>/;
+    `regions` (parse_regions) each draw their prompt in their box, live with the concepts their prompt names."""
     if mode not in MODES:
         raise ConfigError(f"mode: choose one of {', '.join(MODES)}, got {mode!r}")
     picked = parse_weights(list(names or []), weights)
@@ -133,5 +184,8 @@ def run(
         record = {"base_model": pipelines.name, "fused": mode == "fused", "concepts": report.concepts}
         for entry in record["concepts"].values():
             entry["file"] = Path(entry["file"]).name  # the manifest is a download: no server paths in it
-        result = generate(pipe, [request.prompt], seeds, out, settings=settings, record=record)
+        regions = resolved(regions, {name: entry["token"] for name, entry in report.concepts.items()})
+        result = generate(
+            pipe, [request.prompt], seeds, out, settings=settings, record=record, regions=regions
+        )
     return result, report

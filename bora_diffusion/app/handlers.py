@@ -177,6 +177,31 @@ class Handlers:
         summary = report.summary() if report.concepts else "base model, no concepts"
         return gallery, str(result.manifest), f"{len(gallery)} image(s); {summary}"
 
+    def generate_regions(self, names, weights, mode, prompt, negative, seed, steps, guidance, count, regions):
+        """`generate` with regions: rows of (x0, y0, x1, y1, prompt), the prompt being the global one."""
+        parsed = compose.parse_regions(_rows(regions))  # refused before a pipeline is borrowed
+        if not parsed:
+            raise ConfigError("regions: fill at least one row (x0, y0, x1, y1, prompt), or use Generate")
+        request = compose.Request(
+            prompt=prompt or "",
+            negative_prompt=negative or "",
+            seed=_number(seed, "seed"),
+            steps=_number(steps, "steps"),
+            guidance=_number(guidance, "guidance"),
+            count=_number(count, "count"),
+        )
+        result, report = compose.run(
+            self.ctx.data, self.ctx.pipelines, names or [], weights, mode, request, regions=parsed
+        )
+        seeds = [int(request.seed) + i for i in range(len(result.images))]
+        gallery = [(str(path), f"seed {seed}") for path, seed in zip(result.images, seeds, strict=True)]
+        summary = report.summary() if report.concepts else "base model, no concepts"
+        return gallery, str(result.manifest), f"{len(gallery)} image(s) in {len(parsed)} region(s); {summary}"
+
+    def region_preview(self, regions):
+        """The boxes drawn over the image area."""
+        return compose.preview(_rows(regions))
+
     # --------------------------------------------------------------------------------------------- evaluate
     def evaluate(self, names, prompt_set, conventions, images_per_prompt, steps):
         report, folder = evaluate.run(
@@ -215,6 +240,17 @@ class Handlers:
         table = pd.DataFrame(evaluate.compare_table(comparison), columns=evaluate.COMPARE_COLUMNS)
         bars = pd.DataFrame(evaluate.compare_bars(comparison), columns=["bar", "score", "metric"])
         return table, bars, str(Path(folder) / "comparison.md"), comparison.summary()
+
+
+def _rows(table) -> list[list]:
+    """A Dataframe's value (pandas, or the API's {"data": rows} / a list of rows) as a list of rows."""
+    if table is None:
+        return []
+    if isinstance(table, pd.DataFrame):
+        return table.values.tolist()
+    if isinstance(table, dict):
+        return list(table.get("data") or [])
+    return list(table)
 
 
 def _number(value, field: str) -> float:

@@ -156,6 +156,23 @@ def build(ctx: Context) -> gr.Blocks:
                 guidance = gr.Number(default_guidance(ctx.pipelines.base), label="Guidance")
                 count = gr.Number(4, label="Images", precision=0)
             run = gr.Button("Generate", variant="primary", elem_id="compose-generate")
+            with gr.Accordion("Regions: each box draws its own prompt", open=False):
+                gr.Markdown(
+                    "Boxes in fractions of the image (0, 0 is the top left), each with its prompt; the prompt above "
+                    "is the global one around them. Live, only the concepts whose token a box's prompt names act "
+                    "inside it. Boxes may not overlap."
+                )
+                with gr.Row():
+                    regions = gr.Dataframe(
+                        value=[[0, 0, 0.5, 1, ""], [0.5, 0, 1, 1, ""]],
+                        headers=compose.REGION_COLUMNS,
+                        datatype=["number", "number", "number", "number", "str"],
+                        col_count=(len(compose.REGION_COLUMNS), "fixed"),
+                        interactive=True,
+                        elem_id="compose-regions",
+                    )
+                    boxes = gr.Image(label="Boxes", type="pil", interactive=False, elem_id="compose-boxes")
+                run_regions = gr.Button("Generate with regions", elem_id="compose-generate-regions")
             gallery = gr.Gallery(label="Images", columns=4, elem_id="compose-gallery")
             gen_msg = gr.Markdown(elem_id="compose-message")
             manifest = gr.File(label="Manifest")
@@ -314,6 +331,15 @@ def build(ctx: Context) -> gr.Blocks:
             concurrency_id=PIPELINES,
             concurrency_limit=workers,
         )
+        run_regions.click(
+            g["generate_regions"],
+            [picked, weights, mode, prompt, negative, seed, gen_steps, guidance, count, regions],
+            [gallery, manifest, gen_msg],
+            api_name="generate_regions",
+            concurrency_id=PIPELINES,
+            concurrency_limit=workers,
+        )
+        regions.change(g["region_preview"], regions, boxes, api_name="region_preview")
         evaluate_btn.click(
             g["evaluate"],
             [eval_pick, prompt_set, conventions, per_prompt, eval_steps],
