@@ -166,8 +166,8 @@ class Bench:
 def retention(results: dict) -> dict:
     rows = {}
     for merged in MERGES:
-        if merged not in results:
-            continue
+        if merged not in results or ALONE_OF[merged] not in results:
+            continue  # a part of a run drawn without its alone setting: --combine pairs them
         alone = results[ALONE_OF[merged]]
         ratios = {
             name: row["clip_i"] / alone["concepts"][name]["clip_i"]
