@@ -16,7 +16,6 @@ import torch
 from PIL import Image
 
 from .atomic import atomic_path, write_text
-from .compiling import compiled_for
 from .errors import ConfigError
 from .regions import Region, regional_sampling
 
@@ -29,7 +28,6 @@ class SamplingSettings:
     height: int | None = None  # None: the model's native size
     width: int | None = None
     batch_size: int = 4
-    compile: bool = False  # torch.compile the UNet for the call (bora_diffusion.compiling); eager again after
 
     def __post_init__(self) -> None:
         if self.steps < 1:  # named alone: a user who gave --steps 0 never set the batch size
@@ -89,9 +87,8 @@ def generate(
     out_dir = Path(out_dir)
     jobs = [(p, prompt, seed) for p, prompt in enumerate(prompts) for seed in seeds]
     images: list[Image.Image] = []
-    with (
-        compiled_for(pipe.unet, settings.compile, what="generation"),
-        regional_sampling(pipe, regions, height=settings.height, width=settings.width, guidance=settings.guidance),
+    with regional_sampling(
+        pipe, regions, height=settings.height, width=settings.width, guidance=settings.guidance
     ):
         for start in range(0, len(jobs), settings.batch_size):
             chunk = jobs[start : start + settings.batch_size]

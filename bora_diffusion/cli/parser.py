@@ -332,11 +332,6 @@ def add_generate_command(commands: argparse._SubParsersAction) -> None:
         "--fuse cannot separate them). Boxes may not overlap",
     )
     generate.add_argument(
-        "--compile",
-        action="store_true",
-        help="torch.compile the UNet (the first image waits for the compiler; without one, a warning and eager)",
-    )
-    generate.add_argument(
         "--out", required=True, help="output folder for the images, manifest.json and grid.png"
     )
     generate.set_defaults(run=run_generate)

@@ -28,7 +28,6 @@ from typing import Protocol
 import torch
 
 from ..callbacks import Callback, TrainState
-from ..compiling import compile_unet, uncompile
 from ..config import AdapterConfig, TrainConfig
 from ..data import EncodedSet, encode_set
 from ..embeddings import vector_tokens
@@ -143,7 +142,6 @@ class Trainer:
         step = self._resume(optimizer, schedule, generator) if resume else 0
         if config.gradient_checkpointing:
             unet.enable_gradient_checkpointing()
-        compiled = config.compile and compile_unet(unet, what="training")
         model, optimizer = accelerator.prepare(unet, optimizer)
         model.train()
 
@@ -186,8 +184,6 @@ class Trainer:
             if config.sample_every and step % config.sample_every == 0:
                 self._sample(state)
         model.eval()
-        if compiled:  # the next concept of a run adds its adapters: a new graph; samples run eagerly too
-            uncompile(unet)
         if config.gradient_checkpointing:
             unet.disable_gradient_checkpointing()
         for rows in self.embeddings:  # they stay on the text encoders, so samples and generation use them
