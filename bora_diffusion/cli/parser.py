@@ -322,6 +322,10 @@ def add_generate_command(commands: argparse._SubParsersAction) -> None:
     generate.add_argument("--width", type=int, help="image width, a multiple of 8 (overrides --resolution)")
     generate.add_argument("--fuse", action="store_true", help="fuse the concepts into the weights (faster)")
     generate.add_argument(
+        "--compile", action="store_true", help="compile the UNet with torch.compile first (slow first step, faster "
+        "after; uncompiled, saying why, where inductor cannot run)",
+    )  # fmt: skip
+    generate.add_argument(
         "--out", required=True, help="output folder for the images, manifest.json and grid.png"
     )
     generate.set_defaults(run=run_generate)
