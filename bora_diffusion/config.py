@@ -183,6 +183,10 @@ class TrainConfig:
         False, "trade compute for memory: recompute activations in backward"
     )
     attention: str = setting("sdpa", "attention kernel: torch's sdpa or xformers", choices=ATTENTION)
+    compile: bool = setting(
+        False, "compile the UNet with torch.compile (inductor): a slow first step, faster ones after; runs "
+        "uncompiled, saying why, where inductor cannot (bora_diffusion.compiling)",
+    )  # fmt: skip
     resolution: int = setting(64, "training resolution in px (64 is the embedded base's)", positive=True)
     cache_latents: bool = setting(True, "encode the images once and keep their latents")
     prior_weight: float = setting(0.0, "prior preservation weight (0 = off)", minimum=0)

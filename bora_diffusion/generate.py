@@ -16,6 +16,7 @@ import torch
 from PIL import Image
 
 from .atomic import atomic_path, write_text
+from .compiling import compile_pipeline
 from .errors import ConfigError
 from .regions import Region, regional_sampling
 
@@ -28,6 +29,7 @@ class SamplingSettings:
     height: int | None = None  # None: the model's native size
     width: int | None = None
     batch_size: int = 4
+    compile: bool = False  # compile the pipeline's UNet in place first (bora_diffusion.compiling)
 
     def __post_init__(self) -> None:
         if self.steps < 1:  # named alone: a user who gave --steps 0 never set the batch size
@@ -86,6 +88,8 @@ def generate(
     check_request(prompts, seeds)
     out_dir = Path(out_dir)
     jobs = [(p, prompt, seed) for p, prompt in enumerate(prompts) for seed in seeds]
+    if settings.compile:
+        compile_pipeline(pipe)
     images: list[Image.Image] = []
     with regional_sampling(
         pipe, regions, height=settings.height, width=settings.width, guidance=settings.guidance

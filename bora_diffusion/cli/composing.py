@@ -96,7 +96,12 @@ def run_generate(args: argparse.Namespace) -> int:
     height = args.height if args.height is not None else args.resolution
     width = args.width if args.width is not None else args.resolution
     settings = SamplingSettings(
-        steps=args.steps, guidance=guidance(args), negative_prompt=args.negative, height=height, width=width
+        steps=args.steps,
+        guidance=guidance(args),
+        negative_prompt=args.negative,
+        height=height,
+        width=width,
+        compile=args.compile,
     )
     pipe, report = _composed(args, fuse=args.fuse)
     record = {"base_model": base_name(args.base), "fused": args.fuse, "concepts": report.concepts}

@@ -332,6 +332,10 @@ def add_generate_command(commands: argparse._SubParsersAction) -> None:
         "--fuse cannot separate them). Boxes may not overlap",
     )
     generate.add_argument(
+        "--compile", action="store_true", help="compile the UNet with torch.compile first (slow first step, faster "
+        "after; uncompiled, saying why, where inductor cannot run)",
+    )  # fmt: skip
+    generate.add_argument(
         "--out", required=True, help="output folder for the images, manifest.json and grid.png"
     )
     generate.set_defaults(run=run_generate)

@@ -104,10 +104,10 @@ def _read_checkpoint(found: list[Path]) -> tuple[dict, list[Path]]:
 
 
 def _resume_key(config: TrainConfig, processes: int) -> dict:
-    """The settings a resumed run must share with the checkpoint (sampling and checkpoint cadence may change, and
-    so may the process count, if the global batch stays)."""
+    """The settings a resumed run must share with the checkpoint (sampling and checkpoint cadence may change, so
+    may `compile`, a speed choice, and so may the process count, if the global batch stays)."""
     data = config.to_dict()
-    for free in ("checkpoint_every", "sample_every", "sample_prompts"):
+    for free in ("checkpoint_every", "sample_every", "sample_prompts", "compile"):
         data.pop(free)
     data["global_batch"] = data.pop("batch_size") * processes
     return data

@@ -28,6 +28,7 @@ from typing import Protocol
 import torch
 
 from ..callbacks import Callback, TrainState
+from ..compiling import compile_unet
 from ..config import AdapterConfig, TrainConfig
 from ..data import EncodedSet, encode_set
 from ..embeddings import vector_tokens
@@ -143,6 +144,7 @@ class Trainer:
         if config.gradient_checkpointing:
             unet.enable_gradient_checkpointing()
         model, optimizer = accelerator.prepare(unet, optimizer)
+        model = compile_unet(model) if config.compile else model  # a wrapper: pipe.unet and its keys stay
         model.train()
 
         state = TrainState(self.name, step, config.steps)
