@@ -162,9 +162,8 @@ def bench_row(
     compose_s = []
     for _ in range(args.fuse_rounds):
         target = shared_copy(base)
-        compose_s.append(timed(lambda: compose(target, files, fuse=True)))
+        compose_s.append(timed(lambda model=target: compose(model, files, fuse=True)))
         eject(target)  # restores the shared weights it fused into
-        del target
 
     fused = shared_copy(adapted)
     own_weights(fused)
