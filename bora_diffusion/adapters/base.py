@@ -23,6 +23,7 @@ from torch import Tensor, nn
 from ..errors import ConfigError, SlotError
 from ..settings import Setting
 from ..slots import slot_size
+from .grouped import grouped_forward
 
 if TYPE_CHECKING:
     from ..config import AdapterConfig  # a type only: config imports this package, not the other way round
@@ -204,6 +205,8 @@ class AdaptedLinear(nn.Module):
         live = [name for name in self.active if name not in self.merged]
         if not live:
             return result
+        if len(live) > 1 and not torch.is_grad_enabled():  # generation: one product per kind (grouped.py)
+            return grouped_forward(self, live, result, x)
         base_out = result
         for name in live:
             result = self.adapters[name].add_delta(result, x, base_out, self.base)
