@@ -274,6 +274,9 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         for method, targets in args.rows:
             print(f"  {method} on {targets} ...", file=sys.stderr, flush=True)
             rows.append(bench_row(base, method, targets, args, inputs, Path(folder)))
+            print(
+                json.dumps(rows[-1]), file=sys.stderr, flush=True
+            )  # each row as it lands: a long run is slow
     print(markdown(rows, args.resolution))
     report = {
         "argv": sys.argv[1:] if argv is None else list(argv),
