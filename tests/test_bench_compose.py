@@ -30,4 +30,4 @@ def test_tiny_rows_are_complete(tmp_path, capsys):
         assert math.isfinite(value) and value > 0
     assert row["step_ratio"]["base"] == 1.0
     assert row["fused_vs_live_rel_error"] < 1e-5  # disjoint slots: the fused weights are the exact sum
-    assert "| sbora_fa | cross_kv | 10 |" in capsys.readouterr().out
+    assert "| sbora_fa | cross_kv | 20 |" in capsys.readouterr().out
