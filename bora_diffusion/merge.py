@@ -24,7 +24,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
-from torch import nn
+import torch.nn.functional as F
+from torch import Tensor, nn
 
 from .atomic import write_text
 from .embeddings import add_token
@@ -197,35 +198,88 @@ def check_slots(infos: Sequence[AdapterFile]) -> None:
 
 @torch.no_grad()
 def interference(unet: nn.Module, names: list[str]) -> list[PairInterference]:
-    """Pairwise interference of these concepts on every layer both adapt (deltas at scale 1, against W0)."""
+    """Pairwise interference of these concepts on every layer both adapt (deltas at scale 1, against W0).
+
+    Where every concept on a layer has exact low-rank factors (the additive methods), the four numbers come from
+    rank-sized Gram matrices of the factors, all pairs at once, in float64: ten concepts on SD 1.5's 128
+    projections then cost milliseconds where the dense (out, out) and (in, in) products of every pair took
+    minutes. Other layers go through the dense deltas.
+    """
     pairs = []
     for path, wrapper in wrappers(unet):
         present = [n for n in names if n in wrapper.adapters]
         if len(present) < 2:
             continue
-        w0 = wrapper.original_weight
-        deltas = {n: wrapper.adapters[n].delta_weight(w0).float() for n in present}  # (out, in) each
-        for first, second in itertools.combinations(present, 2):
-            a, b = wrapper.adapters[first], wrapper.adapters[second]
+        adapters = [wrapper.adapters[n] for n in present]
+        factors = [_factors(a) for a in adapters]
+        if all(f is not None for f in factors):
+            values = _factored_measures(factors)
+        else:
+            values = _dense_measures([a.delta_weight(wrapper.original_weight).float() for a in adapters])
+        for i, j in itertools.combinations(range(len(present)), 2):
+            a, b = adapters[i], adapters[j]
             overlap = 0
             if a.slot_space is not None and a.slot_space == b.slot_space:
                 overlap = len(set(a.index.tolist()) & set(b.index.tolist()))
-            d1, d2 = deltas[first], deltas[second]
-            norms = (d1.norm() * d2.norm()).clamp_min(1e-12)
-            shared_inputs = (d1 @ d2.T).norm() / norms  # (out, in) @ (in, out) -> (out, out)
-            shared_outputs = (d1.T @ d2).norm() / norms  # (in, out) @ (out, in) -> (in, in)
+            cosine, cross_in, cross_out = (float(v[i][j]) for v in values)
             pairs.append(
                 PairInterference(
                     layer=path,
-                    first=first,
-                    second=second,
+                    first=present[i],
+                    second=present[j],
                     overlap=overlap,
-                    cosine=float((d1 * d2).sum() / norms),
-                    cross_in=float(shared_inputs),
-                    cross_out=float(shared_outputs),
+                    cosine=cosine,
+                    cross_in=cross_in,
+                    cross_out=cross_out,
                 )
             )
     return pairs
+
+
+def _factors(adapter) -> tuple[Tensor, Tensor] | None:
+    """(up (out, R), down (R, in)) in float64 with dW = up @ down at scale 1, or None for a non-additive method."""
+    exact = adapter.lora_factors() if adapter.additive else None
+    if exact is None:
+        return None
+    down, up, scaling = exact
+    return scaling * up.double(), down.double()
+
+
+def _dense_measures(deltas: list[Tensor]) -> tuple[list[list[float]], ...]:
+    """(cosine, cross_in, cross_out) matrices over the concepts from their dense (out, in) deltas."""
+    k = len(deltas)
+    cosine, cross_in, cross_out = ([[0.0] * k for _ in range(k)] for _ in range(3))
+    for i, j in itertools.combinations(range(k), 2):
+        d1, d2 = deltas[i], deltas[j]
+        norms = (d1.norm() * d2.norm()).clamp_min(1e-12)
+        cosine[i][j] = float((d1 * d2).sum() / norms)
+        cross_in[i][j] = float((d1 @ d2.T).norm() / norms)  # (out, in) @ (in, out) -> (out, out)
+        cross_out[i][j] = float((d1.T @ d2).norm() / norms)  # (in, out) @ (out, in) -> (in, in)
+    return cosine, cross_in, cross_out
+
+
+def _factored_measures(factors: list[tuple[Tensor, Tensor]]) -> tuple[list[list[float]], ...]:
+    """(cosine, cross_in, cross_out) matrices over the concepts from factors dW_k = U_k D_k, never forming a
+    dense delta. With UU[k, l] = U_k^T U_l and DD[k, l] = D_k D_l^T (R x R each):
+    <dW_k, dW_l> = sum(UU[k, l] * DD[k, l]); ||dW_k dW_l^T||^2 = sum((DD[k, l]^T UU[k, k] DD[k, l]) * UU[l, l]);
+    ||dW_k^T dW_l||^2 = sum((UU[k, l]^T DD[k, k] UU[k, l]) * DD[l, l]). Ranks are padded with zeros (exact)."""
+    rank = max(up.shape[1] for up, _ in factors)
+    ups = torch.stack([F.pad(up, (0, rank - up.shape[1])) for up, _ in factors])  # (K, out, R)
+    downs = torch.stack([F.pad(down, (0, 0, 0, rank - down.shape[0])) for _, down in factors])  # (K, R, in)
+    uu = torch.einsum("kor,lop->klrp", ups, ups)  # (K, K, R, R): U_k^T U_l
+    dd = torch.einsum("kri,lpi->klrp", downs, downs)  # (K, K, R, R): D_k D_l^T
+    inner = (uu * dd).sum((-2, -1))  # (K, K): <dW_k, dW_l>
+    norm = inner.diagonal().clamp_min(0).sqrt()  # (K,)
+    norms = (norm[:, None] * norm[None, :]).clamp_min(1e-12)  # (K, K)
+    g, p = uu.diagonal().permute(2, 0, 1), dd.diagonal().permute(2, 0, 1)  # (K, R, R): U_k^T U_k, D_k D_k^T
+    # Batched (R, R) matmuls, not one four-operand einsum, which spent milliseconds a layer choosing its path.
+    shared_in = ((dd.mT @ (g[:, None] @ dd)) * g[None, :]).sum((-2, -1))  # (K, K): ||dW_k dW_l^T||^2
+    shared_out = ((uu.mT @ (p[:, None] @ uu)) * p[None, :]).sum((-2, -1))  # (K, K): ||dW_k^T dW_l||^2
+    return (
+        (inner / norms).tolist(),
+        (shared_in.clamp_min(0).sqrt() / norms).tolist(),
+        (shared_out.clamp_min(0).sqrt() / norms).tolist(),
+    )
 
 
 def _sharing_self_attention(unet: nn.Module, names: list[str]) -> list[str]:

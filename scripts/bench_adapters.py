@@ -15,6 +15,9 @@ projections (`to_q`, `to_k`, `to_v`, `to_out.0`): the embedded tiny UNet by defa
 shape with random weights. Seconds per step come from one process that holds every configuration (the frozen
 weights shared); peak memory, trainable parameters and adapter-file size come from a fresh process per
 configuration (CPU: growth of the resident-set high-water mark over the loaded UNet; CUDA: max_memory_allocated).
+The same process then counts what one training forward saves for the backward: every distinct storage (frozen
+weights and the batch not counted), and the part only the adapted projections keep (no other op of the UNet saves
+it), which is what the adapters add to the UNet's own activations, also per adapted layer.
 
 Timings are medians over repeats that alternate the methods round-robin, each round in a new seeded random order,
 so that drift of the machine falls on every method alike. Each part also reports how many CPUs other processes
@@ -492,9 +495,61 @@ def adapter_file_bytes(unet: nn.Module, ours: AdapterConfig | None, folder: str)
     return path.stat().st_size
 
 
+def adapted_modules(unet: nn.Module) -> list[nn.Module]:
+    """The adapted projections: our `AdaptedLinear` wrappers, or peft's LoRA layers."""
+    from peft.tuners.lora import LoraLayer
+
+    from bora_diffusion.adapters import AdaptedLinear
+
+    return [m for m in unet.modules() if isinstance(m, AdaptedLinear | LoraLayer)]
+
+
+def step_saved_bytes(unet: nn.Module, batch: dict[str, Tensor]) -> dict[str, int]:
+    """What one training forward saves for its backward: `step` (every distinct storage the graph keeps, the
+    frozen weights and the batch not counted), and `adapters` (the storages saved only inside the adapted
+    projections, none of the UNet's other ops keeps them: the memory the adapters add), over `layers` of them."""
+    layers = adapted_modules(unet)
+    own = {t.untyped_storage().data_ptr() for t in (*unet.parameters(), *unet.buffers(), *batch.values())}
+    sizes: dict[int, int] = {}
+    inside: set[int] = set()
+    outside: set[int] = set()
+    depth = [0]  # > 0 while a forward runs inside an adapted projection
+
+    def pack(tensor: Tensor) -> Tensor:
+        storage = tensor.untyped_storage()
+        if storage.data_ptr() not in own:
+            sizes[storage.data_ptr()] = storage.nbytes()
+            (inside if depth[0] else outside).add(storage.data_ptr())
+        return tensor
+
+    def enter(*_: Any) -> None:
+        depth[0] += 1
+
+    def leave(*_: Any) -> None:
+        depth[0] -= 1
+
+    handles = [
+        h for m in layers for h in (m.register_forward_pre_hook(enter), m.register_forward_hook(leave))
+    ]
+    try:
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
+            pred = unet(
+                batch["sample"], batch["timestep"], encoder_hidden_states=batch["encoder_hidden_states"]
+            ).sample
+        del pred
+    finally:
+        for handle in handles:
+            handle.remove()
+    return {
+        "step": sum(sizes.values()),
+        "adapters": sum(sizes[p] for p in inside - outside),
+        "layers": len(layers),
+    }
+
+
 def probe_memory(variant: str, spec: UNetSpec, setup: Setup) -> dict[str, int]:
     """In a fresh process: peak memory of MEMORY_STEPS training steps above the loaded UNet, trainable
-    parameters and adapter file size of one variant."""
+    parameters, adapter file size, and (after the peak is read) the bytes one step saves for its backward."""
     device = torch.device(setup.device)
     unet, factor = build_unet(spec, setup)
     batch = make_batch(unet, spec, factor, setup)
@@ -507,7 +562,15 @@ def probe_memory(variant: str, spec: UNetSpec, setup: Setup) -> dict[str, int]:
     peak = peak_memory(device) - baseline
     with tempfile.TemporaryDirectory() as folder:
         size = adapter_file_bytes(unet, ours, folder)
-    return {"peak_bytes": peak, "trainable": sum(p.numel() for p in params), "file_bytes": size}
+    saved = step_saved_bytes(unet, batch)
+    return {
+        "peak_bytes": peak,
+        "trainable": sum(p.numel() for p in params),
+        "file_bytes": size,
+        "saved_step_bytes": saved["step"],
+        "saved_adapter_bytes": saved["adapters"],
+        "adapted_layers": saved["layers"],
+    }
 
 
 def probe_in_fresh_processes(
@@ -618,6 +681,9 @@ def table_b(result: dict[str, dict[str, float]], rank: int) -> str:
             f"{row['peak_bytes'] / 2**20:.1f}",
             f"{ratio(row['peak_bytes'], lora['peak_bytes']):.2f}",
             f"{row['file_bytes'] / 2**10:.1f}",
+            f"{row['saved_step_bytes'] / 2**20:.1f}",
+            f"{row['saved_adapter_bytes'] / 2**20:.2f}",
+            f"{row['saved_adapter_bytes'] / max(row['adapted_layers'], 1) / 2**10:.1f}",
         ]
         for name, row in result.items()
     ]
@@ -631,6 +697,9 @@ def table_b(result: dict[str, dict[str, float]], rank: int) -> str:
         "peak memory MiB",
         "/ peft LoRA",
         "adapter file KiB",
+        "saved MiB / step",
+        "adapters' saved MiB",
+        "KiB / adapted layer",
     ]
     return markdown_table(header, rows)
 

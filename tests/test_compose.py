@@ -3,18 +3,21 @@
 from __future__ import annotations
 
 import copy
+import itertools
 import json
 
 import numpy as np
 import pytest
+import torch
 from conftest import perturb
 from PIL import Image
+from torch import nn
 
 from bora_diffusion import AdapterConfig, SlotError
 from bora_diffusion.formats import save_adapter
 from bora_diffusion.generate import SamplingSettings, generate
-from bora_diffusion.inject import eject, inject
-from bora_diffusion.merge import compose
+from bora_diffusion.inject import eject, inject, wrap_linear
+from bora_diffusion.merge import _dense_measures, compose, interference
 from bora_diffusion.slots import SlotLedger
 
 FAST = SamplingSettings(steps=3, guidance=5.0, batch_size=2)
@@ -138,3 +141,46 @@ def test_generation_is_deterministic_and_writes_a_manifest_and_grid(tiny_pipe, t
         "manifest.json",
         *sorted(f"p{p:02d}-s{s}.png" for p in (0, 1) for s in (3, 4, 5)),
     ]
+
+
+def test_factored_interference_equals_the_dense_products():
+    """The report's numbers from the factors' Gram matrices (all pairs at once) are the dense deltas' own: every
+    additive method, mixed ranks on one layer, and exact zeros where slots are disjoint."""
+    torch.manual_seed(0)
+    layer = wrap_linear(nn.Linear(24, 20), "lora", name="l", rank=3)
+    for name, method, rank in (
+        ("f", "sbora_fa", 4),
+        ("g", "sbora_fa", 2),
+        ("b", "sbora_fb", 4),
+        ("o", "ortho", 4),
+    ):
+        wrap_linear(layer, method, name=name, rank=rank)
+    wrap_linear(layer, "bora_block", name="k", rank=2, blocks=2)
+    with torch.no_grad():
+        for param in layer.adapters.parameters():
+            param.normal_()
+    names = list(layer.adapters)
+    pairs = {(p.first, p.second): p for p in interference(layer, names)}
+    deltas = [layer.adapters[n].delta_weight(layer.weight).detach().float() for n in names]
+    cosine, cross_in, cross_out = _dense_measures(deltas)
+    assert len(pairs) == len(names) * (len(names) - 1) // 2
+    for (i, first), (j, second) in itertools.combinations(enumerate(names), 2):
+        pair = pairs[first, second]
+        assert pair.cosine == pytest.approx(cosine[i][j], abs=1e-5)
+        assert pair.cross_in == pytest.approx(cross_in[i][j], rel=1e-5, abs=1e-6)
+        assert pair.cross_out == pytest.approx(cross_out[i][j], rel=1e-5, abs=1e-6)
+    assert pairs["f", "g"].cross_in == 0.0 and pairs["f", "g"].cosine == 0.0  # disjoint input columns
+    assert pairs["l", "f"].cross_in > 0.1 and pairs["l", "b"].cross_out > 0.1
+
+
+def test_a_non_additive_concept_takes_the_dense_path():
+    torch.manual_seed(1)
+    layer = wrap_linear(nn.Linear(16, 12), "dora", name="d", rank=2)
+    wrap_linear(layer, "lora", name="l", rank=2)
+    with torch.no_grad():
+        for param in layer.adapters.parameters():
+            param.normal_()
+    (pair,) = interference(layer, ["d", "l"])
+    d1, d2 = (layer.adapters[n].delta_weight(layer.weight).float() for n in ("d", "l"))
+    norms = d1.norm() * d2.norm()
+    assert pair.cross_in == pytest.approx(float((d1 @ d2.T).norm() / norms), rel=1e-6)

@@ -25,6 +25,7 @@ from torch import Tensor, nn
 from ..errors import ConfigError, SlotError
 from ..settings import Setting
 from ..slots import slot_size
+from .grouped import grouped_forward
 
 if TYPE_CHECKING:
     from ..config import AdapterConfig  # a type only: config imports this package, not the other way round
@@ -220,6 +221,8 @@ class AdaptedLinear(nn.Module):
             if whole is not None:
                 return whole
         result = self.base(x)
+        if len(live) > 1 and not torch.is_grad_enabled():  # generation: one product per kind (grouped.py)
+            return grouped_forward(self, live, result, x)
         base_out = result
         for name in live:
             result = self.adapters[name].add_delta(result, x, base_out, self.base)
