@@ -170,8 +170,9 @@ class _ScaledLinear(torch.autograd.Function):
         needs_x, _, _, needs_down, needs_up, needs_out, needs_in, _ = ctx.needs_input_grad
         g = grad.reshape(-1, grad.shape[-1])  # (T, out)
         grad_x = grad_down = grad_up = grad_in = None
-        # The scales are norms, floored, never zero, so the gradients of a and c divide them back out of the
-        # saved output and of merged's product instead of keeping W0 (c x) or running W0 a second time.
+        # The gradients of a and c divide the scales back out of the saved output and of g @ merged instead of
+        # keeping W0 (c x) or running W0 a second time. The scales are magnitude / norm, the magnitudes start at
+        # floored norms; one trained to exactly 0 would make its gradient nan here (add_delta's path would not).
         grad_out = None
         if needs_out:  # sum_T g * (W0 + s B A) (c x) = sum_T g * out / a: (out,)
             grad_out = (g * out).sum(0, dtype=torch.float32).to(out_scale.dtype) / out_scale
