@@ -39,18 +39,19 @@ class BiDimensional(LoRA):
         self.magnitude_out = nn.Parameter(norm_out(weight))  # (out,) = ||W0||_out
         self.magnitude_in = nn.Parameter(norm_in(weight))  # (in,) = ||W0||_in; with B = 0, a = c = 1
 
-    def _axis_scales(self, base_weight: Tensor) -> tuple[Tensor, Tensor]:
-        """(a (out,), c (in,)); the norms are taken without a graph from V, once a step."""
+    def _axis_scales(self, base_weight: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """(a (out,), c (in,), H = a V (out, in) without a graph); the norms are taken from V, once a step."""
         with torch.no_grad():
             v = base_weight.to(self.dtype) + super().delta_weight()  # (out, in)
             v_norm_out = norm_out(v)
-            h_norm_in = norm_in((self.magnitude_out / v_norm_out)[:, None] * v)
+            h = (self.magnitude_out / v_norm_out)[:, None] * v  # (out, in)
+            h_norm_in = norm_in(h)
         a = self.magnitude_out / v_norm_out.to(self.dtype)
         c = self.magnitude_in / h_norm_in.to(self.dtype)
-        return a, c
+        return a, c, h
 
     def delta_weight(self, base_weight: Tensor) -> Tensor:
-        a, c = self._axis_scales(base_weight)
+        a, c, _ = self._axis_scales(base_weight)
         w0 = base_weight.to(self.dtype)
         return a[:, None] * (w0 + super().delta_weight()) * c[None, :] - w0
 
@@ -60,7 +61,7 @@ class BiDimensional(LoRA):
         # backward (the gradient of c reads W0^T of the output gradient): no algebra recovers W0 (c x) from
         # W0 x. Everything else rides on the small tensors: a and c move onto B (out, r) and A (r, in), so the
         # low-rank term is LoRA's two GEMMs, and the two (tokens, out) scalings are fused passes (addcmul).
-        a, c = self._axis_scales(base.weight)
+        a, c, _ = self._axis_scales(base.weight)
         frozen = base_out if base.bias is None else base_out - base.bias  # W0 x
         weight = base.weight
         input_shift = F.linear((x.to(self.dtype) * (c - 1)).to(weight.dtype), weight)  # W0 ((c - 1) x)
@@ -70,12 +71,14 @@ class BiDimensional(LoRA):
         return low_rank_add(shifted, x, down, up, self.scale * self.scaling)
 
     def forward_whole(self, x: Tensor, base: nn.Linear) -> Tensor | None:
-        # Alone on the layer, W' x + bias = a * (W0 (c x) + s B A (c x)) + bias: one GEMM through W0 forward and
-        # one backward (W0^T (a g), shared by the gradients of c and of x), where add_delta needs two forward.
+        # Alone on the layer, W' x + bias is one GEMM through W' = H diag(c), which the norms already built
+        # (no graph through it: the backward, fast.scaled_linear's, is written by hand), where add_delta needs
+        # base(x) and W0 ((c - 1) x), two.
         if not self.whole_applies(base):
             return None
-        a, c = self._axis_scales(base.weight)
-        return scaled_linear(x, base.weight, base.bias, self.A, self.B, a, c, self.scaling)
+        a, c, h = self._axis_scales(base.weight)
+        merged = (h * c.detach()).to(base.weight.dtype)  # (out, in), W'
+        return scaled_linear(x, merged, base.bias, self.A, self.B, a, c, self.scaling)
 
     def lora_factors(self) -> None:
         return None

@@ -32,33 +32,36 @@ class DoRA(LoRA):
             norm_out(base.weight.detach())
         )  # (out,) = ||W0||_out, so W' = W0 at init
 
-    def _norm_scale(self, base_weight: Tensor) -> Tensor:
-        """c = magnitude / sg(||W0 + s B A||_out): shape (out,). The norm is taken without a graph, once a step."""
+    def _norm_scale(self, base_weight: Tensor) -> tuple[Tensor, Tensor]:
+        """(c = magnitude / sg(||V||_out) (out,), V = W0 + s B A (out, in) without a graph); the norm is taken
+        once a step."""
         with torch.no_grad():
-            v_norm = norm_out(base_weight.to(self.dtype) + super().delta_weight())
-        return self.magnitude / v_norm.to(self.magnitude.dtype)
+            v = base_weight.to(self.dtype) + super().delta_weight()  # (out, in)
+            v_norm = norm_out(v)
+        return self.magnitude / v_norm.to(self.magnitude.dtype), v
 
     def delta_weight(self, base_weight: Tensor) -> Tensor:
         v = base_weight.to(self.dtype) + super().delta_weight()  # (out, in)
-        return self._norm_scale(base_weight)[:, None] * v - base_weight.to(self.dtype)
+        return self._norm_scale(base_weight)[0][:, None] * v - base_weight.to(self.dtype)
 
     def add_delta(self, result: Tensor, x: Tensor, base_out: Tensor, base: nn.Linear) -> Tensor:
         # W' x - W0 x = (c - 1) * (W0 x) + s * (c B) A x: the base output is reused, W' is never formed. The
         # first term is one fused pass (addcmul); c moves onto B (out, r) rather than onto the (tokens, out)
         # product, so the second is LoRA's two GEMMs adding into the first.
         frozen = base_out if base.bias is None else base_out - base.bias  # W0 x, bias not rescaled
-        c = self._norm_scale(base.weight)  # (out,)
+        c, _ = self._norm_scale(base.weight)  # (out,)
         shifted = torch.addcmul(result, frozen, (self.scale * (c - 1)).to(result.dtype))  # (..., out)
         return low_rank_add(shifted, x, self.A, c[:, None] * self.B, self.scale * self.scaling)
 
     def forward_whole(self, x: Tensor, base: nn.Linear) -> Tensor | None:
-        # Alone on the layer, W' x + bias = c * (W0 x + s B A x) + bias: c folds into W0 and B, so the forward
-        # makes no (tokens, out) pass beside the GEMMs.
+        # Alone on the layer, W' x + bias is one GEMM through W' = c V, which the norm already built (no graph
+        # through it: fast.scaled_linear's backward is written by hand), with no pass over the (tokens, out)
+        # output beside it.
         if not self.whole_applies(base):
             return None
-        return scaled_linear(
-            x, base.weight, base.bias, self.A, self.B, self._norm_scale(base.weight), None, self.scaling
-        )
+        c, v = self._norm_scale(base.weight)
+        merged = (c.detach()[:, None] * v).to(base.weight.dtype)  # (out, in), W'
+        return scaled_linear(x, merged, base.bias, self.A, self.B, c, None, self.scaling)
 
     def lora_factors(self) -> None:
         return None

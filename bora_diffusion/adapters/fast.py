@@ -10,8 +10,9 @@ Each computes `result + alpha * up @ (down-side of x)` for a layer's input x (..
 - `gather_add`: a one-hot down factor given by its `index` (sbora_fa). Saves x[..., index], (tokens, r), never x.
 - `scatter_add`: a one-hot up factor (sbora_fb): adds the (tokens, r) projection into output channels `index`.
 - `scaled_linear`: a layer's whole output `a * ((W0 + s B A) (c x)) + bias` with per-output and optional
-  per-input scales (DoRA's and `bora_bidim`'s magnitudes), for a lone live adapter: one full GEMM forward where
-  the difference W' x - W0 x takes two, and in the backward one GEMM through W0 shared by the gradients of c and x.
+  per-input scales (DoRA's and `bora_bidim`'s magnitudes), for a lone live adapter: one full GEMM through the
+  merged weight forward, where the difference W' x - W0 x takes two, and in the backward one GEMM through it,
+  shared by the gradients of c and x.
 
 The backward's skinny products are laid out so that BLAS streams the (tokens, out) gradient row by row: a
 rank-r gradient is computed as its transpose, (r, T) @ (T, out), never as (out, T) @ (T, r), which walks the
@@ -135,7 +136,7 @@ class _ScaledLinear(torch.autograd.Function):
     def forward(
         ctx: Any,
         x: Tensor,
-        weight: Tensor,
+        merged: Tensor,
         bias: Tensor | None,
         down: Tensor,
         up: Tensor,
@@ -145,64 +146,52 @@ class _ScaledLinear(torch.autograd.Function):
     ) -> Tensor:
         needs_x, _, _, needs_down, needs_up, needs_out, needs_in, _ = ctx.needs_input_grad
         x2 = x.reshape(-1, x.shape[-1])  # (T, in)
-        a = out_scale[:, None]  # (out, 1)
-        # The scales fold into the weight and the factors, W' = a W0 c + s (a B) (A c), never into a (T, ...)
-        # pass: (out, in) is the smaller side unless the layer sees fewer tokens than it has outputs.
-        scaled = weight * a if in_scale is None else (weight * a).mul_(in_scale)  # (out, in), the wider dtype
-        down_c = down if in_scale is None else down * in_scale  # (R, in)
-        up_a = up * a  # (out, R)
-        out = torch.mm(x2, scaled.to(weight.dtype).t())  # (T, in) @ (in, out) -> (T, out): the one full GEMM
-        hidden = torch.mm(x2.to(down.dtype), down_c.t())  # (T, in) @ (in, R) -> (T, R)
-        if out.dtype == hidden.dtype:
-            out.addmm_(hidden, up_a.t(), alpha=alpha)  # + s (T, R) @ (R, out), in place
-        else:
-            out.add_(torch.mm(hidden, up_a.t()).mul_(alpha).to(out.dtype))
-        through_w0 = (
-            needs_x or needs_in
-        )  # both read the gradient of c x, g (a W0) + ..., one GEMM for the two
+        out = torch.mm(x2, merged.t())  # (T, in) @ (in, out) -> (T, out): the whole product, one GEMM
+        hidden = None
+        if needs_up:  # only B's gradient reads the low-rank activations: (T, in) @ (in, R) -> (T, R)
+            down_c = down if in_scale is None else down * in_scale  # (R, in), A c
+            hidden = torch.mm(x2.to(down.dtype), down_c.t())
         ctx.alpha, ctx.x_shape, ctx.x_dtype = alpha, x.shape, x.dtype
-        ctx.in_dtype = None if in_scale is None else in_scale.dtype
         ctx.save_for_backward(
             x2 if (needs_down or needs_in) else None,
-            weight if through_w0 else None,
-            down if through_w0 else None,
-            up_a if (needs_down or through_w0) else None,
-            hidden if needs_up else None,
+            merged if (needs_x or needs_in) else None,  # the gradient of x, and of c, is g @ merged
+            up * out_scale[:, None] if needs_down else None,  # (out, R), a B
+            hidden,
             out if needs_out else None,  # a (W0 + s B A) (c x), bias not added: a's gradient reads it
             out_scale,
-            in_scale if (needs_down or needs_x) else None,
+            in_scale if (needs_down or needs_in) else None,
         )
         result = out if bias is None else out + bias
         return result.view(*x.shape[:-1], out.shape[-1])
 
     @staticmethod
     def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, ...]:
-        x2, weight, down, up_a, hidden, out, out_scale, in_scale = ctx.saved_tensors
+        x2, merged, up_a, hidden, out, out_scale, in_scale = ctx.saved_tensors
         needs_x, _, _, needs_down, needs_up, needs_out, needs_in, _ = ctx.needs_input_grad
         g = grad.reshape(-1, grad.shape[-1])  # (T, out)
-        a = out_scale[:, None]  # (out, 1)
-        grad_x = grad_down = grad_up = grad_out = grad_in = None
-        if needs_out:
-            # sum_T g * (W0 + s B A) (c x) = sum_T g * out / a; the scales are norms, floored, never zero
-            grad_out = (g * out).sum(0, dtype=torch.float32).to(out_scale.dtype) / out_scale  # (out,)
+        grad_x = grad_down = grad_up = grad_in = None
+        # The gradients of a and c divide the scales back out of the saved output and of g @ merged instead of
+        # keeping W0 (c x) or running W0 a second time. The scales are magnitude / norm, the magnitudes start at
+        # floored norms; one trained to exactly 0 would make its gradient nan here (add_delta's path would not).
+        grad_out = None
+        if needs_out:  # sum_T g * (W0 + s B A) (c x) = sum_T g * out / a: (out,)
+            grad_out = (g * out).sum(0, dtype=torch.float32).to(out_scale.dtype) / out_scale
         if needs_up:
             # (R, T) @ (T, out) -> (R, out), returned as its (out, R) transpose, times a for a B
-            grad_up = torch.mm(hidden.t().contiguous(), g.to(hidden.dtype)).t().mul_(a * ctx.alpha)
-        if needs_down or needs_x or needs_in:
-            # (R, out) @ (out, T) -> (R, T): the hidden activations' gradient, transposed
+            grad_up = (
+                torch.mm(hidden.t().contiguous(), g.to(hidden.dtype)).t().mul_(out_scale[:, None] * ctx.alpha)
+            )
+        if needs_down:
+            # (R, out) @ (out, T) -> (R, T): the low-rank activations' gradient, transposed
             grad_hidden_t = torch.mm(up_a.t().contiguous(), g.to(up_a.dtype).t()).mul_(ctx.alpha)
-            if needs_down:
-                grad_down = torch.mm(grad_hidden_t, x2.to(grad_hidden_t.dtype))  # (R, T) @ (T, in) -> (R, in)
-                grad_down = grad_down if in_scale is None else grad_down.mul_(in_scale)  # through A c
-            if needs_x or needs_in:
-                # the backward's one full GEMM: (T, out) @ (out, in) -> (T, in), the gradient of c x
-                grad_xc = torch.mm(g, (weight * a).to(weight.dtype)).to(down.dtype)
-                grad_xc = grad_xc.addmm_(grad_hidden_t.t(), down)  # + (T, R) @ (R, in)
-                if needs_in:
-                    grad_in = (grad_xc * x2.to(grad_xc.dtype)).sum(0).to(ctx.in_dtype)  # (in,)
-                if needs_x:
-                    grad_xc = grad_xc if in_scale is None else grad_xc * in_scale
-                    grad_x = grad_xc.to(ctx.x_dtype).view(ctx.x_shape)
+            grad_down = torch.mm(grad_hidden_t, x2.to(grad_hidden_t.dtype))  # (R, T) @ (T, in) -> (R, in)
+            grad_down = grad_down if in_scale is None else grad_down.mul_(in_scale)  # through A c
+        if needs_x or needs_in:
+            grad_x2 = torch.mm(g, merged)  # the backward's one full GEMM: (T, out) @ (out, in) -> (T, in)
+            if needs_in:  # sum_T x * (g (a V))_T = sum_T x * (g @ merged) / c: (in,)
+                grad_in = (grad_x2 * x2).sum(0, dtype=torch.float32).to(in_scale.dtype) / in_scale
+            if needs_x:
+                grad_x = grad_x2.to(ctx.x_dtype).view(ctx.x_shape)
         return grad_x, None, None, grad_down, grad_up, grad_out, grad_in, None
 
 
@@ -223,7 +212,7 @@ def scatter_add(result: Tensor, x: Tensor, down: Tensor, index: Tensor, alpha: f
 
 def scaled_linear(
     x: Tensor,
-    weight: Tensor,
+    merged: Tensor,
     bias: Tensor | None,
     down: Tensor,
     up: Tensor,
@@ -231,6 +220,7 @@ def scaled_linear(
     in_scale: Tensor | None = None,
     alpha: float = 1.0,
 ) -> Tensor:
-    """`out_scale * ((weight + alpha * up @ down) @ (in_scale * x)) + bias` for x (..., in): weight (out, in) and
-    bias (out,) frozen, down (R, in), up (out, R), out_scale (out,), in_scale (in,) or None (all ones)."""
-    return _ScaledLinear.apply(x, weight, bias, down, up, out_scale, in_scale, alpha)
+    """`merged @ x + bias` for x (..., in), where merged (out, in) = out_scale * (W0 + alpha * up @ down) * in_scale
+    is built by the caller without a graph; the backward gives down (R, in), up (out, R), out_scale (out,) and
+    in_scale (in,) or None (all ones) their gradients through that product. W0 and bias stay frozen."""
+    return _ScaledLinear.apply(x, merged, bias, down, up, out_scale, in_scale, alpha)
