@@ -57,7 +57,7 @@ class StopAt(Callback):
             raise KeyboardInterrupt
 
 
-@pytest.mark.parametrize("method", ["sbora_fa", "bora_block"])
+@pytest.mark.parametrize("method", ["sbora_fa", "bora_block", "bora_bidim"])  # bora_bidim: forward_whole
 def test_a_resumed_run_ends_bit_identical_to_an_uninterrupted_one(
     tiny_pipe, _tiny_pipe_master, tmp_path, method
 ):
