@@ -163,14 +163,7 @@ class Handlers:
         return f"**Interference check.** {verdict} {report.summary()}", rows
 
     def generate(self, names, weights, mode, prompt, negative, seed, steps, guidance, count):
-        request = compose.Request(
-            prompt=prompt or "",
-            negative_prompt=negative or "",
-            seed=_number(seed, "seed"),
-            steps=_number(steps, "steps"),
-            guidance=_number(guidance, "guidance"),
-            count=_number(count, "count"),
-        )
+        request = _request(prompt, negative, seed, steps, guidance, count)
         result, report = compose.run(self.ctx.data, self.ctx.pipelines, names or [], weights, mode, request)
         seeds = [int(request.seed) + i for i in range(len(result.images))]
         gallery = [(str(path), f"seed {seed}") for path, seed in zip(result.images, seeds, strict=True)]
@@ -182,14 +175,7 @@ class Handlers:
         parsed = compose.parse_regions(_rows(regions))  # refused before a pipeline is borrowed
         if not parsed:
             raise ConfigError("regions: fill at least one row (x0, y0, x1, y1, prompt), or use Generate")
-        request = compose.Request(
-            prompt=prompt or "",
-            negative_prompt=negative or "",
-            seed=_number(seed, "seed"),
-            steps=_number(steps, "steps"),
-            guidance=_number(guidance, "guidance"),
-            count=_number(count, "count"),
-        )
+        request = _request(prompt, negative, seed, steps, guidance, count)
         result, report = compose.run(
             self.ctx.data, self.ctx.pipelines, names or [], weights, mode, request, regions=parsed
         )
@@ -251,6 +237,18 @@ def _rows(table) -> list[list]:
     if isinstance(table, dict):
         return list(table.get("data") or [])
     return list(table)
+
+
+def _request(prompt, negative, seed, steps, guidance, count) -> compose.Request:
+    """The Compose tab's sampling fields as a request, each number checked and named."""
+    return compose.Request(
+        prompt=prompt or "",
+        negative_prompt=negative or "",
+        seed=_number(seed, "seed"),
+        steps=_number(steps, "steps"),
+        guidance=_number(guidance, "guidance"),
+        count=_number(count, "count"),
+    )
 
 
 def _number(value, field: str) -> float:
