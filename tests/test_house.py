@@ -141,29 +141,47 @@ def _named_methods(node: ast.AST, methods: set[str]) -> list[str]:
     return [i.value for i in items if isinstance(i, ast.Constant) and i.value in methods]
 
 
+def _is_method_table(node: ast.AST, methods: set[str]) -> bool:
+    """`GROUPED = ("lora", "ortho")`: an upper-case constant whose items are all method ids. A tuple of other
+    names that happens to hold one (the slot spaces "in", "out", "ortho") is not one, nor a setting's lower-case
+    default list of methods to compare."""
+    if not isinstance(node, ast.Assign) or not isinstance(node.value, ast.Tuple | ast.List | ast.Set):
+        return False
+    names = [target.id for target in node.targets if isinstance(target, ast.Name)]
+    items = node.value.elts
+    every_item_a_method = len(_named_methods(node.value, methods)) == len(items)
+    return bool(names and items) and all(name.isupper() for name in names) and every_item_a_method
+
+
 def method_name_uses(path: Path, methods: set[str]) -> list[str]:
-    """Where a file compares a value with a method id, or keys a table by method ids: `method == "bora_block"`,
-    `method in ("dora", "bora_bidim")`, `{"bora_block": ...}`. A method's facts belong on its class."""
+    """Where a file compares a value with a method id, keys a table by method ids or names a list of them:
+    `method == "bora_block"`, `method in ("dora", "bora_bidim")`, `{"bora_block": ...}`, `GROUPED = ("lora",)`.
+    A method's facts belong on its class."""
     found = []
     for node in ast.walk(ast.parse(path.read_text())):
         if isinstance(node, ast.Compare):
             named = [m for side in (node.left, *node.comparators) for m in _named_methods(side, methods)]
         elif isinstance(node, ast.Dict):
             named = [m for key in node.keys if key is not None for m in _named_methods(key, methods)]
+        elif _is_method_table(
+            node, methods
+        ):  # a constant listing methods by id, where a class attribute belongs
+            named = _named_methods(node.value, methods)
         else:
             continue
-        found += [f"{path.relative_to(ROOT)}:{node.lineno} {name}" for name in named]
-    return found
+        found += [(node.lineno, name) for name in named]
+    return [f"{path.relative_to(ROOT)}:{line} {name}" for line, name in sorted(found)]
 
 
 def test_no_method_name_is_compared_as_a_string_outside_its_own_file():
     methods = set(adapters.available())
     sample = ROOT / "tests" / "data_method_names.py"
     try:
-        sample.write_text('x = method == "bora_block"\ny = {"lora": 1}\nz = "sbora_fa"\n')
+        sample.write_text('x = method == "bora_block"\ny = {"lora": 1}\nz = "sbora_fa"\nW = ("ortho",)\n')
         assert method_name_uses(sample, methods) == [
             "tests/data_method_names.py:1 bora_block",
             "tests/data_method_names.py:2 lora",
+            "tests/data_method_names.py:4 ortho",
         ]
     finally:
         sample.unlink()

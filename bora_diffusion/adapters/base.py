@@ -74,6 +74,9 @@ class AdapterLayer(nn.Module):
     - `options`: the settings only this method has (`blocks` of `bora_block`), each a `Setting`; they arrive in
       `config.options`, checked and defaulted, and the CLI, concept.toml and the app offer them from here.
     - `suggested_rank`: the rank the app's form starts at for this method.
+    - `grouping`: how several live concepts of this method on one layer add up as one product in generation
+      (`grouped.py`): "gather" (a one-hot down factor `index`, an up factor `B`), "low_rank" (factors `A`, `B`),
+      or None, each concept then running its own forward.
     """
 
     method: ClassVar[str]
@@ -81,6 +84,7 @@ class AdapterLayer(nn.Module):
     slot_space: ClassVar[str | None] = None
     options: ClassVar[tuple[Setting, ...]] = ()
     suggested_rank: ClassVar[int] = 4
+    grouping: ClassVar[str | None] = None
 
     def __init__(self, base: nn.Linear, config: AdapterConfig, slot: Slot | None = None) -> None:
         super().__init__()

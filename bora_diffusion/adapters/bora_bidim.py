@@ -30,6 +30,7 @@ if TYPE_CHECKING:
 class BiDimensional(LoRA):
     method = "bora_bidim"
     additive = False
+    grouping = None  # not additive: its delta depends on W0, so it runs alone
 
     def __init__(
         self, base: nn.Linear, config: AdapterConfig, generator: torch.Generator, slot: Slot | None = None

@@ -24,12 +24,13 @@ from .fast import gather_add, low_rank_add
 if TYPE_CHECKING:
     from .base import AdaptedLinear, AdapterLayer
 
-GATHER = ("sbora_fa",)  # a one-hot down factor given by `index`, a trained up factor B (out, r)
-LOW_RANK = ("lora", "ortho")  # a dense down factor A (R, in) and an up factor B (out, R)
+# The two kinds (`AdapterLayer.grouping`): a one-hot down factor given by `index` and a trained up factor B
+# (out, r), as sbora_fa's; or a dense down factor A (R, in) and an up factor B (out, R), as lora's and ortho's.
+GATHER, LOW_RANK = "gather", "low_rank"
 
 
 def _key(adapter: AdapterLayer) -> tuple:
-    tensors = (adapter.index, adapter.B) if adapter.method in GATHER else (adapter.A, adapter.B)
+    tensors = (adapter.index, adapter.B) if adapter.grouping == GATHER else (adapter.A, adapter.B)
     return (id(adapter), adapter.scale, *((t.data_ptr(), t._version) for t in tensors))
 
 
@@ -39,7 +40,7 @@ def _build(adapters: list[AdapterLayer]) -> tuple[Tensor, Tensor] | None:
         return None
     dtype = adapters[0].B.dtype
     up = torch.cat([a.B * (a.scale * a.scaling) for a in adapters], dim=1).to(dtype)  # (out, sum r)
-    if adapters[0].method in GATHER:
+    if adapters[0].grouping == GATHER:
         return torch.cat([a.index for a in adapters]), up  # (sum r,)
     return torch.cat([a.A.to(dtype) for a in adapters]), up  # (sum R, in)
 
@@ -48,8 +49,8 @@ def grouped_forward(layer: AdaptedLinear, live: list[str], result: Tensor, x: Te
     """`result` plus the deltas of the `live` adapters, the groupable ones as one product per kind."""
     adapters = [layer.adapters[name] for name in live]
     base_out = result
-    gather = [a for a in adapters if a.method in GATHER and a.B.dtype == adapters[0].B.dtype]
-    low_rank = [a for a in adapters if a.method in LOW_RANK and a.B.dtype == adapters[0].B.dtype]
+    gather = [a for a in adapters if a.grouping == GATHER and a.B.dtype == adapters[0].B.dtype]
+    low_rank = [a for a in adapters if a.grouping == LOW_RANK and a.B.dtype == adapters[0].B.dtype]
     key = tuple(_key(a) for a in (*gather, *low_rank))
     cached = getattr(layer, "_grouped", None)
     if cached is None or cached[0] != key:

@@ -20,6 +20,7 @@ if TYPE_CHECKING:
 
 class LoRA(AdapterLayer):
     method = "lora"
+    grouping = "low_rank"
 
     def __init__(
         self, base: nn.Linear, config: AdapterConfig, generator: torch.Generator, slot: Slot | None = None

@@ -24,6 +24,7 @@ if TYPE_CHECKING:
 
 class SBoRAFA(AdapterLayer):
     method = "sbora_fa"
+    grouping = "gather"
     slot_space = "in"
 
     def __init__(
