@@ -27,6 +27,7 @@ from torch import Tensor, nn
 
 from ..errors import ConfigError
 from ..inject import set_active, wrappers
+from .naive import concept_deltas
 
 RIDGE = 1e-3
 
@@ -102,15 +103,7 @@ def gradient_fusion(
     """The fused weight, (out, in), of every layer one of `names` adapts: least squares over the concepts that
     adapt it, each concept's W_i = W0 + s_i dW_i against its Grams from `record_grams`."""
     fused: dict[str, Tensor] = {}
-    for path, layer in wrappers(unet):
-        present = [name for name in names if name in layer.adapters]
-        if not present:
-            continue
-        w0 = layer.original_weight
-        own = [
-            w0 + layer.adapters[n].scale * layer.adapters[n].delta_weight(w0).to(w0.dtype) for n in present
-        ]
-        fused[path] = least_squares(w0, own, [grams[n][path] for n in present], ridge)
-    if not fused:
-        raise ConfigError(f"none of {', '.join(names)} adapts a layer of this UNet; load the concepts first")
+    for path, (w0, deltas) in concept_deltas(unet, names).items():
+        own = [w0 + delta for delta in deltas.values()]  # each concept's own W_i
+        fused[path] = least_squares(w0, own, [grams[name][path] for name in deltas], ridge)
     return fused
