@@ -16,4 +16,11 @@ export OMP_NUM_THREADS="${OMP_NUM_THREADS:-1}"
 .venv/bin/ruff format --check bora_diffusion tests scripts app.py
 # Tests must not write into the user's home: the embedded default is built in a throwaway folder.
 export BORA_DIFFUSION_HOME="${BORA_DIFFUSION_HOME:-$(mktemp -d)}"
-exec .venv/bin/python -m pytest "$@"
+# Two workers, one per core (BORA_TEST_WORKERS=1 for one process). Whole files go to a worker, so module fixtures
+# are built once; the slow end-to-end files start first (tests/conftest.py) and the rest runs beside them.
+workers="${BORA_TEST_WORKERS:-2}"
+parallel=()
+if [[ "$workers" != 1 ]]; then
+    parallel=(-n "$workers" --dist loadfile --no-loadscope-reorder)
+fi
+exec .venv/bin/python -m pytest "${parallel[@]}" "$@"

@@ -19,8 +19,27 @@ from torch import nn
 from bora_diffusion.adapters import available, get
 from bora_diffusion.inject import wrappers
 
+# scripts/test.sh runs two pytest-xdist workers. Each gets its own data folder (read when the embedded default is
+# first built, not at import), so that two workers never build it into one folder at the same time.
+WORKER = os.environ.get("PYTEST_XDIST_WORKER")
+if WORKER and "BORA_DIFFUSION_HOME" in os.environ:
+    os.environ["BORA_DIFFUSION_HOME"] = os.path.join(os.environ["BORA_DIFFUSION_HOME"], WORKER)
+
 METHODS = available()
 MLP_TARGETS = (r"^\d+$",)  # every Linear of an nn.Sequential
+
+
+def pytest_collection_modifyitems(config, items):
+    """The slow end-to-end tests first (a stable sort keeps the rest in file order): under scripts/test.sh's two
+    workers (`--dist loadfile --no-loadscope-reorder`) they start at once and the rest of the suite runs beside
+    them, instead of one of them starting last and running alone."""
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)
+
+
+@pytest.fixture(scope="session")
+def end_to_end_threads() -> int:
+    """Threads for an end-to-end training run: both cores, or one when another xdist worker has the other."""
+    return 1 if WORKER else 2
 
 
 @pytest.fixture(scope="session")

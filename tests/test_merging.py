@@ -26,7 +26,7 @@ less to spare (band-triangle
 CLIP-T 0.478 -> 0.411, bolt-circle identity 0.42 -> 0.25, spiral-star context 0.81 -> 0.62). Stronger
 recipes fail it: rank 8 and 800 steps under lock 1 (band-triangle identity 0.92 -> 0.50), or at lr 2e-3 under
 lock 2 (band-triangle identity 0.83 -> 0.42, CLIP-T 0.419 -> 0.267): spiral-star takes band-triangle over. And
-with the adapters on every attention projection, unlocked (`train_and_evaluate(out, targets="attention")` on
+with the adapters on every attention projection, unlocked (`train_and_evaluate(out, 2, targets="attention")` on
 the recipe of commit 29509e8), the fused model stops following the prompt:
 
     band-triangle  0.75 -> 0.56   0.477 ->  0.202  0.489 -> 0.599  0.83 -> 0.33
@@ -69,15 +69,19 @@ SETTINGS = RunSettings(
     other_words=(),  # drift is the personalization test's; this one asks what fusing keeps
 )
 
-pytestmark = pytest.mark.skipif(
-    not (shipped_base_dir() / "unet.safetensors").exists(), reason="no shipped world base in this checkout"
-)
+pytestmark = [
+    pytest.mark.skipif(
+        not (shipped_base_dir() / "unet.safetensors").exists(),
+        reason="no shipped world base in this checkout",
+    ),
+    pytest.mark.slow,
+]
 
 
-def train_and_evaluate(out: Path, targets: str | None = None) -> EvaluationReport:
+def train_and_evaluate(out: Path, threads: int, targets: str | None = None) -> EvaluationReport:
     """Train CONCEPTS on one ledger (their own recipe, or on `targets` instead), evaluate alone and fused."""
     before = torch.get_num_threads()
-    torch.set_num_threads(2)
+    torch.set_num_threads(threads)
     try:
         pipe = default_pipeline()
         pipe.set_progress_bar_config(disable=True)
@@ -95,8 +99,8 @@ def train_and_evaluate(out: Path, targets: str | None = None) -> EvaluationRepor
 
 
 @pytest.fixture(scope="module")
-def report(tmp_path_factory) -> EvaluationReport:
-    return train_and_evaluate(tmp_path_factory.mktemp("merging"))
+def report(tmp_path_factory, end_to_end_threads) -> EvaluationReport:
+    return train_and_evaluate(tmp_path_factory.mktemp("merging"), end_to_end_threads)
 
 
 def test_fused_concepts_keep_the_prompt_and_their_identity(report):

@@ -67,9 +67,13 @@ MARGIN = 0.15  # CLIP-I gain the run must reach (the issue's target); with gradi
 SEEDS = [0, 1]
 SAMPLING = SamplingSettings(steps=15, guidance=5.0)
 
-pytestmark = pytest.mark.skipif(
-    not (shipped_base_dir() / "unet.safetensors").exists(), reason="no shipped world base in this checkout"
-)
+pytestmark = [
+    pytest.mark.skipif(
+        not (shipped_base_dir() / "unet.safetensors").exists(),
+        reason="no shipped world base in this checkout",
+    ),
+    pytest.mark.slow,
+]
 
 
 def image_alignment(pipe, concept, scorer, out, other_words: bool = False) -> float:
@@ -85,14 +89,14 @@ def image_alignment(pipe, concept, scorer, out, other_words: bool = False) -> fl
 
 
 @pytest.fixture(scope="module")
-def run(tmp_path_factory):
+def run(tmp_path_factory, end_to_end_threads):
     """The base's scores, then one training run; returns (pipe, concept, tuned file, scorer, out, base scores with
     the token and with the other words). The base is scored first: training adds the concept's token to this
     pipeline's tokenizer. It is scored with the other words too, because a made-up word alone moves the base's
     images (and their CLIP-I) a lot: "vlok circle" scores 0.10 against the references, "trev circle" 0.39."""
     out = tmp_path_factory.mktemp("personalization")
     before = torch.get_num_threads()
-    torch.set_num_threads(2)
+    torch.set_num_threads(end_to_end_threads)
     try:
         pipe = default_pipeline()
         pipe.set_progress_bar_config(disable=True)
