@@ -147,3 +147,23 @@ def test_color_words_steer_the_right_pixels(base) -> None:
         b = _image(base, "a large blue circle in the center on a red background", seed)
         assert redness(a, "center") > redness(b, "center") + 0.2, seed
         assert redness(a, "corners") < redness(b, "corners") - 0.2, seed
+
+
+def test_the_recipe_mixes_objects_into_the_vae_batches_reproducibly() -> None:
+    """`--vae-objects`: the batch's last share becomes random multi-colored objects, the same ones at every run
+    of a step (so a resumed stage draws what it would have), and share 0 leaves release 2's batches alone."""
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "scripts"))
+    from train_world_base import batches, with_objects
+
+    images, _ = next(batches(seed=0, batch_size=8))  # (8, 3, 64, 64)
+    assert with_objects(images, 0.0, seed=0, step=3) is images
+    mixed = with_objects(images, 0.5, seed=0, step=3)
+    assert mixed.shape == images.shape
+    assert torch.equal(mixed[:4], images[:4])
+    assert not torch.equal(mixed[4:], images[4:])
+    assert torch.equal(mixed, with_objects(images, 0.5, seed=0, step=3))
+    assert not torch.equal(mixed[4:], with_objects(images, 0.5, seed=0, step=4)[4:])
+    assert mixed.min() >= -1.0 and mixed.max() <= 1.0  # pixels in the VAE's range, as the world's
