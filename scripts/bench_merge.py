@@ -7,6 +7,8 @@
    concepts with their own concept.toml [train] recipe (sbora_fa on disjoint slots of one ledger) into
    `<cache>/ours`, and again with `--method lora` at the same rank, steps and everything else into
    `<cache>/lora`, each set with one `bora-diffusion train` over all the folders, as scripts/main.sh does.
+   `--train-flags "--targets attention"` trains both sets with those flags over the recipes (give such a run a
+   `--cache` of its own: the cache knows files, not the flags they were trained with).
 2. **Scoring**, every setting on the same prompts (prompt set `world`) and seeds, by the shipped world CLIP:
    each concept alone (ours; lora), and the twelve merged into one model: ours fused (the slots' exact sum,
    `merge.compose(fuse=True)`), naive LoRA summing (`fusion.naive_sum`), Mix-of-Show gradient fusion of the lora
@@ -25,6 +27,7 @@ from __future__ import annotations
 import argparse
 import json
 import platform
+import shlex
 import statistics
 import subprocess
 import sys
@@ -60,14 +63,15 @@ ALONE_OF = {
 }
 
 
-def train(cache: Path, folders: list[Path], label: str, method: str | None) -> list[Path]:
-    """The concepts' files in `<cache>/<label>`, trained (or resumed) by the CLI where any is missing."""
+def train(cache: Path, folders: list[Path], label: str, flags: list[str]) -> list[Path]:
+    """The concepts' files in `<cache>/<label>`, trained (or resumed) by the CLI with `flags` over their own
+    recipes where any is missing."""
     out = cache / label
     files = [out / f"{folder.name}.safetensors" for folder in folders]
     if all(file.is_file() for file in files):
         return files
     command = [sys.executable, "-m", "bora_diffusion.cli", "train", *map(str, folders), "--out", str(out)]
-    command += ["--checkpoint-every", "100", "--resume", "--quiet"] + (["--method", method] if method else [])
+    command += ["--checkpoint-every", "100", "--resume", "--quiet", *flags]
     subprocess.run(command, check=True)
     return files
 
@@ -226,6 +230,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--images", type=int, default=2, help="seeds per prompt (default 2)")
     parser.add_argument("--steps", type=int, default=20, help="sampling steps (default 20)")
     parser.add_argument(
+        "--train-flags",
+        type=shlex.split,
+        default=[],
+        metavar='"FLAGS"',
+        help='train flags over the concepts\' own recipes for both sets, e.g. "--targets attention" (with a --cache of its own)',
+    )
+    parser.add_argument(
         "--only", nargs="+", choices=SETTINGS, default=list(SETTINGS), help="settings to run (default: all)"
     )
     parser.add_argument(
@@ -245,8 +256,13 @@ def main(argv: list[str] | None = None) -> int:
     )  # a tiny model: one thread stalls least on a busy machine (bora_diffusion.threads)
     folders = [ROOT / "concepts" / name for name in args.concepts]
     concepts = load_concepts(folders, min_size=64)
-    ours = train(args.cache, folders, "ours", None) if any(s.startswith("ours") for s in args.only) else []
-    lora = train(args.cache, folders, "lora", "lora") if any(s.startswith("lora") for s in args.only) else []
+    ours_flags, lora_flags = args.train_flags, [*args.train_flags, "--method", "lora"]
+    ours = (
+        train(args.cache, folders, "ours", ours_flags) if any(s.startswith("ours") for s in args.only) else []
+    )
+    lora = (
+        train(args.cache, folders, "lora", lora_flags) if any(s.startswith("lora") for s in args.only) else []
+    )
     bench = Bench(concepts, args.out, args.images, args.steps)
     settings: list[tuple[str, Callable[[], None]]] = [
         ("ours_alone", lambda: bench.alone("ours_alone", ours)),
