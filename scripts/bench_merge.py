@@ -234,7 +234,7 @@ def main(argv: list[str] | None = None) -> int:
         type=shlex.split,
         default=[],
         metavar='"FLAGS"',
-        help='train flags over the concepts\' own recipes for both sets, e.g. "--targets attention" (with a --cache of its own)',
+        help='flags for both sets\' training, over their recipes, e.g. "--targets attention" (own --cache)',
     )
     parser.add_argument(
         "--only", nargs="+", choices=SETTINGS, default=list(SETTINGS), help="settings to run (default: all)"
