@@ -1,7 +1,9 @@
 """The merge baselines of bora_diffusion.fusion against their definitions, on a toy model of two Linears:
 naive summing is W0 + the sum of the deltas; least squares of one concept gives that concept's weight back, and
 of two concepts whose inputs span orthogonal subspaces reproduces each one on its own inputs, which summing does
-not; the recorded Grams are the inputs' X^T X; fused weights go in for a `with` block and the base comes back."""
+not; the recorded Grams are the inputs' X^T X; LoRACLR's loss is its formula, its descent converges to the same
+weights as least squares without the margin and pushes the concepts apart with it; fused weights go in for a
+`with` block and the base comes back."""
 
 from __future__ import annotations
 
@@ -10,8 +12,20 @@ import torch
 from torch import nn
 
 from bora_diffusion.config import AdapterConfig
+from bora_diffusion.embeddings import add_token
 from bora_diffusion.errors import ConfigError
-from bora_diffusion.fusion import fused_weights, gradient_fusion, least_squares, naive_sum, record_grams
+from bora_diffusion.fusion import (
+    concept_rows,
+    contrastive_fusion,
+    contrastive_weight,
+    fused_weights,
+    gradient_fusion,
+    least_squares,
+    naive_sum,
+    record_grams,
+    record_inputs,
+)
+from bora_diffusion.fusion.contrastive import contrastive_loss
 from bora_diffusion.inject import inject, wrappers
 
 IN, OUT = 8, 6
@@ -122,6 +136,103 @@ def test_gradient_fusion_reproduces_each_concept_on_its_recorded_inputs():
         summed = {name: (model(inputs[name]) - alone[name]).norm() / alone[name].norm() for name in alone}
     for name in alone:
         assert error[name] < 0.5 * summed[name], (error, summed)
+
+
+def test_contrastive_loss_is_the_positive_distance_plus_the_hinge_on_the_nearest_negative():
+    generator = torch.Generator().manual_seed(0)
+    predicted, targets = (
+        torch.randn(3, 4, OUT, generator=generator),
+        torch.randn(3, 4, OUT, generator=generator),
+    )
+    margin = 6.0  # about the blocks' distances, so some hinges are active and some are not
+    loss, positive, negative = contrastive_loss(predicted, targets, margin)
+    d = torch.tensor([[(predicted[i] - targets[j]).norm() for j in range(3)] for i in range(3)])
+    nearest = torch.tensor([min(d[i, j] for j in range(3) if j != i) for i in range(3)])
+    torch.testing.assert_close(positive, d.diagonal())
+    torch.testing.assert_close(negative, nearest)
+    hinge = (margin - nearest).clamp_min(0)
+    assert 0 < int((hinge > 0).sum()) < 3
+    torch.testing.assert_close(loss, (d.diagonal() ** 2 + hinge**2).mean())
+
+
+def _two_concepts(shared_rows: int = 0) -> tuple[torch.Tensor, list[torch.Tensor], list[torch.Tensor]]:
+    """W0 and two concepts' inputs and targets Y_i = X_i W_i^T; with shared_rows, both start with the same rows."""
+    torch.manual_seed(0)
+    w0 = torch.randn(OUT, IN)
+    weights = [w0 + 0.3 * torch.randn(OUT, IN), w0 + 0.3 * torch.randn(OUT, IN)]
+    xs = [_subspace_inputs(16, slice(0, 4), 1), _subspace_inputs(16, slice(4, 8), 2)]
+    if shared_rows:
+        for x in xs:
+            x[:shared_rows] = _subspace_inputs(shared_rows, slice(0, 8), 3)
+    return w0, xs, [x @ w.T for x, w in zip(xs, weights, strict=True)]
+
+
+def test_contrastive_descent_without_the_margin_reaches_the_least_squares_weights():
+    w0, xs, ys = _two_concepts()
+    weights = [torch.linalg.lstsq(x, y).solution.T for x, y in zip(xs, ys, strict=True)]  # each W_i back
+    fused = contrastive_weight(w0, xs, ys, margin=0.0, mse_weight=0.0, offset_weight=0.0, delta_rms=0.3)
+    expected = least_squares(w0, weights, [x.T @ x for x in xs], ridge=1e-9)
+    torch.testing.assert_close(fused, expected, atol=2e-3, rtol=2e-3)
+    # Starting from W0, the descent moved all the way: far from the base, as far as the concepts are.
+    assert (fused - w0).norm() > 0.9 * (expected - w0).norm()
+
+
+def test_the_margin_pushes_each_concept_away_from_the_nearest_other_one():
+    # Both concepts share half their rows, where their targets differ: no weight fits both, and the margin
+    # decides how far each concept's outputs keep from the other's.
+    w0, xs, ys = _two_concepts(shared_rows=8)
+    settings = {"mse_weight": 0.0, "offset_weight": 0.0, "delta_rms": 0.3}
+    x, y = torch.stack(xs), torch.stack(ys)
+    plain = contrastive_weight(w0, xs, ys, margin=0.0, **settings)
+    _, positive, negative = contrastive_loss(x @ plain.T, y, 0.0)
+    margin = 2 * float(negative.min())
+    pushed = contrastive_weight(w0, xs, ys, margin=margin, **settings)
+    _, pushed_positive, pushed_negative = contrastive_loss(x @ pushed.T, y, margin)
+    assert float(pushed_negative.min()) > 1.2 * float(negative.min())
+    assert float(pushed_positive.mean()) > float(positive.mean())  # what the push costs the positive pairs
+
+
+def test_contrastive_fusion_reproduces_each_concept_on_its_recorded_inputs():
+    model = _toy(["a", "b"])
+    inputs = {"a": _subspace_inputs(40, slice(0, 4), 1), "b": _subspace_inputs(40, slice(4, 8), 2)}
+    alone = {}
+    for name in ("a", "b"):
+        for _, layer in wrappers(model):
+            layer.set_active([name])
+        alone[name] = model(inputs[name]).detach()
+    for _, layer in wrappers(model):
+        layer.set_active(["a", "b"])
+    recorded = record_inputs(model, ["a", "b"], lambda name: model(inputs[name]))
+    torch.testing.assert_close(recorded["a"]["first"], inputs["a"])  # the first layer sees the raw rows
+    assert recorded["b"]["second"].shape == (40, IN)
+    for _, layer in wrappers(model):
+        assert layer.active == ["a", "b"]
+    fused = contrastive_fusion(model, ["a", "b"], recorded)
+    with fused_weights(model, fused):
+        error = {name: (model(inputs[name]) - alone[name]).norm() / alone[name].norm() for name in alone}
+    with fused_weights(model, naive_sum(model, ["a", "b"])):
+        summed = {name: (model(inputs[name]) - alone[name]).norm() / alone[name].norm() for name in alone}
+    for name in alone:
+        assert error[name] < 0.5 * summed[name], (error, summed)
+
+
+def test_concept_rows_are_the_tokens_vectors_and_the_end_token(tiny_pipe):
+    tokenizer = tiny_pipe.tokenizer
+    add_token(tokenizer, tiny_pipe.text_encoder, "<zq-thing>", count=3, init_word="toy")
+    add_token(tokenizer, tiny_pipe.text_encoder, "<zq-other>", init_word="toy")
+    prompts = ["a photo of <zq-thing> toy", "<zq-other> beside <zq-thing>"]
+    ids = tokenizer(
+        [p.replace("<zq-thing>", "<zq-thing> <zq-thing>_1 <zq-thing>_2") for p in prompts],
+        padding="max_length",
+        max_length=tokenizer.model_max_length,
+        return_tensors="pt",
+    ).input_ids  # (2, 77), ending in padding
+    rows = concept_rows(ids, tokenizer, "<zq-thing>")
+    vectors = tokenizer.convert_tokens_to_ids(["<zq-thing>", "<zq-thing>_1", "<zq-thing>_2"])
+    for row, prompt_ids in zip(rows, ids, strict=True):
+        picked = prompt_ids[row].tolist()
+        assert picked == [*vectors, tokenizer.eos_token_id]  # in order: the three vectors, then the end token
+    assert int(rows.sum()) == 8  # the other concept's token and the padding are not rows
 
 
 def test_fused_weights_restore_the_base_and_the_active_adapters():

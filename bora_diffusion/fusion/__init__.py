@@ -7,7 +7,12 @@ adapted layer:
 
 - `naive.py`: naive LoRA summing, W0 + sum_i dW_i (what A1111 and ComfyUI do with several LoRAs);
 - `gradient.py`: Mix-of-Show's gradient fusion (Gu et al., NeurIPS 2023, arXiv 2305.18292), per layer the
-  least-squares weight that reproduces every concept's layer outputs on that concept's own recorded inputs.
+  least-squares weight that reproduces every concept's layer outputs on that concept's own recorded inputs;
+- `contrastive.py`: LoRACLR's contrastive fusion (Simsar et al., CVPR 2025, arXiv 2412.09622), per layer an
+  offset descended so that each concept's outputs on its own inputs match its model's and stay a margin away
+  from every other concept's.
+
+`recording.py` records the layer inputs the last two fit to.
 
 `fused_weights` puts such weights into the UNet for as long as a `with` block runs and restores the base after.
 """
@@ -22,10 +27,22 @@ from torch import Tensor, nn
 
 from ..errors import ConfigError
 from ..inject import set_active, wrappers
+from .contrastive import concept_rows, contrastive_fusion, contrastive_weight, record_inputs
 from .gradient import gradient_fusion, least_squares, record_grams
 from .naive import naive_sum
 
-__all__ = ["FusedLayers", "fused_weights", "gradient_fusion", "least_squares", "naive_sum", "record_grams"]
+__all__ = [
+    "FusedLayers",
+    "concept_rows",
+    "contrastive_fusion",
+    "contrastive_weight",
+    "fused_weights",
+    "gradient_fusion",
+    "least_squares",
+    "naive_sum",
+    "record_grams",
+    "record_inputs",
+]
 
 # module path -> the fused weight of that Linear, (out, in)
 FusedLayers = Mapping[str, Tensor]

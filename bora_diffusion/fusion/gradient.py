@@ -14,8 +14,8 @@ which is what this file computes. The ridge term (lam = ridge x the mean eigenva
 directions no concept's inputs visit at the base weight instead of leaving them undetermined: a layer that
 reads 77 text tokens of a few prompts has far fewer input directions than features.
 
-Inputs are recorded with forward hooks on the adapted layers while the caller's `run(name)` drives the model
-with only that concept active; only the Gram matrices are kept (float64), never the activations.
+Inputs are recorded (`recording.py`) while the caller's `run(name)` drives the model with only that concept
+active; only the Gram matrices are kept (float64), never the activations.
 """
 
 from __future__ import annotations
@@ -26,53 +26,23 @@ import torch
 from torch import Tensor, nn
 
 from ..errors import ConfigError
-from ..inject import set_active, wrappers
 from .naive import concept_deltas
+from .recording import record
 
 RIDGE = 1e-3
 
 
-@torch.no_grad()
 def record_grams(
     unet: nn.Module, names: Sequence[str], run: Callable[[str], None]
 ) -> dict[str, dict[str, Tensor]]:
     """For each concept: module path -> G = X^T X (in, in), float64, over every input the layer received while
     `run(name)` ran with that concept alone active, for the layers that concept adapts."""
-    layers = dict(wrappers(unet))
-    previous = {path: list(layer.active) for path, layer in layers.items()}
-    grams: dict[str, dict[str, Tensor]] = {}
-    try:
-        for name in names:
-            mine = {path: layer for path, layer in layers.items() if name in layer.adapters}
-            if not mine:
-                raise ConfigError(f"concept {name!r} adapts no layer of this UNet; load it first")
-            totals: dict[str, Tensor] = {}
-            handles = [layer.register_forward_hook(_gram_hook(totals, path)) for path, layer in mine.items()]
-            try:
-                set_active(unet, [name])
-                run(name)
-            finally:
-                for handle in handles:
-                    handle.remove()
-            missing = sorted(set(mine) - set(totals))
-            if missing:
-                raise ConfigError(f"run({name!r}) never reached layer {missing[0]}; it must drive the UNet")
-            grams[name] = totals
-    finally:
-        for path, active in previous.items():
-            layers[path].set_active(active)
-    return grams
+    return record(unet, names, run, _add_gram)
 
 
-def _gram_hook(totals: dict[str, Tensor], path: str):
-    """A forward hook adding the layer's input Gram X^T X to totals[path]."""
-
-    def hook(_module, args, _output) -> None:
-        x = args[0].detach().reshape(-1, args[0].shape[-1]).double()  # [tokens, in]
-        gram = x.T @ x  # [in, in]
-        totals[path] = totals[path] + gram if path in totals else gram
-
-    return hook
+def _add_gram(total: Tensor | None, x: Tensor) -> Tensor:
+    gram = x.double().T @ x.double()  # [in, in]
+    return gram if total is None else total + gram
 
 
 def least_squares(
