@@ -62,7 +62,8 @@ def _append_rows(kept: Tensor | None, x: Tensor) -> Tensor:
 def contrastive_loss(
     predicted: Tensor, targets: Tensor, margin: float = MARGIN
 ) -> tuple[Tensor, Tensor, Tensor]:
-    """(the loss, d_ii, min_{j != i} d_ij) for B concepts' predicted and target blocks, both (B, N, out)."""
+    """(the loss, d_ii, min_{j != i} d_ij) for B concepts' predicted and target blocks, both (B, N, out); with
+    one concept there is no negative (inf), and the loss is the positive term alone."""
     count = predicted.shape[0]
     distances = torch.cdist(predicted.flatten(1)[None], targets.flatten(1)[None])[0]  # (B, B): d_ij
     positive = distances.diagonal()  # (B,)
@@ -101,7 +102,7 @@ def contrastive_weight(
     offset = torch.zeros_like(base, requires_grad=True)  # D (out, in)
     optimizer = torch.optim.Adam([offset], lr=rate * delta_rms)
     best, best_loss = base, float("inf")
-    for _ in range(steps + 1):  # the last pass only scores the final step's weight
+    for step in range(steps + 1):
         with torch.enable_grad():
             weight = base + offset
             predicted = x @ weight.T  # (B, N, out)
@@ -109,6 +110,8 @@ def contrastive_weight(
             loss = loss + mse_weight * (predicted - y).square().mean() + offset_weight * offset.norm()
         if loss.item() < best_loss:
             best, best_loss = weight.detach().clone(), loss.item()
+        if step == steps:
+            break  # the last pass only scores the last step's weight
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
