@@ -26,7 +26,7 @@ from bora_diffusion.fusion import (
     record_inputs,
 )
 from bora_diffusion.fusion.contrastive import contrastive_loss
-from bora_diffusion.inject import inject, wrappers
+from bora_diffusion.inject import inject, set_active, wrappers
 
 IN, OUT = 8, 6
 
@@ -112,30 +112,45 @@ def test_least_squares_leaves_unvisited_input_directions_at_the_base():
     torch.testing.assert_close(fused[:, :4], w1[:, :4], atol=1e-3, rtol=1e-3)
 
 
+class TwoConcepts:
+    """The toy model with concepts a and b on inputs in orthogonal subspaces, and each one's outputs alone."""
+
+    def __init__(self) -> None:
+        self.model = _toy(["a", "b"])
+        self.inputs = {"a": _subspace_inputs(40, slice(0, 4), 1), "b": _subspace_inputs(40, slice(4, 8), 2)}
+        self.alone = {}
+        for name in ("a", "b"):
+            set_active(self.model, [name])
+            self.alone[name] = self.model(self.inputs[name]).detach()
+        set_active(self.model, ["a", "b"])
+
+    def run(self, name: str) -> None:
+        self.model(self.inputs[name])
+
+    def errors(self, weights) -> dict[str, float]:
+        """Each concept's relative error against its outputs alone, with `weights` fused in."""
+        with fused_weights(self.model, weights), torch.no_grad():
+            return {
+                name: float((self.model(self.inputs[name]) - alone).norm() / alone.norm())
+                for name, alone in self.alone.items()
+            }
+
+    def assert_beats_summing(self, weights) -> None:
+        # The first layer's inputs are orthogonal, so a fit can be exact there; the second's are tanh of them,
+        # which overlap, so the concepts' outputs only come close. Summing is far off on both.
+        error, summed = self.errors(weights), self.errors(naive_sum(self.model, ["a", "b"]))
+        for name in error:
+            assert error[name] < 0.5 * summed[name], (error, summed)
+
+
 def test_gradient_fusion_reproduces_each_concept_on_its_recorded_inputs():
-    model = _toy(["a", "b"])
-    inputs = {"a": _subspace_inputs(40, slice(0, 4), 1), "b": _subspace_inputs(40, slice(4, 8), 2)}
-    alone = {}
-    for name in ("a", "b"):
-        for _, layer in wrappers(model):
-            layer.set_active([name])
-        alone[name] = model(inputs[name]).detach()
-    for _, layer in wrappers(model):
-        layer.set_active(["a", "b"])
-    grams = record_grams(model, ["a", "b"], lambda name: model(inputs[name]))
+    toy = TwoConcepts()
+    grams = record_grams(toy.model, ["a", "b"], toy.run)
     # The first layer sees the raw inputs: its Gram is X^T X.
-    torch.testing.assert_close(grams["a"]["first"], inputs["a"].double().T @ inputs["a"].double())
-    for _, layer in wrappers(model):
+    torch.testing.assert_close(grams["a"]["first"], toy.inputs["a"].double().T @ toy.inputs["a"].double())
+    for _, layer in wrappers(toy.model):
         assert layer.active == ["a", "b"]  # recording put the active adapters back
-    fused = gradient_fusion(model, ["a", "b"], grams, ridge=1e-9)
-    with fused_weights(model, fused):
-        # The first layer's inputs are orthogonal, so it is exact; the second's are tanh of them, which overlap,
-        # so the concepts' outputs only come close. Summing is far off on both.
-        error = {name: (model(inputs[name]) - alone[name]).norm() / alone[name].norm() for name in alone}
-    with fused_weights(model, naive_sum(model, ["a", "b"])):
-        summed = {name: (model(inputs[name]) - alone[name]).norm() / alone[name].norm() for name in alone}
-    for name in alone:
-        assert error[name] < 0.5 * summed[name], (error, summed)
+    toy.assert_beats_summing(gradient_fusion(toy.model, ["a", "b"], grams, ridge=1e-9))
 
 
 def test_contrastive_loss_is_the_positive_distance_plus_the_hinge_on_the_nearest_negative():
@@ -193,27 +208,13 @@ def test_the_margin_pushes_each_concept_away_from_the_nearest_other_one():
 
 
 def test_contrastive_fusion_reproduces_each_concept_on_its_recorded_inputs():
-    model = _toy(["a", "b"])
-    inputs = {"a": _subspace_inputs(40, slice(0, 4), 1), "b": _subspace_inputs(40, slice(4, 8), 2)}
-    alone = {}
-    for name in ("a", "b"):
-        for _, layer in wrappers(model):
-            layer.set_active([name])
-        alone[name] = model(inputs[name]).detach()
-    for _, layer in wrappers(model):
-        layer.set_active(["a", "b"])
-    recorded = record_inputs(model, ["a", "b"], lambda name: model(inputs[name]))
-    torch.testing.assert_close(recorded["a"]["first"], inputs["a"])  # the first layer sees the raw rows
+    toy = TwoConcepts()
+    recorded = record_inputs(toy.model, ["a", "b"], toy.run)
+    torch.testing.assert_close(recorded["a"]["first"], toy.inputs["a"])  # the first layer sees the raw rows
     assert recorded["b"]["second"].shape == (40, IN)
-    for _, layer in wrappers(model):
+    for _, layer in wrappers(toy.model):
         assert layer.active == ["a", "b"]
-    fused = contrastive_fusion(model, ["a", "b"], recorded)
-    with fused_weights(model, fused):
-        error = {name: (model(inputs[name]) - alone[name]).norm() / alone[name].norm() for name in alone}
-    with fused_weights(model, naive_sum(model, ["a", "b"])):
-        summed = {name: (model(inputs[name]) - alone[name]).norm() / alone[name].norm() for name in alone}
-    for name in alone:
-        assert error[name] < 0.5 * summed[name], (error, summed)
+    toy.assert_beats_summing(contrastive_fusion(toy.model, ["a", "b"], recorded))
 
 
 def test_concept_rows_are_the_tokens_vectors_and_the_end_token(tiny_pipe):
