@@ -90,11 +90,13 @@ def train(cache: Path, folders: list[Path], label: str, flags: list[str]) -> lis
 class Bench:
     """Draws and scores one setting at a time on one base pipeline."""
 
-    def __init__(self, concepts: list[Concept], out: Path, images: int, steps: int) -> None:
+    def __init__(
+        self, concepts: list[Concept], out: Path, images: int, steps: int, guidance: float = EMBEDDED_GUIDANCE
+    ) -> None:
         self.concepts = concepts
         self.out = out
         self.seeds = list(range(images))
-        self.sampling = SamplingSettings(steps=steps, guidance=EMBEDDED_GUIDANCE)
+        self.sampling = SamplingSettings(steps=steps, guidance=guidance)
         self.pipe = load_base(None)
         self.scorer = WorldScorer("default", device="cpu")
         templates = load_prompt_set("world")
@@ -261,6 +263,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--images", type=int, default=2, help="seeds per prompt (default 2)")
     parser.add_argument("--steps", type=int, default=20, help="sampling steps (default 20)")
     parser.add_argument(
+        "--guidance",
+        type=float,
+        default=EMBEDDED_GUIDANCE,
+        help=f"sampling guidance (default {EMBEDDED_GUIDANCE:g}, the embedded base's)",
+    )
+    parser.add_argument(
         "--train-flags",
         type=shlex.split,
         default=[],
@@ -294,7 +302,7 @@ def main(argv: list[str] | None = None) -> int:
     lora = (
         train(args.cache, folders, "lora", lora_flags) if any(s.startswith("lora") for s in args.only) else []
     )
-    bench = Bench(concepts, args.out, args.images, args.steps)
+    bench = Bench(concepts, args.out, args.images, args.steps, args.guidance)
     settings: list[tuple[str, Callable[[], None]]] = [
         ("ours_alone", lambda: bench.alone("ours_alone", ours)),
         ("lora_alone", lambda: bench.alone("lora_alone", lora)),
