@@ -14,10 +14,11 @@
    `merge.compose(fuse=True)`), naive LoRA summing (`fusion.naive_sum`), Mix-of-Show gradient fusion of the lora
    concepts (`fusion.gradient_fusion`, each concept's layer inputs recorded on its own training captions),
    LoRACLR's contrastive fusion of the lora concepts (`fusion.contrastive_fusion`, on the text states at each
-   concept's token positions of its training captions), and the same gradient fusion of ours. Per setting: CLIP-T, CLIP-I, context accuracy and identity (the share of a
-   concept's images that match its own references best among all twelve; chance 1/12); per merge, the
-   retention of CLIP-I and identity (merged / alone over the concepts' means, and each concept's CLIP-I ratio)
-   and the merge time (the fusion step only; every file is loaded live first).
+   concept's token positions of its training captions), and the same gradient fusion of ours. Per setting:
+   CLIP-T, CLIP-I, context accuracy and identity (the share of a concept's images that match its own references
+   best among all twelve; chance 1/12); per merge, the retention of CLIP-I and identity (merged / alone over the
+   concepts' means, and each concept's CLIP-I ratio) and the merge time (the fusion step only, recording
+   included; every file is loaded live first).
 
 Writes `<out>/merge.json` (every number, per concept), `<out>/merge.md` (the tables) and the images under
 `<out>/<setting>/<concept>/`. Numbers, the command and the machine go into docs/benchmarks.md.
