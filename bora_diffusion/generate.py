@@ -18,6 +18,7 @@ from PIL import Image
 from .atomic import atomic_path, write_text
 from .compiling import compile_pipeline
 from .errors import ConfigError
+from .layout_guidance import Placement, placed_sampling
 from .regions import Region, regional_sampling
 
 
@@ -81,21 +82,28 @@ def generate(
     settings: SamplingSettings = SamplingSettings(),
     record: dict | None = None,
     regions: Sequence[Region] = (),
+    placements: Sequence[Placement] = (),
 ) -> Generated:
     """Generate every prompt with every seed into `out_dir`; `record` (base model, concepts, scales) goes into the
     manifest as given. `regions` (bora_diffusion.regions) draw each of their prompts in their own part of every
-    image, the prompts then being the global prompt around them."""
+    image, the prompts then being the global prompt around them; `placements` (bora_diffusion.layout_guidance) draw
+    what a word of every prompt names inside a box (not with regions)."""
     check_request(prompts, seeds)
+    if regions and placements:
+        raise ConfigError("give regions or placements, not both: placement steers the plain prompt")
     out_dir = Path(out_dir)
     jobs = [(p, prompt, seed) for p, prompt in enumerate(prompts) for seed in seeds]
     if settings.compile:
         compile_pipeline(pipe)
     images: list[Image.Image] = []
-    with regional_sampling(
-        pipe, regions, height=settings.height, width=settings.width, guidance=settings.guidance
-    ):
+    size = {"height": settings.height, "width": settings.width, "guidance": settings.guidance}
+    with regional_sampling(pipe, regions, **size), placed_sampling(pipe, placements, **size) as steering:
         for start in range(0, len(jobs), settings.batch_size):
             chunk = jobs[start : start + settings.batch_size]
+            steer = {}
+            if steering is not None:
+                steering.begin([prompt for _, prompt, _ in chunk])
+                steer = {"callback_on_step_end": steering}
             result = pipe(
                 [prompt for _, prompt, _ in chunk],
                 negative_prompt=[settings.negative_prompt] * len(chunk) if settings.negative_prompt else None,
@@ -104,6 +112,7 @@ def generate(
                 guidance_scale=settings.guidance,
                 height=settings.height,
                 width=settings.width,
+                **steer,
             )
             images.extend(result.images)
     paths, entries = [], []
@@ -122,6 +131,7 @@ def generate(
                 **(record or {}),
                 "settings": asdict(settings),
                 **({"regions": [region.to_dict() for region in regions]} if regions else {}),
+                **({"placements": [asdict(placement) for placement in placements]} if placements else {}),
                 "images": entries,
                 "grid": grid.name,
             },

@@ -5,9 +5,10 @@
 
 `--concepts` holds the main job's three concept files (bolt-circle, notched-ring, spiral-star; `bora-diffusion
 train concepts/bolt-circle concepts/notched-ring concepts/spiral-star --out DIR`). Every layout (the three pairs
-side by side, the three together) is drawn on three background colors with `--seeds` seeds, three ways: without
+side by side, the three together) is drawn on three background colors with `--seeds` seeds, four ways: without
 regions (one prompt naming the concepts in a world relation), with regions live (inside each box only its
-concept's adapters), and with regions fused (every concept in the weights). Each box's crop is identified by the
+concept's adapters), with regions fused (every concept in the weights), and placed (the prompt without regions,
+each concept's token steered into its box by layout guidance, live). Each box's crop is identified by the
 world CLIP against the three concepts' reference images (bora_diffusion.evaluation.identity: a hit when its own
 concept's references score highest; chance 1/3), and the background (the pixels outside every box) is read as the
 world color nearest its mean, a hit when that is the global prompt's color.
@@ -29,6 +30,7 @@ from bora_diffusion.embedded import default_pipeline
 from bora_diffusion.evaluation.identity import identity_shares
 from bora_diffusion.generate import SamplingSettings, generate
 from bora_diffusion.inject import merge, set_active, unmerge
+from bora_diffusion.layout_guidance import Placement
 from bora_diffusion.merge import compose
 from bora_diffusion.pipeline import EMBEDDED_GUIDANCE
 from bora_diffusion.regions import Region, cross_attentions, regional_sampling
@@ -165,7 +167,7 @@ def main(argv: list[str] | None = None) -> int:
     pipes = {"live": loaded(args.concepts, fuse=False), "fused": loaded(args.concepts, fuse=True)}
     references = {name: sorted(Path("concepts", name).glob("*.png")) for name in CONCEPTS}
     scorer = WorldScorer("default")
-    ways = ("no regions", "regions live", "regions fused")
+    ways = ("no regions", "regions live", "regions fused", "placed")
     crops: dict[tuple[str, str], dict[str, list[Path]]] = {}  # (way, layout) -> concept -> crops
     backgrounds: dict[tuple[str, str], list[bool]] = {}
     for layout, (parts, relation) in LAYOUTS.items():
@@ -176,15 +178,25 @@ def main(argv: list[str] | None = None) -> int:
             for color in BACKGROUNDS:
                 folder = args.out / way.replace(" ", "-") / layout.replace("+", "-") / color
                 global_prompt = plain_prompt(parts, relation, color)
-                regions = []
-                if way != "no regions":
+                regions, placements = [], []
+                if way == "placed":  # the prompt without regions, each concept's token steered into its box
+                    placements = [Placement(CONCEPTS[name].split()[1], box) for name, box in parts]
+                elif way != "no regions":
                     global_prompt = f"a {color} background"
                     regions = [
                         Region(f"{CONCEPTS[name]} on a {color} background", box=box, concepts=(name,))
                         for name, box in parts
                     ]
                 pipe = pipes["fused" if way == "regions fused" else "live"]
-                result = generate(pipe, [global_prompt], seeds, folder, settings=settings, regions=regions)
+                result = generate(
+                    pipe,
+                    [global_prompt],
+                    seeds,
+                    folder,
+                    settings=settings,
+                    regions=regions,
+                    placements=placements,
+                )
                 for path in result.images:
                     image = Image.open(path).convert("RGB")
                     for name, box in parts:

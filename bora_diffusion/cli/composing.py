@@ -84,7 +84,9 @@ def run_compose(args: argparse.Namespace) -> int:
 
 def run_generate(args: argparse.Namespace) -> int:
     from ..atomic import check_writable
+    from ..errors import ConfigError
     from ..generate import SamplingSettings, check_request, generate
+    from ..layout_guidance import parse_placement
     from ..pipeline import base_name
     from ..regions import check_regions, parse_region, resolved
 
@@ -92,6 +94,9 @@ def run_generate(args: argparse.Namespace) -> int:
     check_request(args.prompt, seeds)  # every number and path checked before the base loads
     regions = [parse_region(text, f"--region {i}") for i, text in enumerate(args.region, start=1)]
     check_regions(regions)
+    placements = [parse_placement(text, f"--place {i}") for i, text in enumerate(args.place, start=1)]
+    if regions and placements:
+        raise ConfigError("--place: give --region or --place, not both (placement steers the plain prompt)")
     check_writable(args.out, folder=True, what="--out")
     height = args.height if args.height is not None else args.resolution
     width = args.width if args.width is not None else args.resolution
@@ -109,7 +114,16 @@ def run_generate(args: argparse.Namespace) -> int:
     for region in regions:
         if report.concepts and not region.concepts:
             print(f"note: {region.where} names no loaded concept's token; live, it draws with the base alone")
-    result = generate(pipe, args.prompt, seeds, args.out, settings=settings, record=record, regions=regions)
+    result = generate(
+        pipe,
+        args.prompt,
+        seeds,
+        args.out,
+        settings=settings,
+        record=record,
+        regions=regions,
+        placements=placements,
+    )
     if report.concepts:
         print(report.summary())
     print(f"{len(result.images)} images, grid {result.grid}, manifest {result.manifest}")

@@ -332,6 +332,15 @@ def add_generate_command(commands: argparse._SubParsersAction) -> None:
         "--fuse cannot separate them). Boxes may not overlap",
     )
     generate.add_argument(
+        "--place",
+        action="append",
+        default=[],
+        metavar="BOX=WORD",
+        help="draw what WORD of the prompt names inside BOX, by layout guidance (repeatable; not with --region): "
+        "BOX is x0,y0,x1,y1 in fractions of the image, WORD one word of every prompt, e.g. a concept token: "
+        "--prompt 'a huzd circle to the left of a zorp star' --place 0,0,0.5,1=huzd --place 0.5,0,1,1=zorp",
+    )
+    generate.add_argument(
         "--compile", action="store_true", help="compile the UNet with torch.compile first (slow first step, faster "
         "after; uncompiled, saying why, where inductor cannot run)",
     )  # fmt: skip
