@@ -132,6 +132,30 @@ def test_generate_returns_images_and_a_manifest_and_is_seeded(trained, app):
 REGIONS = {"headers": ["x0", "y0", "x1", "y1", "prompt"], "data": [[0, 0, 0.5, 1, "a zqmug mug"], [0.5, 0, 1, 1, "a qwiv kettle"]]}  # fmt: skip
 
 
+def test_generate_with_placement_steers_the_named_concepts_and_records_it(trained, app):
+    _, client, _ = app
+    args = (["mug", "kettle"], "", "live", "a zqmug mug beside a qwiv kettle", "", 3, 4, 5.0, 1)
+    rows = {
+        "headers": REGIONS["headers"],
+        "data": [[0, 0, 0.5, 1, "zqmug"], [0.5, 0, 1, 1, "qwiv"], [None] * 5],
+    }
+    gallery, manifest, message = client.predict(*args, rows, api_name="/generate_placed")
+    assert len(gallery) == 1 and message.startswith("1 image(s) in 2 placement(s)")
+    record = json.loads(Path(manifest).read_text())
+    assert [(p["word"], p["box"]) for p in record["placements"]] == [
+        ("zqmug", [0, 0, 0.5, 1]),
+        ("qwiv", [0.5, 0, 1, 1]),
+    ]
+    plain, _, _ = client.predict(*args, api_name="/generate")
+    assert Path(plain[0]["image"]).read_bytes() != Path(gallery[0]["image"]).read_bytes()
+    rows["data"] = [[0, 0, 0.5, 1, "teapot"]]
+    with pytest.raises(
+        Exception,
+        match="placements row 1: the prompt 'a zqmug mug beside a qwiv kettle' does not name 'teapot'",
+    ):
+        client.predict(*args, rows, api_name="/generate_placed")
+
+
 def test_generate_with_regions_draws_each_box_with_its_own_concepts(trained, app):
     _, client, _ = app
     args = (["mug", "kettle"], "", "live", "a table", "", 3, 4, 5.0, 1)

@@ -13,6 +13,7 @@ from pathlib import Path
 
 from ..errors import ConfigError
 from ..generate import MAX_SEED, Generated, SamplingSettings, generate
+from ..layout_guidance import Placement, parse_placement
 from ..merge import CompositionReport, check_scale, compose
 from ..regions import Region, check_regions, resolved
 from . import library
@@ -87,23 +88,42 @@ def parse_weights(names: Sequence[str], text: str) -> list[tuple[str, float]]:
 def parse_regions(rows) -> list[Region]:
     """Rows of (x0, y0, x1, y1, prompt), fractions of the image; rows left blank are skipped. Each problem names
     its row (1 = the first) and the fix."""
-    regions = []
+    regions = [Region(text, box=box, where=where) for where, box, text in _boxes(rows, "regions", "a prompt")]
+    check_regions(regions)
+    return regions
+
+
+def parse_placements(rows) -> list[Placement]:
+    """The same rows read as placements: (x0, y0, x1, y1, word), the word one of the prompt's to draw there."""
+    return [
+        parse_placement(f"{','.join(map(repr, box))}={text}", where)
+        for where, box, text in _boxes(rows, "placements", "a word of the prompt")
+    ]
+
+
+def _cell(cell) -> str:
+    """A table cell as text; empty for a cell left blank (None, or NaN: how the table sends a blank number)."""
+    if cell is None or (isinstance(cell, float) and math.isnan(cell)):
+        return ""
+    return str(cell).strip()
+
+
+def _boxes(rows, what: str, needs: str):
+    """(where, box, text) of every row that is not blank, each problem named by its row (1 = the first)."""
     for number, row in enumerate(rows or [], start=1):
-        cells = ["" if cell is None else str(cell).strip() for cell in list(row)[: len(REGION_COLUMNS)]]
+        cells = [_cell(cell) for cell in list(row)[: len(REGION_COLUMNS)]]
         if not any(cells):
             continue
-        where = f"regions row {number}"
+        where = f"{what} row {number}"
         if len(cells) < len(REGION_COLUMNS) or not cells[4]:
-            raise ConfigError(f"{where}: give x0, y0, x1, y1 (fractions of the image) and a prompt")
+            raise ConfigError(f"{where}: give x0, y0, x1, y1 (fractions of the image) and {needs}")
         try:
             box = tuple(float(cell) for cell in cells[:4])
         except ValueError:
             raise ConfigError(
                 f"{where}: x0, y0, x1, y1 must be numbers from 0 to 1, got {', '.join(cells[:4])}"
             ) from None
-        regions.append(Region(cells[4], box=box, where=where))  # type: ignore[arg-type]
-    check_regions(regions)
-    return regions
+        yield where, box, cells[4]
 
 
 def preview(rows, side: int = PREVIEW_SIDE):
@@ -167,9 +187,11 @@ def run(
     mode: str,
     request: Request,
     regions: Sequence[Region] = (),
+    placements: Sequence[Placement] = (),
 ) -> tuple[Generated, CompositionReport]:
     """Compose (nothing picked = the plain base), generate `count` seeds of one prompt into generations/<id>/;
-    `regions` (parse_regions) each draw their prompt in their box, live with the concepts their prompt names."""
+    `regions` (parse_regions) each draw their prompt in their box, live with the concepts their prompt names;
+    `placements` (parse_placements) steer what a word of the prompt names into its box."""
     if mode not in MODES:
         raise ConfigError(f"mode: choose one of {', '.join(MODES)}, got {mode!r}")
     picked = parse_weights(list(names or []), weights)
@@ -186,6 +208,13 @@ def run(
             entry["file"] = Path(entry["file"]).name  # the manifest is a download: no server paths in it
         regions = resolved(regions, {name: entry["token"] for name, entry in report.concepts.items()})
         result = generate(
-            pipe, [request.prompt], seeds, out, settings=settings, record=record, regions=regions
+            pipe,
+            [request.prompt],
+            seeds,
+            out,
+            settings=settings,
+            record=record,
+            regions=regions,
+            placements=placements,
         )
     return result, report

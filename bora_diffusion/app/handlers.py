@@ -176,13 +176,24 @@ class Handlers:
         if not parsed:
             raise ConfigError("regions: fill at least one row (x0, y0, x1, y1, prompt), or use Generate")
         request = _request(prompt, negative, seed, steps, guidance, count)
+        return self._in_boxes(names, weights, mode, request, f"{len(parsed)} region(s)", regions=parsed)
+
+    def generate_placed(self, names, weights, mode, prompt, negative, seed, steps, guidance, count, rows):
+        """`generate` with placements: the same rows, each (x0, y0, x1, y1, word of the prompt)."""
+        parsed = compose.parse_placements(_rows(rows))
+        if not parsed:
+            raise ConfigError("placements: fill at least one row (x0, y0, x1, y1, word), or use Generate")
+        request = _request(prompt, negative, seed, steps, guidance, count)
+        return self._in_boxes(names, weights, mode, request, f"{len(parsed)} placement(s)", placements=parsed)
+
+    def _in_boxes(self, names, weights, mode, request, what: str, **boxes):
         result, report = compose.run(
-            self.ctx.data, self.ctx.pipelines, names or [], weights, mode, request, regions=parsed
+            self.ctx.data, self.ctx.pipelines, names or [], weights, mode, request, **boxes
         )
         seeds = [int(request.seed) + i for i in range(len(result.images))]
         gallery = [(str(path), f"seed {seed}") for path, seed in zip(result.images, seeds, strict=True)]
         summary = report.summary() if report.concepts else "base model, no concepts"
-        return gallery, str(result.manifest), f"{len(gallery)} image(s) in {len(parsed)} region(s); {summary}"
+        return gallery, str(result.manifest), f"{len(gallery)} image(s) in {what}; {summary}"
 
     def region_preview(self, regions):
         """The boxes drawn over the image area."""

@@ -160,7 +160,8 @@ def build(ctx: Context) -> gr.Blocks:
                 gr.Markdown(
                     "Boxes in fractions of the image (0, 0 is the top left), each with its prompt; the prompt above "
                     "is the global one around them. Live, only the concepts whose token a box's prompt names act "
-                    "inside it. Boxes may not overlap."
+                    "inside it. Boxes may not overlap. Or place: each row's text is one word of the prompt above "
+                    "(a concept's token), and layout guidance draws what it names inside the box."
                 )
                 with gr.Row():
                     regions = gr.Dataframe(
@@ -172,7 +173,9 @@ def build(ctx: Context) -> gr.Blocks:
                         elem_id="compose-regions",
                     )
                     boxes = gr.Image(label="Boxes", type="pil", interactive=False, elem_id="compose-boxes")
-                run_regions = gr.Button("Generate with regions", elem_id="compose-generate-regions")
+                with gr.Row():
+                    run_regions = gr.Button("Generate with regions", elem_id="compose-generate-regions")
+                    run_placed = gr.Button("Generate with placement", elem_id="compose-generate-placed")
             gallery = gr.Gallery(label="Images", columns=4, elem_id="compose-gallery")
             gen_msg = gr.Markdown(elem_id="compose-message")
             manifest = gr.File(label="Manifest")
@@ -336,6 +339,14 @@ def build(ctx: Context) -> gr.Blocks:
             [picked, weights, mode, prompt, negative, seed, gen_steps, guidance, count, regions],
             [gallery, manifest, gen_msg],
             api_name="generate_regions",
+            concurrency_id=PIPELINES,
+            concurrency_limit=workers,
+        )
+        run_placed.click(
+            g["generate_placed"],
+            [picked, weights, mode, prompt, negative, seed, gen_steps, guidance, count, regions],
+            [gallery, manifest, gen_msg],
+            api_name="generate_placed",
             concurrency_id=PIPELINES,
             concurrency_limit=workers,
         )
