@@ -10,8 +10,10 @@ regions (one prompt naming the concepts in a world relation), with regions live 
 concept's adapters), with regions fused (every concept in the weights), and placed (the prompt without regions,
 each concept's token steered into its box by layout guidance, live). Each box's crop is identified by the
 world CLIP against the three concepts' reference images (bora_diffusion.evaluation.identity: a hit when its own
-concept's references score highest; chance 1/3), and the background (the pixels outside every box) is read as the
-world color nearest its mean, a hit when that is the global prompt's color.
+concept's references score highest, and the crop holds an object: at least 5% of its pixels away from the
+background color, since an empty crop told apart among two concepts is "like" one of them; chance 1/3), and the
+background (the pixels outside every box) is read as the world color nearest its mean, a hit when that is the
+global prompt's color.
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ import torch
 from PIL import Image
 
 from bora_diffusion.embedded import default_pipeline
-from bora_diffusion.evaluation.identity import identity_shares
+from bora_diffusion.evaluation.identity import identity_hits
 from bora_diffusion.generate import SamplingSettings, generate
 from bora_diffusion.inject import merge, set_active, unmerge
 from bora_diffusion.layout_guidance import Placement
@@ -61,6 +63,17 @@ def plain_prompt(parts: list[tuple[str, tuple]], relation: str | None, color: st
     if relation:
         return f"{phrases[0]} {relation} {phrases[1]} on a {color} background"
     return f"{', '.join(phrases[:-1])} and {phrases[-1]} on a {color} background"
+
+
+OBJECT_DISTANCE = 60.0  # RGB distance from the background color past which a pixel is an object's
+OBJECT_SHARE = 0.05  # a crop holds an object when at least this share of its pixels is one's
+
+
+def holds_object(path: Path, color: str) -> bool:
+    """Whether a crop holds an object: enough of its pixels far from the background's world color."""
+    pixels = np.asarray(Image.open(path).convert("RGB"), dtype=np.float64)  # (h, w, 3)
+    distance = np.linalg.norm(pixels - np.array(COLORS[color], dtype=np.float64), axis=-1)  # (h, w)
+    return bool((distance > OBJECT_DISTANCE).mean() >= OBJECT_SHARE)
 
 
 def crop(image: Image.Image, box: tuple) -> Image.Image:
@@ -169,11 +182,13 @@ def main(argv: list[str] | None = None) -> int:
     scorer = WorldScorer("default")
     ways = ("no regions", "regions live", "regions fused", "placed")
     crops: dict[tuple[str, str], dict[str, list[Path]]] = {}  # (way, layout) -> concept -> crops
+    placed: dict[tuple[str, str], dict[str, list[tuple[Path, str]]]] = {}
     backgrounds: dict[tuple[str, str], list[bool]] = {}
     for layout, (parts, relation) in LAYOUTS.items():
         boxes = [box for _, box in parts]
         for way in ways:
             crops[way, layout] = {name: [] for name, _ in parts}
+            placed[way, layout] = {name: [] for name, _ in parts}  # (crop, the global color)
             backgrounds[way, layout] = []
             for color in BACKGROUNDS:
                 folder = args.out / way.replace(" ", "-") / layout.replace("+", "-") / color
@@ -204,18 +219,34 @@ def main(argv: list[str] | None = None) -> int:
                         target.parent.mkdir(parents=True, exist_ok=True)
                         crop(image, box).save(target)
                         crops[way, layout][name].append(target)
+                        placed[way, layout][name].append((target, color))
                     backgrounds[way, layout].append(background_color(image, boxes) == color)
     rows = []
     for layout in LAYOUTS:
         for way in ways:
-            shares = identity_shares(scorer, crops[way, layout], references)
+            found = identity_hits(scorer, crops[way, layout], references)
+            # A hit needs an object in the crop: told apart among two, an empty crop is "like" one of them.
+            hits = {
+                name: [
+                    hit and holds_object(path, color)
+                    for hit, (path, color) in zip(found[name], paths, strict=True)
+                ]
+                for name, paths in placed[way, layout].items()
+            }
+            shares = {name: sum(h) / len(h) for name, h in hits.items()}
             count = len(next(iter(crops[way, layout].values())))
-            hits = sum(shares[name] * count for name in shares) / (count * len(shares))
             rows.append(
                 {
                     "layout": layout,
                     "way": way,
-                    "identity": hits,
+                    "identity": sum(map(sum, hits.values())) / (count * len(hits)),
+                    "unchecked_identity": sum(map(sum, found.values())) / (count * len(found)),
+                    "holding_an_object": sum(
+                        holds_object(path, color)
+                        for paths in placed[way, layout].values()
+                        for path, color in paths
+                    )
+                    / (count * len(hits)),
                     "per_concept": shares,
                     "background": float(np.mean(backgrounds[way, layout])),
                     "crops": count * len(shares),
@@ -225,18 +256,27 @@ def main(argv: list[str] | None = None) -> int:
         ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True
     ).stdout.strip()
     print(f"commit {commit}, {time.perf_counter() - start:.0f} s, seeds {args.seeds}, steps {args.steps}")
-    print("| layout | way | crops | identity (own concept) | per concept | background = global color |")
-    print("|---|---|---|---|---|---|")
+    print(
+        "| layout | way | crops | own concept, object in the crop | per concept | holding an object | "
+        "own concept, unchecked | background = global color |"
+    )
+    print("|---|---|---|---|---|---|---|---|")
     for row in rows:
         per = ", ".join(f"{name} {share:.2f}" for name, share in row["per_concept"].items())
         print(
             f"| {row['layout']} | {row['way']} | {row['crops']} | {row['identity']:.2f} | {per} | "
-            f"{row['background']:.2f} |"
+            f"{row['holding_an_object']:.2f} | {row['unchecked_identity']:.2f} | {row['background']:.2f} |"
         )
     for way in ways:
         mine = [row for row in rows if row["way"] == way]
-        identity = sum(r["identity"] * r["crops"] for r in mine) / sum(r["crops"] for r in mine)
-        print(f"{way}: identity {identity:.2f} over {sum(r['crops'] for r in mine)} crops")
+        total = sum(r["crops"] for r in mine)
+        mean = {
+            key: sum(r[key] * r["crops"] for r in mine) / total for key in ("identity", "holding_an_object")
+        }
+        print(
+            f"{way}: identity {mean['identity']:.2f} over {total} crops "
+            f"({mean['holding_an_object']:.2f} holding an object)"
+        )
     if args.json:
         args.json.write_text(
             json.dumps(

@@ -24,7 +24,7 @@ from ..errors import ConfigError
 from .conventions import image_scores
 from .scorer import ClipScorer
 
-__all__ = ["identity_shares"]
+__all__ = ["identity_hits", "identity_shares"]
 
 
 def identity_shares(
@@ -34,6 +34,15 @@ def identity_shares(
 ) -> dict[str, float]:
     """For each concept (the keys of `images`, all present in `references`): the share of its images whose
     pooled CLIP-I is highest against its own references among every concept's."""
+    return {name: sum(hits) / len(hits) for name, hits in identity_hits(scorer, images, references).items()}
+
+
+def identity_hits(
+    scorer: ClipScorer,
+    images: Mapping[str, Sequence[Path]],
+    references: Mapping[str, Sequence[Path]],
+) -> dict[str, list[bool]]:
+    """For each concept: per image, whether its pooled CLIP-I is highest against its own references."""
     names = list(images)
     if len(names) < 2:
         raise ConfigError(f"identity needs two or more concepts to tell apart, got {len(names)}")
@@ -43,11 +52,11 @@ def identity_shares(
     reference = [
         scorer.embed_images(list(references[name]), stage="references") for name in names
     ]  # K x [R, D]
-    shares = {}
+    hits = {}
     for own, name in enumerate(names):
         generated = scorer.embed_images(list(images[name])).double()  # [G, D]
         per_concept = torch.stack(
             [image_scores(generated @ refs.double().T, scorer.conventions)[1] for refs in reference], dim=1
         )  # [G, K]: each image's CLIP-I against each concept's references
-        shares[name] = (per_concept.argmax(dim=1) == own).double().mean().item()
-    return shares
+        hits[name] = (per_concept.argmax(dim=1) == own).tolist()
+    return hits
