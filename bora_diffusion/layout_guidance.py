@@ -26,11 +26,11 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from .embeddings import spell_out
 from .errors import ConfigError
-from .regions import Region, cross_attentions, parse_region, token_grid
+from .regions import Region, parse_region, token_grid, wrapped_processors
 from .text import PromptEncoder
 
 __all__ = ["LayoutGuidance", "Placement", "parse_placement", "placed_sampling"]
@@ -208,13 +208,8 @@ def placed_sampling(
     native = pipe.unet.config.sample_size
     latent = ((height // scale) if height else native, (width // scale) if width else native)
     steering = LayoutGuidance(pipe, placements, latent, guidance > 1, **knobs)
-    layers: list[nn.Module] = cross_attentions(pipe.unet)
-    before = [layer.processor for layer in layers]
     try:
-        for layer, inner in zip(layers, before, strict=True):
-            layer.set_processor(_ReportingProcessor(inner, steering))
-        yield steering
+        with wrapped_processors(pipe.unet, lambda inner: _ReportingProcessor(inner, steering)):
+            yield steering
     finally:
-        for layer, inner in zip(layers, before, strict=True):
-            layer.set_processor(inner)
         steering.close()

@@ -279,12 +279,19 @@ def regional_sampling(
     latent = ((height // scale) if height else native, (width // scale) if width else native)
     states = PromptEncoder(pipe).encode([r.prompt for r in regions]).states  # (R, 77, D)
     plan = RegionalPlan(regions, states.to(pipe.unet.device, pipe.unet.dtype), latent, guidance > 1)
-    layers = cross_attentions(pipe.unet)
+    with wrapped_processors(pipe.unet, lambda inner: RegionalProcessor(inner, plan)):
+        yield plan
+
+
+@contextmanager
+def wrapped_processors(unet: nn.Module, wrap) -> Iterator[None]:
+    """Within the block, every cross-attention layer's processor is `wrap(its own processor)`."""
+    layers = cross_attentions(unet)
     before = [layer.processor for layer in layers]
     try:
         for layer, inner in zip(layers, before, strict=True):
-            layer.set_processor(RegionalProcessor(inner, plan))
-        yield plan
+            layer.set_processor(wrap(inner))
+        yield
     finally:
         for layer, inner in zip(layers, before, strict=True):
             layer.set_processor(inner)

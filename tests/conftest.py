@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import copy
 import os
+from collections.abc import Iterator
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -40,6 +41,32 @@ def pytest_collection_modifyitems(config, items):
 def end_to_end_threads() -> int:
     """Threads for an end-to-end training run: both cores, or one when another xdist worker has the other."""
     return 1 if WORKER else 2
+
+
+@pytest.fixture(scope="module")
+def one_thread() -> Iterator[None]:
+    """One intra-op thread for a module of tiny models, whose threads would only spin on a shared machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module", params=["embedded", "sd2", "sdxl"])
+def each_tiny_base(request):
+    """(kind, pipeline) for the embedded base's tiny layout, tiny SD 2.x and tiny SDXL (tests/tiny_bases.py)."""
+    from tiny_bases import build_tiny_sd2, build_tiny_sdxl
+
+    from bora_diffusion.embedded import build_tiny_pipeline
+
+    builders = {
+        "embedded": lambda: build_tiny_pipeline(seed=0),
+        "sd2": build_tiny_sd2,
+        "sdxl": build_tiny_sdxl,
+    }
+    pipe = builders[request.param]()
+    pipe.set_progress_bar_config(disable=True)
+    return request.param, pipe
 
 
 @pytest.fixture(scope="session")

@@ -11,13 +11,11 @@ loads.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 
 import numpy as np
 import pytest
 import torch
 from PIL import Image
-from tiny_bases import build_tiny_sd2, build_tiny_sdxl
 
 import bora_diffusion.pipeline
 from bora_diffusion.cli import main
@@ -31,24 +29,12 @@ SIDE = 64  # pixels
 PROMPT = "a red toy beside a blue cup"
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread() -> Iterator[None]:
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny models: intra-op threads only spin on a shared machine
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-@pytest.fixture(scope="module", params=["embedded", "sd2", "sdxl"])
-def pipe(request):
-    builders = {
-        "embedded": lambda: build_tiny_pipeline(seed=0),
-        "sd2": build_tiny_sd2,
-        "sdxl": build_tiny_sdxl,
-    }
-    pipe = builders[request.param]()
-    pipe.set_progress_bar_config(disable=True)
-    return pipe
+@pytest.fixture(scope="module")
+def pipe(each_tiny_base):
+    return each_tiny_base[1]
 
 
 def draw(pipe, placements, prompt: str = PROMPT, **knobs):

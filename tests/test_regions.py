@@ -12,19 +12,17 @@ from __future__ import annotations
 
 import copy
 import json
-from collections.abc import Iterator
 
 import numpy as np
 import pytest
 import torch
 from conftest import perturb
 from PIL import Image
-from tiny_bases import build_tiny_sd2, build_tiny_sdxl
 
 import bora_diffusion.pipeline
 from bora_diffusion.cli import main
 from bora_diffusion.config import AdapterConfig
-from bora_diffusion.embedded import EMBEDDED_NAME, build_tiny_pipeline, default_pipeline
+from bora_diffusion.embedded import EMBEDDED_NAME, default_pipeline
 from bora_diffusion.errors import ConfigError
 from bora_diffusion.formats.native import save_adapter
 from bora_diffusion.inject import inject, merge, unmerge
@@ -42,24 +40,12 @@ LEFT, RIGHT = (0.0, 0.0, 0.5, 1.0), (0.5, 0.0, 1.0, 1.0)
 SIDE = 64  # pixels
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread() -> Iterator[None]:
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny models: intra-op threads only spin on a shared machine
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-@pytest.fixture(scope="module", params=["embedded", "sd2", "sdxl"])
-def master(request):
-    builders = {
-        "embedded": lambda: build_tiny_pipeline(seed=0),
-        "sd2": build_tiny_sd2,
-        "sdxl": build_tiny_sdxl,
-    }
-    pipe = builders[request.param]()
-    pipe.set_progress_bar_config(disable=True)
-    return request.param, pipe
+@pytest.fixture(scope="module")
+def master(each_tiny_base):
+    return each_tiny_base
 
 
 def two_concepts(master):

@@ -334,22 +334,15 @@ def build(ctx: Context) -> gr.Blocks:
             concurrency_id=PIPELINES,
             concurrency_limit=workers,
         )
-        run_regions.click(
-            g["generate_regions"],
-            [picked, weights, mode, prompt, negative, seed, gen_steps, guidance, count, regions],
-            [gallery, manifest, gen_msg],
-            api_name="generate_regions",
-            concurrency_id=PIPELINES,
-            concurrency_limit=workers,
-        )
-        run_placed.click(
-            g["generate_placed"],
-            [picked, weights, mode, prompt, negative, seed, gen_steps, guidance, count, regions],
-            [gallery, manifest, gen_msg],
-            api_name="generate_placed",
-            concurrency_id=PIPELINES,
-            concurrency_limit=workers,
-        )
+        for button, endpoint in ((run_regions, "generate_regions"), (run_placed, "generate_placed")):
+            button.click(  # the same box table, read as regions or as placements
+                g[endpoint],
+                [picked, weights, mode, prompt, negative, seed, gen_steps, guidance, count, regions],
+                [gallery, manifest, gen_msg],
+                api_name=endpoint,
+                concurrency_id=PIPELINES,
+                concurrency_limit=workers,
+            )
         regions.change(g["region_preview"], regions, boxes, api_name="region_preview")
         evaluate_btn.click(
             g["evaluate"],
