@@ -69,18 +69,27 @@ class LayoutGuidance:
     """One sampling call's guidance: the cross-attention processors report into it, and it is the pipeline's
     `callback_on_step_end`. `energies` holds, per steered step, E before each of its updates."""
 
-    def __init__(self, pipe, placements: Sequence[Placement], latent: tuple[int, int], guided: bool, **knobs):
+    def __init__(
+        self,
+        pipe,
+        placements: Sequence[Placement],
+        latent: tuple[int, int],
+        guided: bool,
+        *,
+        rate: float = RATE,
+        steps: int = STEPS,
+        iterations: int = ITERATIONS,
+    ):
         self.pipe = pipe
         self.placements = list(placements)
         self.regions = [Region(p.word, box=p.box, where=p.where) for p in placements]  # for their grid masks
         self.latent = latent
         self.guided = guided  # the pipeline's batch is [unconditional; conditional] halves
-        self.rate = knobs.get("rate", RATE)
-        self.steps = knobs.get("steps", STEPS)
-        self.iterations = knobs.get("iterations", ITERATIONS)
+        self.rate, self.steps, self.iterations = rate, steps, iterations
         self.encoder = PromptEncoder(pipe)
         self.rows: list[list[Tensor]] = []  # per image of the call, per placement: the word's positions
-        self.outside: list[Tensor] | None = None  # during a steering pass: each layer's (N,) shares
+        # during a steering pass: per layer, image and placement, the share of the word's attention outside
+        self.outside: list[Tensor] | None = None
         self.energies: list[list[float]] = []
         self._call: tuple[tuple, dict] | None = None
         self._masks: dict[int, Tensor] = {}
