@@ -13,10 +13,9 @@ image tokens outside the box, and the latent for the next step moves down the gr
 so the word's attention, and with it its object, gathers inside the box. It runs as the pipelines'
 `callback_on_step_end`, so it works on every pipeline that has one (SD 1.x, 2.x, SDXL), and reruns the UNet with
 the conditioning the pipeline last passed it (SDXL's added conditioning too); each image of a batch is steered by
-its own E. The picture is otherwise the plain
-prompt's: every image token reads the whole prompt, every loaded concept is active everywhere. (Regions,
-`regions.py`, give parts of the picture prompts of their own; steering their prompts this way measured no
-better than regions alone, docs/benchmarks.md.)
+its own E. The picture is otherwise the plain prompt's: every image token reads the whole prompt, every loaded
+concept is active everywhere. (Regions, `regions.py`, give parts of the picture prompts of their own; steering
+their prompts this way measured no better than regions alone, docs/benchmarks.md.)
 """
 
 from __future__ import annotations
@@ -102,14 +101,15 @@ class LayoutGuidance:
         """Before a pipeline call with these prompts: find each placement's word in each of them."""
         tokenizer = self.encoder.tokenizers[0]
         ids = self.encoder.tokenize(list(prompts))[:, 0]  # (N, 77): the first tokenizer's
+        words = [  # each placement's word as token ids (a concept token: all its vectors)
+            torch.tensor(tokenizer(spell_out([p.word], tokenizer), add_special_tokens=False).input_ids[0])
+            for p in self.placements
+        ]
         self.rows = []
         for prompt, row in zip(prompts, ids, strict=True):
             found = []
-            for placement in self.placements:
-                pieces = tokenizer(
-                    spell_out([placement.word], tokenizer), add_special_tokens=False
-                ).input_ids[0]
-                positions = torch.isin(row, torch.tensor(pieces, dtype=row.dtype)).nonzero().flatten()
+            for placement, pieces in zip(self.placements, words, strict=True):
+                positions = torch.isin(row, pieces.to(row.dtype)).nonzero().flatten()
                 if not len(positions):
                     raise ConfigError(
                         f"{placement.where}: the prompt {prompt!r} does not name {placement.word!r}; place a word "

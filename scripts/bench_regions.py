@@ -69,9 +69,9 @@ OBJECT_DISTANCE = 60.0  # RGB distance from the background color past which a pi
 OBJECT_SHARE = 0.05  # a crop holds an object when at least this share of its pixels is one's
 
 
-def holds_object(path: Path, color: str) -> bool:
+def holds_object(image: Image.Image, color: str) -> bool:
     """Whether a crop holds an object: enough of its pixels far from the background's world color."""
-    pixels = np.asarray(Image.open(path).convert("RGB"), dtype=np.float64)  # (h, w, 3)
+    pixels = np.asarray(image.convert("RGB"), dtype=np.float64)  # (h, w, 3)
     distance = np.linalg.norm(pixels - np.array(COLORS[color], dtype=np.float64), axis=-1)  # (h, w)
     return bool((distance > OBJECT_DISTANCE).mean() >= OBJECT_SHARE)
 
@@ -182,13 +182,15 @@ def main(argv: list[str] | None = None) -> int:
     scorer = WorldScorer("default")
     ways = ("no regions", "regions live", "regions fused", "placed")
     crops: dict[tuple[str, str], dict[str, list[Path]]] = {}  # (way, layout) -> concept -> crops
-    placed: dict[tuple[str, str], dict[str, list[tuple[Path, str]]]] = {}
+    present: dict[
+        tuple[str, str], dict[str, list[bool]]
+    ] = {}  # (way, layout) -> concept -> crop holds an object
     backgrounds: dict[tuple[str, str], list[bool]] = {}
     for layout, (parts, relation) in LAYOUTS.items():
         boxes = [box for _, box in parts]
         for way in ways:
             crops[way, layout] = {name: [] for name, _ in parts}
-            placed[way, layout] = {name: [] for name, _ in parts}  # (crop, the global color)
+            present[way, layout] = {name: [] for name, _ in parts}
             backgrounds[way, layout] = []
             for color in BACKGROUNDS:
                 folder = args.out / way.replace(" ", "-") / layout.replace("+", "-") / color
@@ -217,9 +219,10 @@ def main(argv: list[str] | None = None) -> int:
                     for name, box in parts:
                         target = folder / "crops" / f"{path.stem}-{name}.png"
                         target.parent.mkdir(parents=True, exist_ok=True)
-                        crop(image, box).save(target)
+                        part = crop(image, box)
+                        part.save(target)
                         crops[way, layout][name].append(target)
-                        placed[way, layout][name].append((target, color))
+                        present[way, layout][name].append(holds_object(part, color))
                     backgrounds[way, layout].append(background_color(image, boxes) == color)
     rows = []
     for layout in LAYOUTS:
@@ -227,11 +230,8 @@ def main(argv: list[str] | None = None) -> int:
             found = identity_hits(scorer, crops[way, layout], references)
             # A hit needs an object in the crop: told apart among two, an empty crop is "like" one of them.
             hits = {
-                name: [
-                    hit and holds_object(path, color)
-                    for hit, (path, color) in zip(found[name], paths, strict=True)
-                ]
-                for name, paths in placed[way, layout].items()
+                name: [hit and held for hit, held in zip(found[name], holds, strict=True)]
+                for name, holds in present[way, layout].items()
             }
             shares = {name: sum(h) / len(h) for name, h in hits.items()}
             count = len(next(iter(crops[way, layout].values())))
@@ -241,12 +241,7 @@ def main(argv: list[str] | None = None) -> int:
                     "way": way,
                     "identity": sum(map(sum, hits.values())) / (count * len(hits)),
                     "unchecked_identity": sum(map(sum, found.values())) / (count * len(found)),
-                    "holding_an_object": sum(
-                        holds_object(path, color)
-                        for paths in placed[way, layout].values()
-                        for path, color in paths
-                    )
-                    / (count * len(hits)),
+                    "holding_an_object": sum(map(sum, present[way, layout].values())) / (count * len(hits)),
                     "per_concept": shares,
                     "background": float(np.mean(backgrounds[way, layout])),
                     "crops": count * len(shares),
